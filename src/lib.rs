@@ -1,0 +1,5 @@
+//! gomail: a thread-per-core SMTP ingress engine.
+//!
+//! # Layout
+//! - [`smtp`]: the sans-IO protocol (commands, replies, DATA/BDAT, session).
+pub mod smtp;

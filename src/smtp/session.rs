@@ -1,0 +1,558 @@
+//! The SMTP server session: a pure state machine.
+//!
+//! # Calling contract
+//! - Create with [`Session::new`], then call [`Session::greet`] once.
+//! - Feed received octets with [`Session::handle_input`]. It returns how many
+//!   octets it used; keep the rest and pass them again, with whatever arrives
+//!   next, on the following call. It never uses a partial command line, so
+//!   the caller holds at most [`MAX_COMMAND_LINE`] unused octets while the
+//!   session is reading commands (longer lines are used and discarded).
+//! - After each call, drain [`Session::poll_action`] and perform each action.
+//!   While a [`Action::Spool`] is outstanding the session uses no input.
+//!   Feed the result back with [`Session::handle_completion`], then call
+//!   `handle_input` again with the octets still held.
+//! - Arm a timer for [`Session::poll_timeout`] and call
+//!   [`Session::handle_timeout`] when it fires.
+//! - Replies are appended to the caller's buffer; write it once per batch
+//!   (PIPELINING, RFC 2920).
+//! - Once the session has closed (QUIT, timeout, error limit) it stays
+//!   closed: later input is used up and ignored, and no reply is written.
+//!
+//! `250` after DATA/BDAT LAST is written only by `handle_completion` with
+//! [`Completion::Spooled`]: the session cannot acknowledge a message that
+//! the spool has not made durable.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::command::{self, Command, MailParams};
+use super::data::DataDecoder;
+use super::limits::{Limits, MAX_COMMAND_LINE, MAX_HOPS};
+use super::reply::Reply;
+
+/// What a session needs to know about the server.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// `mail_hostname`: the name in the greeting and EHLO reply.
+    pub hostname: String,
+    /// `primary_domain` then `additional_domains`, lowercase.
+    pub domains: Vec<String>,
+    /// Protocol limits.
+    pub limits: Limits,
+}
+
+impl SessionConfig {
+    fn accepts(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// A complete message and its envelope, handed to the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// The EHLO/HELO name.
+    pub helo: String,
+    /// True when the client said EHLO.
+    pub esmtp: bool,
+    /// The reverse-path, empty for the null sender.
+    pub mail_from: String,
+    /// Accepted recipients, in order, without duplicates.
+    pub recipients: Vec<String>,
+    /// The message as received (dot-stuffing removed).
+    pub body: Vec<u8>,
+    /// `BODY=8BITMIME` was given.
+    pub eight_bit: bool,
+    /// `SMTPUTF8` was given.
+    pub smtputf8: bool,
+    /// The body came by BDAT.
+    pub chunked: bool,
+}
+
+/// A side effect the session asks its driver to perform.
+#[derive(Debug)]
+pub enum Action {
+    /// Make the transaction durable, then feed back a [`Completion`].
+    Spool(Box<Transaction>),
+    /// Flush pending replies and close the connection.
+    Close,
+}
+
+/// The result of an [`Action::Spool`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// The message and envelope are on disk and fdatasync'd.
+    Spooled {
+        /// The queue id shown in the `250` reply.
+        id: String,
+    },
+    /// The spool could not make the message durable.
+    SpoolFailed,
+}
+
+#[derive(Debug)]
+struct Envelope {
+    mail_from: String,
+    params: MailParams,
+    recipients: Vec<String>,
+    body: Vec<u8>,
+    /// BDAT chunks have been received in this transaction.
+    chunked: bool,
+    /// Octets received by BDAT, including those over the limit.
+    bdat_size: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Command,
+    /// Discarding the rest of a command line longer than the limit.
+    LongLine,
+    Data {
+        decoder: DataDecoder,
+        started: Instant,
+    },
+    Bdat {
+        remaining: u64,
+        last: bool,
+        /// The reply for a chunk that belongs to no valid transaction.
+        refuse: Option<Reply>,
+        started: Instant,
+    },
+    Spooling,
+    Closed,
+}
+
+/// One SMTP server session (see the module docs for the calling contract).
+#[derive(Debug)]
+pub struct Session {
+    cfg: Arc<SessionConfig>,
+    state: State,
+    helo: Option<(String, bool)>,
+    envelope: Option<Envelope>,
+    errors: u32,
+    actions: VecDeque<Action>,
+    /// When the current command line, data block or whole body is due.
+    deadline: Instant,
+}
+
+impl Session {
+    /// A new session; call [`Session::greet`] next.
+    pub fn new(cfg: Arc<SessionConfig>, now: Instant) -> Session {
+        let deadline = now + cfg.limits.command_timeout;
+        Session {
+            cfg,
+            state: State::Command,
+            helo: None,
+            envelope: None,
+            errors: 0,
+            actions: VecDeque::new(),
+            deadline,
+        }
+    }
+
+    /// Writes the `220` greeting.
+    pub fn greet(&mut self, out: &mut Vec<u8>) {
+        let greeting = Reply::new(220, "", format!("{} ESMTP gomail", self.cfg.hostname));
+        greeting.write_to(out);
+    }
+
+    /// True once the session has closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// True while the session waits for nothing but the next command (no
+    /// transaction open): a graceful shutdown may close it now.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Command) && self.envelope.is_none()
+    }
+
+    /// The next side effect to perform.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] should be called, if at all.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Spooling | State::Closed => None,
+            _ => Some(self.deadline),
+        }
+    }
+
+    /// Closes the session with a timeout reply if its deadline has passed.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>) {
+        if self.poll_timeout().is_some_and(|d| now >= d) {
+            Reply::TIMEOUT.write_to(out);
+            self.close();
+        }
+    }
+
+    /// Closes an idle session for a server shutdown (`421 4.3.2`).
+    pub fn shutdown(&mut self, out: &mut Vec<u8>) {
+        if !self.is_closed() {
+            Reply::SHUTTING_DOWN.write_to(out);
+            self.close();
+        }
+    }
+
+    /// Feeds back the result of an [`Action::Spool`].
+    pub fn handle_completion(&mut self, completion: Completion, now: Instant, out: &mut Vec<u8>) {
+        if !matches!(self.state, State::Spooling) {
+            return;
+        }
+        self.state = State::Command;
+        self.deadline = now + self.cfg.limits.command_timeout;
+        match completion {
+            Completion::Spooled { id } => {
+                Reply::new(250, "2.0.0", format!("Ok: queued as {id}")).write_to(out)
+            }
+            Completion::SpoolFailed => Reply::SPOOL_FAILED.write_to(out),
+        }
+    }
+
+    /// Feeds received octets; returns how many were used (see module docs).
+    pub fn handle_input(&mut self, input: &[u8], now: Instant, out: &mut Vec<u8>) -> usize {
+        let mut pos = 0;
+        loop {
+            let rest = &input[pos..];
+            match &mut self.state {
+                State::Closed => return input.len(),
+                State::Spooling => return pos,
+                State::Command => {
+                    let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+                        if rest.len() >= MAX_COMMAND_LINE {
+                            self.state = State::LongLine;
+                            return input.len();
+                        }
+                        return pos;
+                    };
+                    pos += lf + 1;
+                    if lf + 1 > MAX_COMMAND_LINE {
+                        self.reply(Reply::LINE_TOO_LONG, out);
+                        continue;
+                    }
+                    if lf == 0 || rest[lf - 1] != b'\r' || rest[..lf - 1].contains(&b'\r') {
+                        self.reply(Reply::BARE_NEWLINE_COMMAND, out);
+                        continue;
+                    }
+                    self.deadline = now + self.cfg.limits.command_timeout;
+                    self.command(&rest[..lf - 1], now, out);
+                }
+                State::LongLine => match rest.iter().position(|&b| b == b'\n') {
+                    None => return input.len(),
+                    Some(lf) => {
+                        pos += lf + 1;
+                        self.state = State::Command;
+                        self.deadline = now + self.cfg.limits.command_timeout;
+                        self.reply(Reply::LINE_TOO_LONG, out);
+                    }
+                },
+                State::Data { decoder, started } => {
+                    if rest.is_empty() {
+                        return pos;
+                    }
+                    let started = *started;
+                    let body = &mut self.envelope.as_mut().expect("DATA has an envelope").body;
+                    let (used, done) = decoder.decode(rest, body);
+                    pos += used;
+                    if !done {
+                        self.deadline = self.data_deadline(now, started);
+                        return pos;
+                    }
+                    let State::Data { decoder, .. } =
+                        std::mem::replace(&mut self.state, State::Command)
+                    else {
+                        unreachable!()
+                    };
+                    self.deadline = now + self.cfg.limits.command_timeout;
+                    self.end_of_data(&decoder, out);
+                }
+                State::Bdat {
+                    remaining,
+                    started,
+                    ..
+                } => {
+                    let take = (*remaining).min(rest.len() as u64) as usize;
+                    *remaining -= take as u64;
+                    let started = *started;
+                    let done = *remaining == 0;
+                    pos += take;
+                    if let Some(env) = self.envelope.as_mut() {
+                        let room = self.cfg.limits.max_message_size.saturating_sub(env.bdat_size);
+                        let keep = (take as u64).min(room) as usize;
+                        env.body.extend_from_slice(&rest[..keep]);
+                        env.bdat_size += take as u64;
+                    }
+                    if !done {
+                        self.deadline = self.data_deadline(now, started);
+                        return pos;
+                    }
+                    let State::Bdat { last, refuse, .. } =
+                        std::mem::replace(&mut self.state, State::Command)
+                    else {
+                        unreachable!()
+                    };
+                    self.deadline = now + self.cfg.limits.command_timeout;
+                    self.end_of_chunk(last, refuse, out);
+                }
+            }
+        }
+    }
+
+    fn data_deadline(&self, now: Instant, started: Instant) -> Instant {
+        let l = &self.cfg.limits;
+        (now + l.data_block_timeout).min(started + l.data_total_timeout)
+    }
+
+    fn close(&mut self) {
+        self.state = State::Closed;
+        self.envelope = None;
+        self.actions.push_back(Action::Close);
+    }
+
+    /// Writes a reply and counts client errors; closes at the limit.
+    fn reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        reply.write_to(out);
+        if reply.code >= 500 {
+            self.errors += 1;
+            if self.errors >= self.cfg.limits.max_errors {
+                Reply::TOO_MANY_ERRORS.write_to(out);
+                self.close();
+            }
+        }
+    }
+
+    fn command(&mut self, line: &[u8], now: Instant, out: &mut Vec<u8>) {
+        let cmd = match command::parse(line) {
+            Ok(cmd) => cmd,
+            Err(reply) => {
+                // A BDAT line that cannot be parsed has no size: its chunk
+                // cannot be skipped, so the connection cannot be trusted.
+                self.reply(reply, out);
+                return;
+            }
+        };
+        match cmd {
+            Command::Ehlo(name) => {
+                self.envelope = None;
+                self.helo = Some((name.to_string(), true));
+                self.write_ehlo(out);
+            }
+            Command::Helo(name) => {
+                self.envelope = None;
+                self.helo = Some((name.to_string(), false));
+                Reply::new(250, "", self.cfg.hostname.clone()).write_to(out);
+            }
+            Command::Mail(path, params) => {
+                let reply = if self.helo.is_none() {
+                    Reply::NEED_EHLO
+                } else if self.envelope.is_some() {
+                    Reply::NESTED_MAIL
+                } else if params.size.is_some_and(|s| s > self.cfg.limits.max_message_size) {
+                    Reply::TOO_BIG
+                } else if path.is_utf8() && !params.smtputf8 {
+                    Reply::NEED_SMTPUTF8
+                } else {
+                    self.envelope = Some(Envelope {
+                        mail_from: path.address.to_string(),
+                        params,
+                        recipients: Vec::new(),
+                        body: Vec::new(),
+                        chunked: false,
+                        bdat_size: 0,
+                    });
+                    Reply::SENDER_OK
+                };
+                self.reply(reply, out);
+            }
+            Command::Rcpt(path) => {
+                let reply = self.rcpt(path);
+                self.reply(reply, out);
+            }
+            Command::Data => {
+                let reply = match (&self.helo, &self.envelope) {
+                    (None, _) => Reply::NEED_EHLO,
+                    (_, None) => Reply::NEED_MAIL,
+                    (_, Some(env)) if env.chunked => Reply::DATA_AFTER_BDAT,
+                    (_, Some(env)) if env.recipients.is_empty() => Reply::NO_VALID_RECIPIENTS,
+                    _ => {
+                        Reply::START_DATA.write_to(out);
+                        self.state = State::Data {
+                            decoder: DataDecoder::new(self.cfg.limits.max_message_size),
+                            started: now,
+                        };
+                        self.deadline = self.data_deadline(now, now);
+                        return;
+                    }
+                };
+                self.reply(reply, out);
+            }
+            Command::Bdat { size, last } => {
+                let refuse = match (&self.helo, &mut self.envelope) {
+                    (None, _) => Some(Reply::NEED_EHLO),
+                    (_, None) => Some(Reply::NEED_MAIL),
+                    (_, Some(env)) if env.recipients.is_empty() => {
+                        Some(Reply::NO_VALID_RECIPIENTS)
+                    }
+                    (_, Some(env)) => {
+                        env.chunked = true;
+                        None
+                    }
+                };
+                if refuse.is_some() {
+                    // The chunk is read and thrown away: its octets are
+                    // never taken for commands.
+                    self.envelope = None;
+                }
+                self.state = State::Bdat {
+                    remaining: size,
+                    last,
+                    refuse,
+                    started: now,
+                };
+                self.deadline = self.data_deadline(now, now);
+            }
+            Command::Rset => {
+                self.envelope = None;
+                self.reply(Reply::OK, out);
+            }
+            Command::Noop => self.reply(Reply::OK, out),
+            Command::Quit => {
+                Reply::BYE.write_to(out);
+                self.close();
+            }
+            Command::Vrfy => self.reply(Reply::CANNOT_VRFY, out),
+            Command::Expn => self.reply(Reply::NOT_IMPLEMENTED, out),
+            Command::Help => self.reply(Reply::HELP, out),
+            Command::StartTls => self.reply(Reply::NOT_IMPLEMENTED, out),
+            Command::Auth => self.reply(Reply::AUTH_NOT_ENABLED, out),
+        }
+    }
+
+    fn rcpt(&mut self, path: command::Path<'_>) -> Reply {
+        if self.helo.is_none() {
+            return Reply::NEED_EHLO;
+        }
+        let primary = self.cfg.domains.first().map(String::as_str).unwrap_or("");
+        let Some(env) = self.envelope.as_mut() else {
+            return Reply::NEED_MAIL;
+        };
+        if env.chunked {
+            return Reply::NESTED_MAIL;
+        }
+        if path.is_utf8() && !env.params.smtputf8 {
+            return Reply::NEED_SMTPUTF8;
+        }
+        let address = if path.domain.is_empty() {
+            // <postmaster> without a domain must be accepted (RFC 5321 4.5.1).
+            format!("postmaster@{primary}")
+        } else if self.cfg.accepts(path.domain) {
+            path.address.to_string()
+        } else {
+            return Reply::RELAY_DENIED;
+        };
+        if env
+            .recipients
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(&address))
+        {
+            return Reply::RECIPIENT_OK;
+        }
+        if env.recipients.len() >= self.cfg.limits.max_recipients {
+            return Reply::TOO_MANY_RECIPIENTS;
+        }
+        env.recipients.push(address);
+        Reply::RECIPIENT_OK
+    }
+
+    fn write_ehlo(&self, out: &mut Vec<u8>) {
+        let lines = [
+            self.cfg.hostname.clone(),
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.cfg.limits.max_message_size),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+            "CHUNKING".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+        ];
+        let n = lines.len();
+        for (i, line) in lines.into_iter().enumerate() {
+            Reply::new(250, "", line).write_line(out, i + 1 == n);
+        }
+    }
+
+    fn end_of_data(&mut self, decoder: &DataDecoder, out: &mut Vec<u8>) {
+        let refusal = if decoder.oversized() {
+            Some(Reply::TOO_BIG)
+        } else if decoder.bare_newline() {
+            Some(Reply::BARE_NEWLINE_DATA)
+        } else if decoder.long_line() {
+            Some(Reply::DATA_LINE_TOO_LONG)
+        } else {
+            None
+        };
+        self.finish(refusal, out);
+    }
+
+    fn end_of_chunk(&mut self, last: bool, refuse: Option<Reply>, out: &mut Vec<u8>) {
+        if let Some(reply) = refuse {
+            self.reply(reply, out);
+            return;
+        }
+        let Some(env) = self.envelope.as_ref() else {
+            return;
+        };
+        if env.bdat_size > self.cfg.limits.max_message_size {
+            // Too big: the transaction is over; later chunks are discarded.
+            self.finish(Some(Reply::TOO_BIG), out);
+        } else if last {
+            self.finish(None, out);
+        } else {
+            let n = env.bdat_size;
+            self.reply(Reply::new(250, "2.0.0", format!("{n} octets received")), out);
+        }
+    }
+
+    /// Ends a transaction: refuses it, or hands it to the spool.
+    fn finish(&mut self, refusal: Option<Reply>, out: &mut Vec<u8>) {
+        let Some(env) = self.envelope.take() else {
+            return;
+        };
+        let refusal = refusal.or_else(|| (count_hops(&env.body) > MAX_HOPS).then_some(Reply::TOO_MANY_HOPS));
+        if let Some(reply) = refusal {
+            self.reply(reply, out);
+            return;
+        }
+        let (helo, esmtp) = self.helo.clone().unwrap_or_default();
+        self.actions.push_back(Action::Spool(Box::new(Transaction {
+            helo,
+            esmtp,
+            mail_from: env.mail_from,
+            recipients: env.recipients,
+            body: env.body,
+            eight_bit: env.params.eight_bit,
+            smtputf8: env.params.smtputf8,
+            chunked: env.chunked,
+        })));
+        self.state = State::Spooling;
+    }
+}
+
+/// Counts `Received:` header fields in the header section.
+fn count_hops(message: &[u8]) -> usize {
+    let mut hops = 0;
+    for line in message.split(|&b| b == b'\n') {
+        if line == b"\r" || line.is_empty() {
+            break;
+        }
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            hops += 1;
+        }
+    }
+    hops
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,348 @@
+//! Scripted-client tests of the session: bytes in, replies and spooled
+//! transactions out, with a manual clock. Every script is replayed whole, at
+//! every split point and one byte at a time; the results must be identical.
+
+use super::*;
+use std::time::Duration;
+
+fn cfg() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        hostname: "mx.example.test".into(),
+        domains: vec!["example.test".into(), "other.test".into()],
+        limits: Limits {
+            max_message_size: 1000,
+            max_recipients: 3,
+            ..Limits::default()
+        },
+    })
+}
+
+/// What a client observes: the replies and what got spooled.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    replies: String,
+    spooled: Vec<Transaction>,
+    closed: bool,
+}
+
+/// Drives a session like the shard driver does, feeding `chunks` in order.
+/// Every spool request succeeds unless `fail_spool` is set.
+fn drive_with(cfg: Arc<SessionConfig>, chunks: &[&[u8]], fail_spool: bool) -> Outcome {
+    let now = Instant::now();
+    let mut s = Session::new(cfg, now);
+    let mut out = Vec::new();
+    s.greet(&mut out);
+    let mut held: Vec<u8> = Vec::new();
+    let mut spooled = Vec::new();
+    for chunk in chunks {
+        held.extend_from_slice(chunk);
+        loop {
+            let used = s.handle_input(&held, now, &mut out);
+            held.drain(..used);
+            let mut completed = false;
+            while let Some(a) = s.poll_action() {
+                if let Action::Spool(tx) = a {
+                    // Promise 1: no 250 for the message before the spool answers.
+                    assert!(!String::from_utf8_lossy(&out).ends_with("queued as Q1\r\n"));
+                    spooled.push(*tx);
+                    let c = if fail_spool {
+                        Completion::SpoolFailed
+                    } else {
+                        Completion::Spooled { id: "Q1".into() }
+                    };
+                    s.handle_completion(c, now, &mut out);
+                    completed = true;
+                }
+            }
+            if !completed || held.is_empty() {
+                break;
+            }
+        }
+    }
+    Outcome {
+        replies: String::from_utf8(out).unwrap(),
+        spooled,
+        closed: s.is_closed(),
+    }
+}
+
+fn drive(script: &[u8]) -> Outcome {
+    drive_with(cfg(), &[script], false)
+}
+
+/// Runs `script` whole, at every split point and byte by byte; asserts all agree.
+fn drive_all_splits(script: &[u8]) -> Outcome {
+    let whole = drive(script);
+    for split in 0..=script.len() {
+        let (a, b) = script.split_at(split);
+        assert_eq!(drive_with(cfg(), &[a, b], false), whole, "split at {split}");
+    }
+    let bytes: Vec<&[u8]> = script.chunks(1).collect();
+    assert_eq!(drive_with(cfg(), &bytes, false), whole, "byte by byte");
+    whole
+}
+
+fn codes(replies: &str) -> Vec<&str> {
+    replies
+        .split("\r\n")
+        .filter(|l| l.len() >= 4 && l.as_bytes()[3] == b' ')
+        .map(|l| &l[..3])
+        .collect()
+}
+
+const GREETING: &str = "220 mx.example.test ESMTP gomail\r\n";
+
+#[test]
+fn plain_transaction_is_spooled_then_acknowledged() {
+    let o = drive_all_splits(
+        b"EHLO client.example\r\nMAIL FROM:<a@sender.example>\r\nRCPT TO:<b@example.test>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+    );
+    assert_eq!(
+        o.replies,
+        format!(
+            "{GREETING}250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n\
+             250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n\
+             250 2.0.0 Ok: queued as Q1\r\n221 2.0.0 Bye\r\n"
+        )
+    );
+    assert_eq!(o.spooled.len(), 1);
+    let tx = &o.spooled[0];
+    assert_eq!(tx.mail_from, "a@sender.example");
+    assert_eq!(tx.recipients, vec!["b@example.test"]);
+    assert_eq!(tx.body, b"Subject: hi\r\n\r\nbody\r\n");
+    assert_eq!((tx.helo.as_str(), tx.esmtp), ("client.example", true));
+    assert!(o.closed);
+}
+
+#[test]
+fn pipelined_transactions_at_every_split_point() {
+    let o = drive_all_splits(
+        b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@example.test>\r\nRCPT TO:<y@nowhere.example>\r\nDATA\r\n..dot\r\n.\r\n\
+          MAIL FROM:<a@b.example> SIZE=10 BODY=8BITMIME\r\nRCPT TO:<Z@OTHER.TEST>\r\nDATA\r\nm2\r\n.\r\nRSET\r\nNOOP\r\nQUIT\r\n",
+    );
+    assert_eq!(
+        codes(&o.replies),
+        ["220", "250", "250", "250", "550", "354", "250", "250", "250", "354", "250", "250", "250", "221"]
+    );
+    assert_eq!(o.spooled.len(), 2);
+    assert_eq!(o.spooled[0].mail_from, "");
+    assert_eq!(o.spooled[0].body, b".dot\r\n");
+    assert_eq!(o.spooled[1].recipients, vec!["Z@OTHER.TEST"]);
+    assert!(o.spooled[1].eight_bit);
+}
+
+#[test]
+fn smuggled_messages_are_never_accepted() {
+    // Each body hides a second transaction behind a non-CRLF terminator,
+    // then ends with the real CRLF.CRLF.
+    for hidden in [&b"\n.\n"[..], b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r"] {
+        let mut script = b"EHLO c\r\nMAIL FROM:<a@s.example>\r\nRCPT TO:<b@example.test>\r\nDATA\r\nhello".to_vec();
+        script.extend_from_slice(hidden);
+        script.extend_from_slice(b"MAIL FROM:<evil@s.example>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nsmuggled\r\n.\r\nNOOP\r\n");
+        let o = drive_all_splits(&script);
+        assert!(o.spooled.is_empty(), "{hidden:?}: {:?}", o.spooled);
+        assert!(
+            o.replies.contains("550 5.6.0 Error: message refused, bare <CR> or <LF>"),
+            "{hidden:?}: {}",
+            o.replies
+        );
+        // The session goes on: NOOP after the refused message is answered.
+        assert!(o.replies.ends_with("250 2.0.0 OK\r\n"), "{hidden:?}: {}", o.replies);
+    }
+}
+
+#[test]
+fn bare_newlines_in_commands_are_refused() {
+    let o = drive_all_splits(b"EHLO c\nMAIL FROM:<a@b.example>\r\nNOOP\rNOOP\r\nQUIT\r\n");
+    assert_eq!(codes(&o.replies), ["220", "500", "503", "500", "221"]);
+    assert!(o.replies.contains("500 5.5.2 Error: bare <CR> or <LF> in command"));
+}
+
+#[test]
+fn bdat_chunks_are_assembled() {
+    let o = drive_all_splits(
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nBDAT 5\r\nab\r\ncBDAT 3 LAST\r\n.\r\nQUIT\r\n",
+    );
+    assert_eq!(codes(&o.replies), ["220", "250", "250", "250", "250", "250", "221"]);
+    assert!(o.replies.contains("250 2.0.0 5 octets received\r\n"));
+    assert_eq!(o.spooled[0].body, b"ab\r\nc.\r\n");
+    assert!(o.spooled[0].chunked);
+}
+
+#[test]
+fn bdat_without_transaction_discards_its_octets() {
+    // The chunk's octets look like commands; they must not be executed.
+    let o = drive_all_splits(b"EHLO c\r\nBDAT 25 LAST\r\nMAIL FROM:<e@v.example>\r\nNOOP\r\n");
+    assert_eq!(codes(&o.replies), ["220", "250", "503", "250"]);
+    assert!(o.spooled.is_empty());
+}
+
+#[test]
+fn data_after_bdat_is_out_of_sequence() {
+    let o = drive(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nBDAT 1\r\nxDATA\r\n");
+    assert!(o.replies.ends_with("503 5.5.1 Error: DATA cannot follow BDAT in one transaction\r\n"));
+}
+
+#[test]
+fn declared_size_over_limit_is_refused() {
+    let o = drive(b"EHLO c\r\nMAIL FROM:<a@b.example> SIZE=1001\r\nMAIL FROM:<a@b.example> SIZE=1000\r\n");
+    assert_eq!(codes(&o.replies), ["220", "250", "552", "250"]);
+}
+
+#[test]
+fn oversized_data_gets_552_and_the_session_continues() {
+    let mut script = b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n".to_vec();
+    for _ in 0..30 {
+        script.extend_from_slice(&[b'x'; 60]);
+        script.extend_from_slice(b"\r\n");
+    }
+    script.extend_from_slice(b".\r\nMAIL FROM:<a@b.example>\r\n");
+    let o = drive_all_splits(&script);
+    assert!(o.spooled.is_empty());
+    assert!(o.replies.contains("552 5.3.4"));
+    assert!(o.replies.ends_with("250 2.1.0 Sender OK\r\n"));
+}
+
+#[test]
+fn oversized_bdat_gets_552() {
+    let mut script = b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nBDAT 1001 LAST\r\n".to_vec();
+    script.extend_from_slice(&[b'y'; 1001]);
+    script.extend_from_slice(b"NOOP\r\n");
+    let o = drive(&script);
+    assert!(o.spooled.is_empty());
+    assert_eq!(codes(&o.replies), ["220", "250", "250", "250", "552", "250"]);
+}
+
+#[test]
+fn recipients_past_the_limit_get_452() {
+    let o = drive(
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<1@example.test>\r\nRCPT TO:<2@example.test>\r\nRCPT TO:<2@example.test>\r\nRCPT TO:<3@example.test>\r\nRCPT TO:<4@example.test>\r\n",
+    );
+    assert_eq!(codes(&o.replies), ["220", "250", "250", "250", "250", "250", "250", "452"]);
+    assert!(o.replies.ends_with("452 4.5.3 Error: too many recipients\r\n"));
+}
+
+#[test]
+fn relay_is_refused_and_postmaster_accepted() {
+    let o = drive(
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@elsewhere.example>\r\nRCPT TO:<x@[127.0.0.1]>\r\nRCPT TO:<postmaster>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert_eq!(codes(&o.replies), ["220", "250", "250", "550", "550", "250", "354", "250"]);
+    assert!(o.replies.contains("550 5.7.1 Error: relay access denied\r\n"));
+    assert_eq!(o.spooled[0].recipients, vec!["postmaster@example.test"]);
+}
+
+#[test]
+fn sequence_errors() {
+    let o = drive(b"MAIL FROM:<a@b.example>\r\nHELO c\r\nRCPT TO:<r@example.test>\r\nDATA\r\nMAIL FROM:<a@b.example>\r\nDATA\r\nMAIL FROM:<a@b.example>\r\n");
+    assert_eq!(codes(&o.replies), ["220", "503", "250", "503", "503", "250", "554", "503"]);
+}
+
+#[test]
+fn non_ascii_addresses_need_smtputf8() {
+    let o = drive("EHLO c\r\nMAIL FROM:<jös@b.example>\r\nMAIL FROM:<jös@b.example> SMTPUTF8\r\nRCPT TO:<ünï@example.test>\r\n".as_bytes());
+    assert_eq!(codes(&o.replies), ["220", "250", "553", "250", "250"]);
+    assert!(o.replies.contains("553 5.6.7"));
+}
+
+#[test]
+fn long_command_lines_are_refused_and_the_session_recovers() {
+    let mut script = b"EHLO c\r\nNOOP ".to_vec();
+    script.extend_from_slice(&[b'a'; 2000]);
+    script.extend_from_slice(b"\r\nNOOP\r\n");
+    let o = drive_all_splits(&script);
+    assert_eq!(codes(&o.replies), ["220", "250", "500", "250"]);
+    assert!(o.replies.contains("500 5.5.2 Error: command line too long"));
+}
+
+#[test]
+fn too_many_errors_close_the_session() {
+    let script = b"FOO\r\n".repeat(25);
+    let o = drive(&script);
+    assert!(o.closed);
+    assert_eq!(o.replies.matches("500 5.5.2").count(), 20);
+    assert!(o.replies.ends_with("421 4.7.0 Error: too many errors, closing connection\r\n"));
+}
+
+#[test]
+fn input_after_quit_is_ignored() {
+    let o = drive(b"QUIT\r\nNOOP\r\nNOOP\r\n");
+    assert_eq!(o.replies, format!("{GREETING}221 2.0.0 Bye\r\n"));
+    assert!(o.closed);
+}
+
+#[test]
+fn spool_failure_gives_451_and_no_250() {
+    let o = drive_with(
+        cfg(),
+        &[b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n"],
+        true,
+    );
+    assert!(o.replies.contains("451 4.3.0"));
+    assert!(!o.replies.contains("queued"));
+    assert!(o.replies.ends_with("250 2.0.0 OK\r\n"));
+}
+
+#[test]
+fn no_input_is_used_while_spooling() {
+    let now = Instant::now();
+    let mut s = Session::new(cfg(), now);
+    let mut out = Vec::new();
+    let script = b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n";
+    let used = s.handle_input(script, now, &mut out);
+    assert_eq!(&script[used..], b"QUIT\r\n");
+    assert!(matches!(s.poll_action(), Some(Action::Spool(_))));
+    assert_eq!(s.handle_input(&script[used..], now, &mut out), 0);
+    assert!(!String::from_utf8_lossy(&out).contains("queued"));
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn stalled_clients_time_out() {
+    let t0 = Instant::now();
+    let mut s = Session::new(cfg(), t0);
+    let mut out = Vec::new();
+    s.greet(&mut out);
+    let due = s.poll_timeout().unwrap();
+    assert_eq!(due, t0 + Duration::from_secs(300));
+    s.handle_timeout(due - Duration::from_secs(1), &mut out);
+    assert!(!s.is_closed());
+    // A partial line does not move the deadline (slowloris).
+    assert_eq!(s.handle_input(b"NOO", t0 + Duration::from_secs(200), &mut out), 0);
+    assert_eq!(s.poll_timeout(), Some(due));
+    s.handle_timeout(due, &mut out);
+    assert!(s.is_closed());
+    assert!(String::from_utf8_lossy(&out).ends_with("421 4.4.2 Error: timeout exceeded, closing connection\r\n"));
+    assert!(matches!(s.poll_action(), Some(Action::Close)));
+}
+
+#[test]
+fn data_has_a_total_deadline() {
+    let t0 = Instant::now();
+    let mut s = Session::new(cfg(), t0);
+    let mut out = Vec::new();
+    s.handle_input(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n", t0, &mut out);
+    // Trickling a byte every 100 s keeps the block timer alive but not the total.
+    let mut t = t0;
+    for _ in 0..5 {
+        t += Duration::from_secs(100);
+        s.handle_input(b"x", t, &mut out);
+    }
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(600)));
+}
+
+#[test]
+fn mail_loops_are_refused() {
+    let mut script = b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n".to_vec();
+    for _ in 0..101 {
+        script.extend_from_slice(b"Received: x\r\n");
+    }
+    script.extend_from_slice(b"\r\nbody\r\n.\r\n");
+    let cfg = Arc::new(SessionConfig {
+        limits: Limits::default(),
+        ..(*cfg()).clone()
+    });
+    let o = drive_with(cfg, &[&script], false);
+    assert!(o.spooled.is_empty());
+    assert!(o.replies.ends_with("554 5.4.6 Error: too many hops, mail loop suspected\r\n"));
+}
