@@ -73,7 +73,10 @@ pub struct MailParams {
 
 /// Parses one command line (without its CRLF).
 pub fn parse(line: &[u8]) -> Result<Command<'_>, Reply> {
-    if line.iter().any(|&b| b == 0 || (b < 0x20 && b != b'\t') || b == 0x7f) {
+    if line
+        .iter()
+        .any(|&b| b == 0 || (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
         return Err(Reply::BAD_COMMAND_BYTES);
     }
     let line = std::str::from_utf8(line).map_err(|_| Reply::BAD_COMMAND_BYTES)?;
@@ -103,15 +106,15 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, Reply> {
     }
     if is("MAIL") {
         let args = strip_prefix_ci(rest, "FROM:").ok_or(Reply::SYNTAX_PARAMS)?;
-        let (path, params) = split_path(args.trim_start_matches(' '))
-            .ok_or(Reply::BAD_SENDER_SYNTAX)?;
+        let (path, params) =
+            split_path(args.trim_start_matches(' ')).ok_or(Reply::BAD_SENDER_SYNTAX)?;
         let path = parse_path(path, true).ok_or(Reply::BAD_SENDER_SYNTAX)?;
         return Ok(Command::Mail(path, parse_mail_params(params)?));
     }
     if is("RCPT") {
         let args = strip_prefix_ci(rest, "TO:").ok_or(Reply::SYNTAX_PARAMS)?;
-        let (path, params) = split_path(args.trim_start_matches(' '))
-            .ok_or(Reply::BAD_RECIPIENT_SYNTAX)?;
+        let (path, params) =
+            split_path(args.trim_start_matches(' ')).ok_or(Reply::BAD_RECIPIENT_SYNTAX)?;
         let path = parse_path(path, false).ok_or(Reply::BAD_RECIPIENT_SYNTAX)?;
         if !params.trim().is_empty() {
             // No RCPT extension (DSN's NOTIFY/ORCPT) is advertised.
@@ -171,7 +174,8 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, Reply> {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// Splits `<...> params` at the closing bracket, honouring quoted strings.
@@ -270,7 +274,8 @@ fn is_local_part(s: &str) -> bool {
         }
         return !esc;
     }
-    s.split('.').all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
+    s.split('.')
+        .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
 }
 
 fn is_domain(s: &str) -> bool {
@@ -342,7 +347,10 @@ mod tests {
 
     #[test]
     fn verbs_are_case_insensitive() {
-        assert_eq!(parse(b"ehlo client.example"), Ok(Command::Ehlo("client.example")));
+        assert_eq!(
+            parse(b"ehlo client.example"),
+            Ok(Command::Ehlo("client.example"))
+        );
         assert_eq!(parse(b"QuIt"), Ok(Command::Quit));
         assert_eq!(parse(b"noop anything"), Ok(Command::Noop));
     }
@@ -352,9 +360,20 @@ mod tests {
         assert_eq!(mail("MAIL FROM:<>").unwrap().0, "");
         assert_eq!(mail("MAIL FROM:<a@b.example>").unwrap().0, "a@b.example");
         assert_eq!(mail("mail from: <a@b.example>").unwrap().0, "a@b.example");
-        assert_eq!(mail("MAIL FROM:<@r1.example,@r2.example:a@b.example>").unwrap().0, "a@b.example");
-        assert_eq!(mail("MAIL FROM:<\"x y\"@b.example>").unwrap().0, "\"x y\"@b.example");
-        assert_eq!(mail("MAIL FROM:<a@[127.0.0.1]>").unwrap().0, "a@[127.0.0.1]");
+        assert_eq!(
+            mail("MAIL FROM:<@r1.example,@r2.example:a@b.example>")
+                .unwrap()
+                .0,
+            "a@b.example"
+        );
+        assert_eq!(
+            mail("MAIL FROM:<\"x y\"@b.example>").unwrap().0,
+            "\"x y\"@b.example"
+        );
+        assert_eq!(
+            mail("MAIL FROM:<a@[127.0.0.1]>").unwrap().0,
+            "a@[127.0.0.1]"
+        );
         assert_eq!(mail("MAIL FROM:foo"), Err(501));
         assert_eq!(mail("MAIL FROM:<a@b.example"), Err(501));
         assert_eq!(mail("MAIL FROM:<a@b.example>x"), Err(501));
@@ -368,7 +387,14 @@ mod tests {
     #[test]
     fn mail_parameters() {
         let (_, p) = mail("MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME SMTPUTF8").unwrap();
-        assert_eq!(p, MailParams { size: Some(1000), eight_bit: true, smtputf8: true });
+        assert_eq!(
+            p,
+            MailParams {
+                size: Some(1000),
+                eight_bit: true,
+                smtputf8: true
+            }
+        );
         assert_eq!(mail("MAIL FROM:<a@b.example> SIZE=abc"), Err(501));
         assert_eq!(mail("MAIL FROM:<a@b.example> BODY=BINARYMIME"), Err(555));
         assert_eq!(mail("MAIL FROM:<a@b.example> RET=FULL"), Err(555));
@@ -381,13 +407,30 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(parse(b"RCPT TO:<>").unwrap_err().code, 501);
-        assert_eq!(parse(b"RCPT TO:<a@b.example> NOTIFY=NEVER").unwrap_err().code, 555);
+        assert_eq!(
+            parse(b"RCPT TO:<a@b.example> NOTIFY=NEVER")
+                .unwrap_err()
+                .code,
+            555
+        );
     }
 
     #[test]
     fn bdat_syntax() {
-        assert_eq!(parse(b"BDAT 10 LAST"), Ok(Command::Bdat { size: 10, last: true }));
-        assert_eq!(parse(b"bdat 0"), Ok(Command::Bdat { size: 0, last: false }));
+        assert_eq!(
+            parse(b"BDAT 10 LAST"),
+            Ok(Command::Bdat {
+                size: 10,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse(b"bdat 0"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: false
+            })
+        );
         assert_eq!(parse(b"BDAT -1").unwrap_err().code, 501);
         assert_eq!(parse(b"BDAT 1 MORE").unwrap_err().code, 501);
     }

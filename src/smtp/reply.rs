@@ -93,7 +93,8 @@ impl Reply {
     /// Idle or stalled client.
     pub const TIMEOUT: Reply = r(421, "4.4.2", "Error: timeout exceeded, closing connection");
     /// The error limit was reached.
-    pub const TOO_MANY_ERRORS: Reply = r(421, "4.7.0", "Error: too many errors, closing connection");
+    pub const TOO_MANY_ERRORS: Reply =
+        r(421, "4.7.0", "Error: too many errors, closing connection");
     /// The server is shutting down.
     pub const SHUTTING_DOWN: Reply = r(421, "4.3.2", "Service shutting down, closing connection");
 
@@ -101,7 +102,11 @@ impl Reply {
     /// Unknown verb.
     pub const UNRECOGNIZED: Reply = r(500, "5.5.2", "Error: command not recognized");
     /// Command line longer than 512 octets (RFC 5321 section 4.5.3.1.4).
-    pub const LINE_TOO_LONG: Reply = r(500, "5.5.2", "Error: command line too long (limit 512 octets)");
+    pub const LINE_TOO_LONG: Reply = r(
+        500,
+        "5.5.2",
+        "Error: command line too long (limit 512 octets)",
+    );
     /// Bare CR or LF in a command line (smuggling protection).
     pub const BARE_NEWLINE_COMMAND: Reply = r(
         500,
@@ -111,7 +116,11 @@ impl Reply {
     /// NUL or other control byte in a command line.
     pub const BAD_COMMAND_BYTES: Reply = r(500, "5.5.2", "Error: invalid characters in command");
     /// A command's arguments are not as RFC 5321 writes them.
-    pub const SYNTAX_PARAMS: Reply = r(501, "5.5.4", "Error: syntax error in parameters or arguments");
+    pub const SYNTAX_PARAMS: Reply = r(
+        501,
+        "5.5.4",
+        "Error: syntax error in parameters or arguments",
+    );
     /// EHLO/HELO without a name.
     pub const SYNTAX_EHLO: Reply = r(501, "5.5.4", "Syntax: EHLO hostname");
     /// DATA, RSET, QUIT with arguments.
@@ -133,7 +142,11 @@ impl Reply {
     /// RCPT/DATA/BDAT without MAIL.
     pub const NEED_MAIL: Reply = r(503, "5.5.1", "Error: need MAIL command");
     /// DATA after BDAT in the same transaction.
-    pub const DATA_AFTER_BDAT: Reply = r(503, "5.5.1", "Error: DATA cannot follow BDAT in one transaction");
+    pub const DATA_AFTER_BDAT: Reply = r(
+        503,
+        "5.5.1",
+        "Error: DATA cannot follow BDAT in one transaction",
+    );
     /// AUTH: gomail is an MX and offers no submission.
     pub const AUTH_NOT_ENABLED: Reply = r(503, "5.5.1", "Error: authentication not enabled");
     /// DATA/BDAT when no RCPT was accepted.
@@ -145,7 +158,11 @@ impl Reply {
     /// RCPT for a domain that is not served (no open relay).
     pub const RELAY_DENIED: Reply = r(550, "5.7.1", "Error: relay access denied");
     /// Declared or actual size over `max_message_size` (RFC 1870).
-    pub const TOO_BIG: Reply = r(552, "5.3.4", "Error: message size exceeds fixed maximum message size");
+    pub const TOO_BIG: Reply = r(
+        552,
+        "5.3.4",
+        "Error: message size exceeds fixed maximum message size",
+    );
     /// Non-ASCII address without SMTPUTF8 (RFC 6531 section 3.7.4.2).
     pub const NEED_SMTPUTF8: Reply = r(
         553,

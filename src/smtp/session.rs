@@ -269,9 +269,7 @@ impl Session {
                     self.end_of_data(&decoder, out);
                 }
                 State::Bdat {
-                    remaining,
-                    started,
-                    ..
+                    remaining, started, ..
                 } => {
                     let take = (*remaining).min(rest.len() as u64) as usize;
                     *remaining -= take as u64;
@@ -279,7 +277,11 @@ impl Session {
                     let done = *remaining == 0;
                     pos += take;
                     if let Some(env) = self.envelope.as_mut() {
-                        let room = self.cfg.limits.max_message_size.saturating_sub(env.bdat_size);
+                        let room = self
+                            .cfg
+                            .limits
+                            .max_message_size
+                            .saturating_sub(env.bdat_size);
                         let keep = (take as u64).min(room) as usize;
                         env.body.extend_from_slice(&rest[..keep]);
                         env.bdat_size += take as u64;
@@ -349,7 +351,10 @@ impl Session {
                     Reply::NEED_EHLO
                 } else if self.envelope.is_some() {
                     Reply::NESTED_MAIL
-                } else if params.size.is_some_and(|s| s > self.cfg.limits.max_message_size) {
+                } else if params
+                    .size
+                    .is_some_and(|s| s > self.cfg.limits.max_message_size)
+                {
                     Reply::TOO_BIG
                 } else if path.is_utf8() && !params.smtputf8 {
                     Reply::NEED_SMTPUTF8
@@ -392,9 +397,7 @@ impl Session {
                 let refuse = match (&self.helo, &mut self.envelope) {
                     (None, _) => Some(Reply::NEED_EHLO),
                     (_, None) => Some(Reply::NEED_MAIL),
-                    (_, Some(env)) if env.recipients.is_empty() => {
-                        Some(Reply::NO_VALID_RECIPIENTS)
-                    }
+                    (_, Some(env)) if env.recipients.is_empty() => Some(Reply::NO_VALID_RECIPIENTS),
                     (_, Some(env)) => {
                         env.chunked = true;
                         None
@@ -510,7 +513,10 @@ impl Session {
             self.finish(None, out);
         } else {
             let n = env.bdat_size;
-            self.reply(Reply::new(250, "2.0.0", format!("{n} octets received")), out);
+            self.reply(
+                Reply::new(250, "2.0.0", format!("{n} octets received")),
+                out,
+            );
         }
     }
 
@@ -519,7 +525,8 @@ impl Session {
         let Some(env) = self.envelope.take() else {
             return;
         };
-        let refusal = refusal.or_else(|| (count_hops(&env.body) > MAX_HOPS).then_some(Reply::TOO_MANY_HOPS));
+        let refusal =
+            refusal.or_else(|| (count_hops(&env.body) > MAX_HOPS).then_some(Reply::TOO_MANY_HOPS));
         if let Some(reply) = refusal {
             self.reply(reply, out);
             return;

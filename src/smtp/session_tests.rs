@@ -122,7 +122,10 @@ fn pipelined_transactions_at_every_split_point() {
     );
     assert_eq!(
         codes(&o.replies),
-        ["220", "250", "250", "250", "550", "354", "250", "250", "250", "354", "250", "250", "250", "221"]
+        [
+            "220", "250", "250", "250", "550", "354", "250", "250", "250", "354", "250", "250",
+            "250", "221"
+        ]
     );
     assert_eq!(o.spooled.len(), 2);
     assert_eq!(o.spooled[0].mail_from, "");
@@ -136,18 +139,25 @@ fn smuggled_messages_are_never_accepted() {
     // Each body hides a second transaction behind a non-CRLF terminator,
     // then ends with the real CRLF.CRLF.
     for hidden in [&b"\n.\n"[..], b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r"] {
-        let mut script = b"EHLO c\r\nMAIL FROM:<a@s.example>\r\nRCPT TO:<b@example.test>\r\nDATA\r\nhello".to_vec();
+        let mut script =
+            b"EHLO c\r\nMAIL FROM:<a@s.example>\r\nRCPT TO:<b@example.test>\r\nDATA\r\nhello"
+                .to_vec();
         script.extend_from_slice(hidden);
         script.extend_from_slice(b"MAIL FROM:<evil@s.example>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nsmuggled\r\n.\r\nNOOP\r\n");
         let o = drive_all_splits(&script);
         assert!(o.spooled.is_empty(), "{hidden:?}: {:?}", o.spooled);
         assert!(
-            o.replies.contains("550 5.6.0 Error: message refused, bare <CR> or <LF>"),
+            o.replies
+                .contains("550 5.6.0 Error: message refused, bare <CR> or <LF>"),
             "{hidden:?}: {}",
             o.replies
         );
         // The session goes on: NOOP after the refused message is answered.
-        assert!(o.replies.ends_with("250 2.0.0 OK\r\n"), "{hidden:?}: {}", o.replies);
+        assert!(
+            o.replies.ends_with("250 2.0.0 OK\r\n"),
+            "{hidden:?}: {}",
+            o.replies
+        );
     }
 }
 
@@ -155,7 +165,9 @@ fn smuggled_messages_are_never_accepted() {
 fn bare_newlines_in_commands_are_refused() {
     let o = drive_all_splits(b"EHLO c\nMAIL FROM:<a@b.example>\r\nNOOP\rNOOP\r\nQUIT\r\n");
     assert_eq!(codes(&o.replies), ["220", "500", "503", "500", "221"]);
-    assert!(o.replies.contains("500 5.5.2 Error: bare <CR> or <LF> in command"));
+    assert!(o
+        .replies
+        .contains("500 5.5.2 Error: bare <CR> or <LF> in command"));
 }
 
 #[test]
@@ -163,7 +175,10 @@ fn bdat_chunks_are_assembled() {
     let o = drive_all_splits(
         b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nBDAT 5\r\nab\r\ncBDAT 3 LAST\r\n.\r\nQUIT\r\n",
     );
-    assert_eq!(codes(&o.replies), ["220", "250", "250", "250", "250", "250", "221"]);
+    assert_eq!(
+        codes(&o.replies),
+        ["220", "250", "250", "250", "250", "250", "221"]
+    );
     assert!(o.replies.contains("250 2.0.0 5 octets received\r\n"));
     assert_eq!(o.spooled[0].body, b"ab\r\nc.\r\n");
     assert!(o.spooled[0].chunked);
@@ -179,19 +194,26 @@ fn bdat_without_transaction_discards_its_octets() {
 
 #[test]
 fn data_after_bdat_is_out_of_sequence() {
-    let o = drive(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nBDAT 1\r\nxDATA\r\n");
-    assert!(o.replies.ends_with("503 5.5.1 Error: DATA cannot follow BDAT in one transaction\r\n"));
+    let o = drive(
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nBDAT 1\r\nxDATA\r\n",
+    );
+    assert!(o
+        .replies
+        .ends_with("503 5.5.1 Error: DATA cannot follow BDAT in one transaction\r\n"));
 }
 
 #[test]
 fn declared_size_over_limit_is_refused() {
-    let o = drive(b"EHLO c\r\nMAIL FROM:<a@b.example> SIZE=1001\r\nMAIL FROM:<a@b.example> SIZE=1000\r\n");
+    let o = drive(
+        b"EHLO c\r\nMAIL FROM:<a@b.example> SIZE=1001\r\nMAIL FROM:<a@b.example> SIZE=1000\r\n",
+    );
     assert_eq!(codes(&o.replies), ["220", "250", "552", "250"]);
 }
 
 #[test]
 fn oversized_data_gets_552_and_the_session_continues() {
-    let mut script = b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n".to_vec();
+    let mut script =
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n".to_vec();
     for _ in 0..30 {
         script.extend_from_slice(&[b'x'; 60]);
         script.extend_from_slice(b"\r\n");
@@ -205,12 +227,17 @@ fn oversized_data_gets_552_and_the_session_continues() {
 
 #[test]
 fn oversized_bdat_gets_552() {
-    let mut script = b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nBDAT 1001 LAST\r\n".to_vec();
+    let mut script =
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nBDAT 1001 LAST\r\n"
+            .to_vec();
     script.extend_from_slice(&[b'y'; 1001]);
     script.extend_from_slice(b"NOOP\r\n");
     let o = drive(&script);
     assert!(o.spooled.is_empty());
-    assert_eq!(codes(&o.replies), ["220", "250", "250", "250", "552", "250"]);
+    assert_eq!(
+        codes(&o.replies),
+        ["220", "250", "250", "250", "552", "250"]
+    );
 }
 
 #[test]
@@ -218,8 +245,13 @@ fn recipients_past_the_limit_get_452() {
     let o = drive(
         b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<1@example.test>\r\nRCPT TO:<2@example.test>\r\nRCPT TO:<2@example.test>\r\nRCPT TO:<3@example.test>\r\nRCPT TO:<4@example.test>\r\n",
     );
-    assert_eq!(codes(&o.replies), ["220", "250", "250", "250", "250", "250", "250", "452"]);
-    assert!(o.replies.ends_with("452 4.5.3 Error: too many recipients\r\n"));
+    assert_eq!(
+        codes(&o.replies),
+        ["220", "250", "250", "250", "250", "250", "250", "452"]
+    );
+    assert!(o
+        .replies
+        .ends_with("452 4.5.3 Error: too many recipients\r\n"));
 }
 
 #[test]
@@ -227,15 +259,23 @@ fn relay_is_refused_and_postmaster_accepted() {
     let o = drive(
         b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@elsewhere.example>\r\nRCPT TO:<x@[127.0.0.1]>\r\nRCPT TO:<postmaster>\r\nDATA\r\nx\r\n.\r\n",
     );
-    assert_eq!(codes(&o.replies), ["220", "250", "250", "550", "550", "250", "354", "250"]);
-    assert!(o.replies.contains("550 5.7.1 Error: relay access denied\r\n"));
+    assert_eq!(
+        codes(&o.replies),
+        ["220", "250", "250", "550", "550", "250", "354", "250"]
+    );
+    assert!(o
+        .replies
+        .contains("550 5.7.1 Error: relay access denied\r\n"));
     assert_eq!(o.spooled[0].recipients, vec!["postmaster@example.test"]);
 }
 
 #[test]
 fn sequence_errors() {
     let o = drive(b"MAIL FROM:<a@b.example>\r\nHELO c\r\nRCPT TO:<r@example.test>\r\nDATA\r\nMAIL FROM:<a@b.example>\r\nDATA\r\nMAIL FROM:<a@b.example>\r\n");
-    assert_eq!(codes(&o.replies), ["220", "503", "250", "503", "503", "250", "554", "503"]);
+    assert_eq!(
+        codes(&o.replies),
+        ["220", "503", "250", "503", "503", "250", "554", "503"]
+    );
 }
 
 #[test]
@@ -261,7 +301,9 @@ fn too_many_errors_close_the_session() {
     let o = drive(&script);
     assert!(o.closed);
     assert_eq!(o.replies.matches("500 5.5.2").count(), 20);
-    assert!(o.replies.ends_with("421 4.7.0 Error: too many errors, closing connection\r\n"));
+    assert!(o
+        .replies
+        .ends_with("421 4.7.0 Error: too many errors, closing connection\r\n"));
 }
 
 #[test]
@@ -308,11 +350,15 @@ fn stalled_clients_time_out() {
     s.handle_timeout(due - Duration::from_secs(1), &mut out);
     assert!(!s.is_closed());
     // A partial line does not move the deadline (slowloris).
-    assert_eq!(s.handle_input(b"NOO", t0 + Duration::from_secs(200), &mut out), 0);
+    assert_eq!(
+        s.handle_input(b"NOO", t0 + Duration::from_secs(200), &mut out),
+        0
+    );
     assert_eq!(s.poll_timeout(), Some(due));
     s.handle_timeout(due, &mut out);
     assert!(s.is_closed());
-    assert!(String::from_utf8_lossy(&out).ends_with("421 4.4.2 Error: timeout exceeded, closing connection\r\n"));
+    assert!(String::from_utf8_lossy(&out)
+        .ends_with("421 4.4.2 Error: timeout exceeded, closing connection\r\n"));
     assert!(matches!(s.poll_action(), Some(Action::Close)));
 }
 
@@ -321,7 +367,11 @@ fn data_has_a_total_deadline() {
     let t0 = Instant::now();
     let mut s = Session::new(cfg(), t0);
     let mut out = Vec::new();
-    s.handle_input(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n", t0, &mut out);
+    s.handle_input(
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n",
+        t0,
+        &mut out,
+    );
     // Trickling a byte every 100 s keeps the block timer alive but not the total.
     let mut t = t0;
     for _ in 0..5 {
@@ -333,7 +383,8 @@ fn data_has_a_total_deadline() {
 
 #[test]
 fn mail_loops_are_refused() {
-    let mut script = b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n".to_vec();
+    let mut script =
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n".to_vec();
     for _ in 0..101 {
         script.extend_from_slice(b"Received: x\r\n");
     }
@@ -344,5 +395,7 @@ fn mail_loops_are_refused() {
     });
     let o = drive_with(cfg, &[&script], false);
     assert!(o.spooled.is_empty());
-    assert!(o.replies.ends_with("554 5.4.6 Error: too many hops, mail loop suspected\r\n"));
+    assert!(o
+        .replies
+        .ends_with("554 5.4.6 Error: too many hops, mail loop suspected\r\n"));
 }

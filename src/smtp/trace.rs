@@ -37,7 +37,13 @@ pub fn received_header(
 /// Keeps client-chosen text from breaking the header's structure.
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() || c == '(' || c == ')' { '_' } else { c })
+        .map(|c| {
+            if c.is_control() || c == '(' || c == ')' {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -58,7 +64,13 @@ mod tests {
             chunked: false,
         };
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let h = received_header(&tx, ip, "mx.example.test", "ID1", "Mon, 30 Nov 2026 08:00:00 +0000");
+        let h = received_header(
+            &tx,
+            ip,
+            "mx.example.test",
+            "ID1",
+            "Mon, 30 Nov 2026 08:00:00 +0000",
+        );
         assert_eq!(
             h,
             "Received: from client.example ([127.0.0.1])\r\n\tby mx.example.test (gomail) with ESMTP id ID1\r\n\tfor <r@example.test>;\r\n\tMon, 30 Nov 2026 08:00:00 +0000\r\n"
