@@ -2,4 +2,5 @@
 //!
 //! # Layout
 //! - [`smtp`]: the sans-IO protocol (commands, replies, DATA/BDAT, session).
+pub mod config;
 pub mod smtp;

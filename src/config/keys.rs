@@ -1,0 +1,265 @@
+//! The table of configuration keys: name, kind, default, and whether gomail
+//! acts on it yet. GoMail's keys are all here so that a GoMail config file
+//! loads unchanged; keys gomail does not use are accepted and reported.
+
+/// How a key's value is written and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Any string.
+    Str,
+    /// A string that must never be logged or shown by `config show`.
+    Secret,
+    /// `true` / `false`.
+    Bool,
+    /// A non-negative integer.
+    Int,
+    /// A byte size: `26214400`, `25MB`, `10GiB`.
+    Size,
+    /// A duration: `30s`, `5m`, `1h`, `7d`, or a number of seconds.
+    Duration,
+    /// A list of strings (YAML list; comma-separated in env and flags).
+    List,
+    /// One of the listed words.
+    Enum(&'static [&'static str]),
+    /// `auto` or a positive integer.
+    AutoOrInt,
+}
+
+/// Whether gomail acts on a key in this version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Used now.
+    Active,
+    /// Checked and kept; the feature it configures is not in this build yet.
+    Pending,
+    /// A GoMail key with no meaning in gomail (it configured Postfix or a
+    /// GoMail-only feature); accepted so GoMail files load, then ignored.
+    Ignored,
+}
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// The YAML name (dotted for nested keys).
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its default, as it would be written in YAML (`None`: unset).
+    pub default: Option<&'static str>,
+    /// Whether it is used.
+    pub status: Status,
+}
+
+const fn k(name: &'static str, kind: Kind, default: Option<&'static str>, status: Status) -> Key {
+    Key {
+        name,
+        kind,
+        default,
+        status,
+    }
+}
+
+use Kind::*;
+use Status::*;
+
+/// Every key gomail accepts.
+pub const KEYS: &[Key] = &[
+    // SMTP engine
+    k("smtp_listen", List, Some("127.0.0.1:2525"), Active),
+    k("shards", AutoOrInt, Some("auto"), Active),
+    k("cpu_pinning", Bool, Some("false"), Active),
+    k("primary_domain", Str, Some("localhost"), Active),
+    k("additional_domains", List, Some(""), Active),
+    k("mail_hostname", Str, None, Active),
+    k("max_message_size", Size, Some("26214400"), Active),
+    k("max_recipients", Int, Some("100"), Active),
+    k("data_dir", Str, Some("./data"), Active),
+    // logging
+    k(
+        "log_level",
+        Enum(&["debug", "info", "warn", "error"]),
+        Some("info"),
+        Active,
+    ),
+    k("log_format", Enum(&["text", "json"]), Some("text"), Active),
+    k("log_file", Str, Some(""), Active),
+    // control plane
+    k("port", Int, Some("3000"), Pending),
+    k("bearer_token", Secret, None, Pending),
+    k("metrics_enabled", Bool, Some("true"), Pending),
+    k("metrics_port", Int, Some("9090"), Pending),
+    k("metrics_path", Str, Some("/metrics"), Pending),
+    k("http_timeouts.read", Duration, Some("30s"), Pending),
+    k("http_timeouts.write", Duration, Some("30s"), Pending),
+    k("http_timeouts.handler", Duration, Some("60s"), Pending),
+    k("http_timeouts.idle", Duration, Some("120s"), Pending),
+    k("http_timeouts.shutdown", Duration, Some("30s"), Pending),
+    // webhook delivery
+    k("api_endpoint", Str, None, Pending),
+    k("webhook_timeout", Duration, Some("30s"), Pending),
+    k("webhook_retries", Int, Some("3"), Pending),
+    k("webhook_retry_delay", Duration, Some("5s"), Pending),
+    k("webhook_secret", Secret, None, Pending),
+    // TLS
+    k("tls_enabled", Bool, Some("true"), Pending),
+    k("starttls_enabled", Bool, Some("true"), Pending),
+    k("tls_cert_file", Str, None, Pending),
+    k("tls_key_file", Str, None, Pending),
+    k(
+        "tls_min_version",
+        Enum(&["1.2", "1.3"]),
+        Some("1.2"),
+        Pending,
+    ),
+    k("tls_cipher_suites", List, Some(""), Pending),
+    // authentication checks
+    k("spf_enabled", Bool, Some("true"), Pending),
+    k(
+        "spf_enforcement",
+        Enum(&["none", "soft", "strict"]),
+        Some("none"),
+        Pending,
+    ),
+    k("dkim_enabled", Bool, Some("true"), Pending),
+    k("dmarc_enabled", Bool, Some("true"), Pending),
+    k(
+        "dmarc_enforcement",
+        Enum(&["none", "relaxed", "strict"]),
+        Some("none"),
+        Pending,
+    ),
+    k("dns_servers", List, Some(""), Pending),
+    // admission
+    k("rate_limit_per_minute", Int, Some("60"), Pending),
+    k("rate_limit_burst", Int, Some("10"), Pending),
+    k("max_connections_per_ip", Int, Some("10"), Pending),
+    k("max_total_connections", Int, Some("1000"), Active),
+    k("ban_threshold", Int, Some("5"), Pending),
+    k("ban_duration", Duration, Some("1h"), Pending),
+    // GoMail keys without meaning here
+    k("mode", Str, None, Ignored),
+    k("storage_mode", Str, None, Ignored),
+    k("connection_pool_size", Int, None, Ignored),
+    k("max_storage_size", Size, None, Ignored),
+    k("dkim_selector", Str, None, Ignored),
+    k("dkim_private_key_path", Str, None, Ignored),
+    k("dkim_sign_outbound", Bool, None, Ignored),
+    k("dmarc_reporting", Bool, None, Ignored),
+    k("postfix_queue_directory", Str, None, Ignored),
+    k("postfix_config_directory", Str, None, Ignored),
+    k("log_rotation_size", Size, None, Ignored),
+    k("log_rotation_age", Duration, None, Ignored),
+    k("log_retention", Duration, None, Ignored),
+    k("health_check_interval", Duration, None, Ignored),
+    k("cleanup_interval", Duration, None, Ignored),
+    k("cleanup_age", Duration, None, Ignored),
+    k("digitalocean_token", Secret, None, Ignored),
+    k("digitalocean_domain_id", Str, None, Ignored),
+    k("debug_mode", Bool, None, Ignored),
+    k("panic_recovery", Bool, None, Ignored),
+    k("request_id_header", Str, None, Ignored),
+    k("cors_enabled", Bool, None, Ignored),
+    k("cors_origins", List, None, Ignored),
+];
+
+/// Looks a key up by its YAML name.
+pub fn find(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The environment variable for a key: `MAIL_` + upper case, dots to `_`.
+pub fn env_name(key: &str) -> String {
+    format!("MAIL_{}", key.to_ascii_uppercase().replace(['.', '-'], "_"))
+}
+
+/// Parses a byte size: a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+/// Parses a duration: `500ms`, `30s`, `5m`, `1h`, `7d`, or seconds; `1h30m` too.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if split == 0 {
+            return None;
+        }
+        let n: u64 = rest[..split].parse().ok()?;
+        rest = &rest[split..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let d = match &rest[..unit_len] {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            "m" => std::time::Duration::from_secs(n.checked_mul(60)?),
+            "h" => std::time::Duration::from_secs(n.checked_mul(3600)?),
+            "d" => std::time::Duration::from_secs(n.checked_mul(86_400)?),
+            _ => return None,
+        };
+        total = total.checked_add(d)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration as D;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("26214400"), Some(26_214_400));
+        assert_eq!(parse_size("25MB"), Some(25_000_000));
+        assert_eq!(parse_size("10 GiB"), Some(10 << 30));
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_duration("30s"), Some(D::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Some(D::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Some(D::from_secs(604_800)));
+        assert_eq!(parse_duration("250ms"), Some(D::from_millis(250)));
+        assert_eq!(parse_duration("45"), Some(D::from_secs(45)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn env_names_follow_gomail() {
+        assert_eq!(env_name("bearer_token"), "MAIL_BEARER_TOKEN");
+        assert_eq!(env_name("http_timeouts.read"), "MAIL_HTTP_TIMEOUTS_READ");
+    }
+
+    #[test]
+    fn every_default_parses() {
+        for key in KEYS {
+            if let Some(d) = key.default {
+                let v = super::super::Value::from_text(d, key.kind);
+                assert!(super::super::check(key, &v).is_ok(), "{}", key.name);
+            }
+        }
+    }
+}

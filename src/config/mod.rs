@@ -1,0 +1,632 @@
+//! Configuration: YAML file, `MAIL_*` environment, command-line flags.
+//!
+//! Precedence is GoMail's: flags over environment over file over defaults.
+//! Every value is checked against the key table ([`keys::KEYS`]); a bad one
+//! is an error that names the key and where it came from (file and line,
+//! environment variable, or flag). An unknown key is an error too, so a typo
+//! never silently falls back to a default.
+
+pub mod edit;
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use keys::{Key, Kind, Status};
+
+/// A configuration problem, with the key and its origin.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file could not be written (`config set`).
+    #[error("cannot write config file {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML, or not a mapping of keys.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key gomail does not know.
+    #[error("{origin}: unknown key `{key}`{hint}")]
+    UnknownKey {
+        /// The key as written.
+        key: String,
+        /// Where it was written.
+        origin: Origin,
+        /// A suggestion, if a known key is close.
+        hint: String,
+    },
+    /// A value of the wrong type or out of range.
+    #[error("{origin}: key `{key}`: {reason}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// Where the value came from.
+        origin: Origin,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+}
+
+/// Where a setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// A config file, at a line (1-based) when known.
+    File(PathBuf, Option<usize>),
+    /// A `MAIL_*` environment variable.
+    Env(String),
+    /// A command-line flag.
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "default"),
+            Origin::File(p, Some(l)) => write!(f, "{}:{l}", p.display()),
+            Origin::File(p, None) => write!(f, "{}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+            Origin::Flag(n) => write!(f, "flag --{n}"),
+        }
+    }
+}
+
+/// A raw setting value, before it is checked against its key's kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A scalar as text.
+    Text(String),
+    /// A YAML boolean.
+    Bool(bool),
+    /// A YAML integer.
+    Int(u64),
+    /// A YAML list of scalars.
+    List(Vec<String>),
+}
+
+impl Value {
+    /// Reads a value written as text (environment, flag, `config set`).
+    pub fn from_text(s: &str, kind: Kind) -> Value {
+        match kind {
+            Kind::List => Value::List(
+                s.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect(),
+            ),
+            _ => Value::Text(s.to_string()),
+        }
+    }
+
+    fn from_yaml(v: &serde_norway::Value) -> Option<Value> {
+        use serde_norway::Value as Y;
+        Some(match v {
+            Y::Null => return None,
+            Y::Bool(b) => Value::Bool(*b),
+            Y::Number(n) => match n.as_u64() {
+                Some(u) => Value::Int(u),
+                None => Value::Text(n.to_string()),
+            },
+            Y::String(s) => Value::Text(s.clone()),
+            Y::Sequence(items) => Value::List(
+                items
+                    .iter()
+                    .map(|i| match Value::from_yaml(i) {
+                        Some(Value::Text(s)) => s,
+                        Some(Value::Int(n)) => n.to_string(),
+                        Some(Value::Bool(b)) => b.to_string(),
+                        _ => String::new(),
+                    })
+                    .collect(),
+            ),
+            Y::Mapping(_) | Y::Tagged(_) => Value::Text(String::new()),
+        })
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Value::Text(s) => s.clone(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(n) => n.to_string(),
+            Value::List(l) => l.join(","),
+        }
+    }
+}
+
+/// Checks a value against its key's kind; returns the reason if it fails.
+pub fn check(key: &Key, v: &Value) -> Result<(), String> {
+    let text = v.text();
+    let ok = match key.kind {
+        Kind::Str | Kind::Secret => !matches!(v, Value::List(_)),
+        Kind::Bool => matches!(v, Value::Bool(_)) || parse_bool(&text).is_some(),
+        Kind::Int => text.parse::<u64>().is_ok(),
+        Kind::Size => keys::parse_size(&text).is_some(),
+        Kind::Duration => keys::parse_duration(&text).is_some(),
+        Kind::List => true,
+        Kind::Enum(words) => words.contains(&text.as_str()),
+        Kind::AutoOrInt => text == "auto" || text.parse::<u32>().is_ok_and(|n| n > 0),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match key.kind {
+        Kind::Str | Kind::Secret => format!("expected a single value, got a list `{text}`"),
+        Kind::Bool => format!("expected true or false, got `{text}`"),
+        Kind::Int => format!("expected a whole number, got `{text}`"),
+        Kind::Size => format!("expected a size such as 26214400 or 25MB, got `{text}`"),
+        Kind::Duration => format!("expected a duration such as 30s, 5m or 1h, got `{text}`"),
+        Kind::List => unreachable!(),
+        Kind::Enum(words) => format!("expected one of {}, got `{text}`", words.join(", ")),
+        Kind::AutoOrInt => format!("expected `auto` or a positive number, got `{text}`"),
+    })
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Some(true),
+        "false" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Where `load` looks and what overrides it.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config`; when `None`, `MAIL_CONFIG`, then `/etc/gomail.yaml` if it exists.
+    pub file: Option<PathBuf>,
+    /// Flag overrides as (key, value) in YAML key names.
+    pub flags: Vec<(String, String)>,
+    /// Environment variables to read (normally `std::env::vars()`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The file to read, if any.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.file {
+            return Some(p.clone());
+        }
+        if let Some((_, p)) = self.env.iter().find(|(k, _)| k == "MAIL_CONFIG") {
+            return Some(PathBuf::from(p));
+        }
+        let etc = Path::new("/etc/gomail.yaml");
+        etc.exists().then(|| etc.to_path_buf())
+    }
+}
+
+/// The checked, resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file that was read, if any.
+    pub path: Option<PathBuf>,
+    /// SMTP listen addresses.
+    pub smtp_listen: Vec<SocketAddr>,
+    /// Number of shards.
+    pub shards: usize,
+    /// Pin each shard to a CPU.
+    pub cpu_pinning: bool,
+    /// The first domain mail is accepted for.
+    pub primary_domain: String,
+    /// More domains mail is accepted for.
+    pub additional_domains: Vec<String>,
+    /// The name in the SMTP greeting and `Received:` headers.
+    pub mail_hostname: String,
+    /// Largest message accepted, in octets.
+    pub max_message_size: u64,
+    /// Recipients per transaction.
+    pub max_recipients: usize,
+    /// Concurrent SMTP connections over all shards.
+    pub max_total_connections: usize,
+    /// Root of the spool and the JSON store.
+    pub data_dir: PathBuf,
+    /// `debug`, `info`, `warn` or `error`.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Log file; empty for standard error.
+    pub log_file: String,
+    settings: BTreeMap<&'static str, (Value, Origin)>,
+}
+
+/// Loads and checks the configuration from `sources`.
+pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    let mut settings: BTreeMap<&'static str, (Value, Origin)> = BTreeMap::new();
+    for key in keys::KEYS {
+        if let Some(d) = key.default {
+            settings.insert(key.name, (Value::from_text(d, key.kind), Origin::Default));
+        }
+    }
+    let path = sources.config_path();
+    if let Some(path) = &path {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        for (name, value) in read_yaml(path, &text)? {
+            let origin = Origin::File(path.clone(), line_of(&text, &name));
+            let Some(key) = keys::find(&name) else {
+                return Err(unknown(name, origin));
+            };
+            match value {
+                Some(v) => settings.insert(key.name, (v, origin)),
+                None => settings.remove(key.name),
+            };
+        }
+    }
+    for key in keys::KEYS {
+        let var = keys::env_name(key.name);
+        if let Some((_, v)) = sources.env.iter().find(|(k, _)| *k == var) {
+            settings.insert(key.name, (Value::from_text(v, key.kind), Origin::Env(var)));
+        }
+    }
+    for (name, v) in &sources.flags {
+        let origin = Origin::Flag(name.replace(['_', '.'], "-"));
+        let Some(key) = keys::find(name) else {
+            return Err(unknown(name.clone(), origin));
+        };
+        settings.insert(key.name, (Value::from_text(v, key.kind), origin));
+    }
+    for (name, (value, origin)) in &settings {
+        let key = keys::find(name).expect("settings hold known keys");
+        check(key, value).map_err(|reason| ConfigError::Invalid {
+            key: name.to_string(),
+            origin: origin.clone(),
+            reason,
+        })?;
+    }
+    resolve(path, settings)
+}
+
+fn unknown(key: String, origin: Origin) -> ConfigError {
+    let close = keys::KEYS
+        .iter()
+        .map(|k| k.name)
+        .find(|k| k.contains(key.as_str()) || key.contains(k) || edit_distance(k, &key) <= 2);
+    ConfigError::UnknownKey {
+        hint: close
+            .map(|c| format!(" (did you mean `{c}`?)"))
+            .unwrap_or_default(),
+        key,
+        origin,
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Flattens the YAML file into (dotted key, value) pairs in file order.
+fn read_yaml(path: &Path, text: &str) -> Result<Vec<(String, Option<Value>)>, ConfigError> {
+    let syntax = |message: String| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        message,
+    };
+    let doc: serde_norway::Value =
+        serde_norway::from_str(text).map_err(|e| syntax(e.to_string()))?;
+    let map = match doc {
+        serde_norway::Value::Null => return Ok(Vec::new()),
+        serde_norway::Value::Mapping(m) => m,
+        _ => return Err(syntax("expected a mapping of `key: value` lines".into())),
+    };
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let Some(k) = k.as_str() else {
+            return Err(syntax(format!("key {k:?} is not a string")));
+        };
+        if let serde_norway::Value::Mapping(inner) = &v {
+            for (ik, iv) in inner {
+                let ik = ik.as_str().unwrap_or_default();
+                out.push((format!("{k}.{ik}"), Value::from_yaml(iv)));
+            }
+        } else {
+            out.push((k.to_string(), Value::from_yaml(&v)));
+        }
+    }
+    Ok(out)
+}
+
+/// The 1-based line where a (possibly dotted) key is written.
+pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
+    let is_key_line = |line: &str, k: &str| {
+        line.trim_start()
+            .strip_prefix(k)
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+    };
+    match key.split_once('.') {
+        None => text
+            .lines()
+            .position(|l| !l.starts_with([' ', '\t']) && is_key_line(l, key))
+            .map(|i| i + 1),
+        Some((outer, inner)) => {
+            let start = text
+                .lines()
+                .position(|l| !l.starts_with([' ', '\t']) && is_key_line(l, outer))?;
+            text.lines()
+                .enumerate()
+                .skip(start + 1)
+                .take_while(|(_, l)| l.starts_with([' ', '\t']) || l.trim().is_empty())
+                .find(|(_, l)| is_key_line(l, inner))
+                .map(|(i, _)| i + 1)
+        }
+    }
+}
+
+fn resolve(
+    path: Option<PathBuf>,
+    settings: BTreeMap<&'static str, (Value, Origin)>,
+) -> Result<Config, ConfigError> {
+    let get = |k: &str| settings.get(k).map(|(v, _)| v.text()).unwrap_or_default();
+    let invalid = |k: &str, reason: String| ConfigError::Invalid {
+        key: k.to_string(),
+        origin: settings
+            .get(k)
+            .map(|(_, o)| o.clone())
+            .unwrap_or(Origin::Default),
+        reason,
+    };
+    let list = |k: &str| match settings.get(k) {
+        Some((Value::List(l), _)) => l.clone(),
+        Some((v, _)) => Value::from_text(&v.text(), Kind::List)
+            .text()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        None => Vec::new(),
+    };
+    let int = |k: &str| get(k).parse::<u64>().unwrap_or(0);
+
+    let mut smtp_listen = Vec::new();
+    for a in list("smtp_listen") {
+        smtp_listen.push(parse_listen(&a).ok_or_else(|| {
+            invalid(
+                "smtp_listen",
+                format!("`{a}` is not a host:port listen address"),
+            )
+        })?);
+    }
+    if smtp_listen.is_empty() {
+        return Err(invalid(
+            "smtp_listen",
+            "at least one address is needed".into(),
+        ));
+    }
+    let shards = match get("shards").as_str() {
+        "auto" => shards::auto_shard_count(),
+        n => n.parse().unwrap_or(1),
+    };
+    if shards > 1024 {
+        return Err(invalid(
+            "shards",
+            format!("{shards} shards is more than the 1024 supported"),
+        ));
+    }
+    let primary_domain = get("primary_domain").trim().to_ascii_lowercase();
+    if !is_domain(&primary_domain) {
+        return Err(invalid(
+            "primary_domain",
+            format!("`{primary_domain}` is not a domain name"),
+        ));
+    }
+    let mut additional_domains = Vec::new();
+    for d in list("additional_domains") {
+        let d = d.trim().to_ascii_lowercase();
+        if !is_domain(&d) {
+            return Err(invalid(
+                "additional_domains",
+                format!("`{d}` is not a domain name"),
+            ));
+        }
+        additional_domains.push(d);
+    }
+    let mail_hostname = match settings.get("mail_hostname") {
+        Some((v, _)) => v.text(),
+        None => system_hostname().unwrap_or_else(|| primary_domain.clone()),
+    };
+    if !is_domain(&mail_hostname) {
+        return Err(invalid(
+            "mail_hostname",
+            format!("`{mail_hostname}` is not a host name"),
+        ));
+    }
+    let max_message_size = keys::parse_size(&get("max_message_size")).unwrap_or(0);
+    if !(1024..=(2u64 << 30)).contains(&max_message_size) {
+        return Err(invalid(
+            "max_message_size",
+            format!("{max_message_size} is outside 1024 bytes .. 2 GiB"),
+        ));
+    }
+    let max_recipients = int("max_recipients") as usize;
+    if !(1..=100_000).contains(&max_recipients) {
+        return Err(invalid(
+            "max_recipients",
+            format!("{max_recipients} is outside 1 .. 100000"),
+        ));
+    }
+    let max_total_connections = int("max_total_connections") as usize;
+    if max_total_connections == 0 {
+        return Err(invalid(
+            "max_total_connections",
+            "must be at least 1".into(),
+        ));
+    }
+    let port = int("port");
+    if !(1..=65535).contains(&port) {
+        return Err(invalid("port", format!("{port} is not a TCP port")));
+    }
+    for a in list("dns_servers") {
+        if parse_listen(&a).is_none() {
+            return Err(invalid(
+                "dns_servers",
+                format!("`{a}` is not an ip:port address"),
+            ));
+        }
+    }
+    for suite in list("tls_cipher_suites") {
+        if !ALLOWED_SUITES.contains(&suite.as_str()) {
+            return Err(invalid(
+                "tls_cipher_suites",
+                format!(
+                    "`{suite}` is unknown or not forward-secret AEAD; allowed: {}",
+                    ALLOWED_SUITES.join(", ")
+                ),
+            ));
+        }
+    }
+    let data_dir = PathBuf::from(get("data_dir"));
+    if data_dir.as_os_str().is_empty() {
+        return Err(invalid("data_dir", "must not be empty".into()));
+    }
+    Ok(Config {
+        path,
+        smtp_listen,
+        shards,
+        cpu_pinning: parse_bool(&get("cpu_pinning")).unwrap_or(false),
+        primary_domain,
+        additional_domains,
+        mail_hostname,
+        max_message_size,
+        max_recipients,
+        max_total_connections,
+        data_dir,
+        log_level: get("log_level"),
+        log_format: get("log_format"),
+        log_file: get("log_file"),
+        settings,
+    })
+}
+
+/// The cipher suites `tls_cipher_suites` may name: ECDHE with AES-GCM or
+/// ChaCha20-Poly1305 (TLS 1.2), and the TLS 1.3 suites.
+pub const ALLOWED_SUITES: &[&str] = &[
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+];
+
+fn parse_listen(s: &str) -> Option<SocketAddr> {
+    let s = s.trim();
+    if let Some(port) = s.strip_prefix(':') {
+        return format!("0.0.0.0:{port}").parse().ok();
+    }
+    if let Ok(a) = s.parse() {
+        return Some(a);
+    }
+    s.to_socket_addrs().ok()?.next()
+}
+
+fn is_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn system_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8(buf[..end].to_vec()).ok()?;
+    is_domain(&name).then_some(name)
+}
+
+impl Config {
+    /// Every domain mail is accepted for, primary first.
+    pub fn domains(&self) -> Vec<String> {
+        let mut d = vec![self.primary_domain.clone()];
+        d.extend(self.additional_domains.iter().cloned());
+        d
+    }
+
+    /// A setting's value as text, or `None` if unset. Secrets are shown:
+    /// the operator asked for this one key.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.settings.get(key).map(|(v, _)| v.text())
+    }
+
+    /// Every setting as YAML, one line each, with where it came from.
+    /// Secrets are replaced by `"********"`.
+    pub fn show(&self) -> String {
+        let mut out = String::new();
+        for key in keys::KEYS {
+            let Some((v, origin)) = self.settings.get(key.name) else {
+                continue;
+            };
+            let shown = if key.kind == Kind::Secret {
+                "\"********\"".to_string()
+            } else {
+                edit::yaml_scalar(v)
+            };
+            let note = match key.status {
+                Status::Active => String::new(),
+                Status::Pending => ", not active in this version".into(),
+                Status::Ignored => ", GoMail key ignored by gomail".into(),
+            };
+            out.push_str(&format!("{}: {shown}  # {origin}{note}\n", key.name));
+        }
+        out.push_str(&format!(
+            "# mail_hostname resolves to {}\n",
+            self.mail_hostname
+        ));
+        out
+    }
+
+    /// Keys that are set (not defaults) but have no effect yet or at all;
+    /// logged at start-up so an operator is never surprised.
+    pub fn inactive_settings(&self) -> Vec<(String, Status, Origin)> {
+        self.settings
+            .iter()
+            .filter(|(_, (_, o))| *o != Origin::Default)
+            .filter_map(|(name, (_, o))| {
+                let key = keys::find(name)?;
+                (key.status != Status::Active).then(|| (name.to_string(), key.status, o.clone()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+use super::*;
+use std::io::Write;
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn load_text(
+    text: &str,
+    env: &[(&str, &str)],
+    flags: &[(&str, &str)],
+) -> Result<Config, ConfigError> {
+    let f = file(text);
+    load(&Sources {
+        file: Some(f.path().to_path_buf()),
+        env: env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+        flags: flags
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+    })
+}
+
+#[test]
+fn defaults_need_no_file() {
+    let c = load(&Sources::default()).unwrap();
+    assert_eq!(c.smtp_listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+    assert_eq!(c.primary_domain, "localhost");
+    assert_eq!(c.data_dir, PathBuf::from("./data"));
+    assert_eq!(c.max_message_size, 26_214_400);
+    assert!(c.shards >= 1);
+}
+
+#[test]
+fn gomail_example_file_loads() {
+    // GoMail's documented example, abridged but with its key spellings.
+    let c = load_text(
+        "port: 3000\nmode: production\nbearer_token: \"tok\"\nprimary_domain: example.com\nmail_hostname: mail.example.com\n\
+         additional_domains:\n  - example.org\n  - example.net\napi_endpoint: https://app.example/webhook\nwebhook_timeout: 30s\n\
+         webhook_retries: 3\nwebhook_retry_delay: 5s\ndata_dir: /tmp/x\nstorage_mode: json\nmax_storage_size: 10GB\ntls_min_version: \"1.2\"\n\
+         tls_cipher_suites:\n  - TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384\nspf_enforcement: strict\ndmarc_enforcement: relaxed\n\
+         max_message_size: 26214400\nhttp_timeouts:\n  read: 30s\n  shutdown: 30s\nlog_format: json\nlog_rotation_age: 7d\ncors_origins:\n  - https://a\n",
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.domains(),
+        vec!["example.com", "example.org", "example.net"]
+    );
+    assert_eq!(c.mail_hostname, "mail.example.com");
+    let inactive: Vec<String> = c
+        .inactive_settings()
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
+    assert!(inactive.contains(&"mode".to_string()));
+    assert!(inactive.contains(&"api_endpoint".to_string()));
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let err = load_text(
+        "primary_domain: example.com\nmax_mesage_size: 10\n",
+        &[],
+        &[],
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.ends_with(":2: unknown key `max_mesage_size` (did you mean `max_message_size`?)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn wrong_type_names_key_and_line() {
+    let err = load_text(
+        "# c\nprimary_domain: example.com\nmax_message_size: lots\n",
+        &[],
+        &[],
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(":3: key `max_message_size`: expected a size"),
+        "{msg}"
+    );
+    let err = load_text("http_timeouts:\n  read: 30s\n  idle: forever\n", &[], &[]).unwrap_err();
+    assert!(
+        err.to_string().contains(":3: key `http_timeouts.idle`"),
+        "{err}"
+    );
+    let err = load_text("cpu_pinning: maybe\n", &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("expected true or false"), "{err}");
+}
+
+#[test]
+fn impossible_values_are_refused() {
+    for (text, key) in [
+        ("smtp_listen: [\"nowhere\"]\n", "smtp_listen"),
+        ("max_message_size: 10\n", "max_message_size"),
+        ("primary_domain: \"not a domain\"\n", "primary_domain"),
+        (
+            "tls_cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n",
+            "tls_cipher_suites",
+        ),
+        ("shards: 0\n", "shards"),
+        ("port: 70000\n", "port"),
+    ] {
+        let err = load_text(text, &[], &[]).unwrap_err().to_string();
+        assert!(err.contains(&format!("key `{key}`")), "{text}: {err}");
+        assert!(err.contains(":1:"), "{text}: {err}");
+    }
+}
+
+#[test]
+fn syntax_errors_carry_the_line() {
+    let err = load_text("primary_domain: a\n  bad: [\n", &[], &[]).unwrap_err();
+    assert!(err.to_string().contains("line"), "{err}");
+}
+
+#[test]
+fn flags_beat_env_beat_file() {
+    let c = load_text(
+        "primary_domain: file.example\nshards: 3\n",
+        &[("MAIL_PRIMARY_DOMAIN", "env.example"), ("MAIL_SHARDS", "2")],
+        &[("shards", "1")],
+    )
+    .unwrap();
+    assert_eq!(c.primary_domain, "env.example");
+    assert_eq!(c.shards, 1);
+    let err = load_text("", &[("MAIL_MAX_MESSAGE_SIZE", "huge")], &[]).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("environment variable MAIL_MAX_MESSAGE_SIZE: key `max_message_size`"),
+        "{err}"
+    );
+    let c = load_text(
+        "",
+        &[("MAIL_ADDITIONAL_DOMAINS", "a.example, b.example")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.additional_domains, vec!["a.example", "b.example"]);
+}
+
+#[test]
+fn show_hides_secrets_and_get_returns_them() {
+    let c = load_text(
+        "bearer_token: s3cret\nwebhook_secret: whsec_abc\n",
+        &[],
+        &[],
+    )
+    .unwrap();
+    let shown = c.show();
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("whsec_abc"),
+        "{shown}"
+    );
+    assert!(shown.contains("bearer_token: \"********\""));
+    assert_eq!(c.get("bearer_token").as_deref(), Some("s3cret"));
+}
+
+#[test]
+fn set_checks_before_writing() {
+    let f = file("# keep me\nprimary_domain: example.com\n");
+    edit::set_in_file(f.path(), "max_message_size", "10MB").unwrap();
+    edit::set_in_file(f.path(), "http_timeouts.read", "45s").unwrap();
+    let text = std::fs::read_to_string(f.path()).unwrap();
+    assert!(text.starts_with("# keep me\n"), "{text}");
+    let c = load(&Sources {
+        file: Some(f.path().into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(c.max_message_size, 10_000_000);
+    assert_eq!(c.get("http_timeouts.read").as_deref(), Some("45s"));
+    let before = std::fs::read_to_string(f.path()).unwrap();
+    assert!(edit::set_in_file(f.path(), "max_message_size", "lots").is_err());
+    assert!(edit::set_in_file(f.path(), "primary_domain", "bad domain").is_err());
+    assert!(edit::set_in_file(f.path(), "no_such_key", "1").is_err());
+    assert_eq!(std::fs::read_to_string(f.path()).unwrap(), before);
+}
