@@ -1,1 +1,292 @@
-fn main() {}
+//! The `gomail` command line: parses, loads the configuration, calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gomail::config::{self, keys::Status, Config, Sources};
+use gomail::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "gomail",
+    version,
+    about = "SMTP ingress engine: accept, verify, spool durably, deliver as JSON"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ConfigArg {
+    /// Config file (default: $MAIL_CONFIG, else /etc/gomail.yaml if present, else built-in defaults).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the SMTP server.
+    Server {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        /// API port (`port`).
+        #[arg(long)]
+        port: Option<String>,
+        /// API bearer token (`bearer_token`).
+        #[arg(long)]
+        bearer_token: Option<String>,
+        /// Log level (`log_level`): debug, info, warn, error.
+        #[arg(long)]
+        log_level: Option<String>,
+        /// Data directory (`data_dir`).
+        #[arg(long)]
+        data_dir: Option<String>,
+        /// SMTP listen addresses, comma-separated (`smtp_listen`).
+        #[arg(long)]
+        smtp_listen: Option<String>,
+        /// Number of shards or `auto` (`shards`).
+        #[arg(long)]
+        shards: Option<String>,
+        /// Any key: `--set key=value` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Show, read, change or check the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print every setting with where it came from (secrets hidden).
+    Show {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Print one setting's value.
+    Get {
+        /// The key, e.g. `primary_domain` or `http_timeouts.read`.
+        key: String,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Change one setting in the config file (checked before it is written).
+    Set {
+        /// The key.
+        key: String,
+        /// The new value (lists comma-separated).
+        value: String,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Check the configuration and exit 0 if it is valid.
+    Validate {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+}
+
+fn sources(cfg: &ConfigArg, flags: Vec<(String, String)>) -> Sources {
+    Sources {
+        file: cfg.config.clone(),
+        flags,
+        env: std::env::vars().collect(),
+    }
+}
+
+fn main() -> ExitCode {
+    // A shard that panics would leave its share of connections hanging;
+    // stop the whole process instead (systemd restarts it, and the spool
+    // recovers every acknowledged message).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        tracing::error!(%info, "gomail panicked; exiting so that it can be restarted");
+        std::process::exit(70);
+    }));
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Print the cause chain, skipping causes a message already quotes.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("gomail: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Server {
+            cfg,
+            port,
+            bearer_token,
+            log_level,
+            data_dir,
+            smtp_listen,
+            shards,
+            set,
+        } => {
+            let mut flags: Vec<(String, String)> = [
+                ("port", port),
+                ("bearer_token", bearer_token),
+                ("log_level", log_level),
+                ("data_dir", data_dir),
+                ("smtp_listen", smtp_listen),
+                ("shards", shards),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+            .collect();
+            for kv in set {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
+                flags.push((k.to_string(), v.to_string()));
+            }
+            let config = config::load(&sources(&cfg, flags))?;
+            serve(config)
+        }
+        Cmd::Config { action } => match action {
+            ConfigCmd::Show { cfg } => {
+                print!("{}", config::load(&sources(&cfg, Vec::new()))?.show());
+                Ok(())
+            }
+            ConfigCmd::Get { key, cfg } => {
+                if config::keys::find(&key).is_none() {
+                    anyhow::bail!("unknown key `{key}`");
+                }
+                let c = config::load(&sources(&cfg, Vec::new()))?;
+                println!("{}", c.get(&key).unwrap_or_default());
+                Ok(())
+            }
+            ConfigCmd::Set { key, value, cfg } => {
+                let path = sources(&cfg, Vec::new())
+                    .config_path()
+                    .unwrap_or_else(|| PathBuf::from("/etc/gomail.yaml"));
+                config::edit::set_in_file(&path, &key, &value)?;
+                println!("{key} set in {}", path.display());
+                Ok(())
+            }
+            ConfigCmd::Validate { cfg } => {
+                let c = config::load(&sources(&cfg, Vec::new()))?;
+                match &c.path {
+                    Some(p) => println!("{}: valid", p.display()),
+                    None => println!("no config file; built-in defaults are valid"),
+                }
+                for (key, status, origin) in c.inactive_settings() {
+                    println!("note: {key} ({origin}) {}", inactive_note(status));
+                }
+                Ok(())
+            }
+        },
+    }
+}
+
+fn inactive_note(status: Status) -> &'static str {
+    match status {
+        Status::Pending => "is checked but not active in this version",
+        _ => "is a GoMail setting gomail does not use; it is ignored",
+    }
+}
+
+fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("GOMAIL_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("gomail={0},shards={0},warn", cfg.log_level)));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let writer: Box<dyn Fn() -> Box<dyn std::io::Write> + Send + Sync> = if cfg.log_file.is_empty()
+    {
+        Box::new(|| Box::new(std::io::stderr()))
+    } else {
+        let path = PathBuf::from(&cfg.log_file);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("log_file {}", path.display()))?;
+        Box::new(move || {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .expect("log file opened at start-up"),
+            )
+        })
+    };
+    if cfg.log_format == "json" {
+        builder.json().with_writer(writer).init();
+    } else {
+        builder.with_writer(writer).init();
+    }
+    Ok(())
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (shards inherit the mask) and
+/// returns a function that waits for one of them.
+fn block_signals() -> impl FnOnce() -> i32 {
+    // SAFETY: plain signal-mask manipulation on a zeroed sigset_t.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    move || {
+        let mut sig = 0;
+        // SAFETY: waits on the set blocked above.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        sig
+    }
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    init_logging(&cfg)?;
+    for (key, status, origin) in cfg.inactive_settings() {
+        tracing::warn!(%key, %origin, "{}", inactive_note(status));
+    }
+    let wait = block_signals();
+    let server = Server::start(&cfg)?;
+    let addrs: Vec<String> = server.smtp_addrs().iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        smtp = %addrs.join(","),
+        shards = server.shard_count(),
+        data_dir = %cfg.data_dir.display(),
+        domains = %cfg.domains().join(","),
+        "gomail listening"
+    );
+    println!(
+        "gomail: SMTP on {} ({} shards), mail for {} stored as JSON under {}/inbox",
+        addrs.join(", "),
+        server.shard_count(),
+        cfg.domains().join(", "),
+        cfg.data_dir.display()
+    );
+    if cfg.path.is_none() {
+        println!("gomail: running on built-in defaults; next, write a gomail.yaml with primary_domain, mail_hostname and smtp_listen (see docs/configuration.md) and start with --config");
+    }
+    let sig = wait();
+    tracing::info!(
+        signal = sig,
+        "shutting down: no new connections, finishing open transactions"
+    );
+    let stats = server.stats();
+    server.shutdown()?;
+    let accepted: u64 = stats.iter().map(|s| s.messages_accepted).sum();
+    tracing::info!(messages_accepted = accepted, "gomail stopped");
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! `gomail server`: wires the shards, the spool, the SMTP sessions and the
+//! store together.
+//!
+//! Each shard owns its listeners (one `SO_REUSEPORT` socket per address),
+//! its connections, its spool and its delivery task. The main thread only
+//! starts shards, asks them for counters and tells them to stop.
+
+mod conn;
+mod delivery;
+
+use std::cell::{Cell, RefCell};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use shards::{PoolConfig, ShardContext, ShardPool};
+
+use crate::config::Config;
+use crate::smtp::{Limits, SessionConfig};
+use crate::spool::Spool;
+
+/// How long a shutdown waits for open transactions and queued store writes.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The runtime could not start (io_uring, memlock, bind).
+    #[error(transparent)]
+    Shards(#[from] shards::ShardsError),
+    /// data_dir cannot be used.
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another gomail holds data_dir.
+    #[error("another gomail process is using data_dir {0} (lock file gomail.lock is held); stop it or choose another data_dir")]
+    Locked(PathBuf),
+    /// A shard failed while starting.
+    #[error("shard {shard} failed to start: {reason}")]
+    ShardStart {
+        /// The shard.
+        shard: usize,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Counters one shard keeps (answered on request; never shared memory).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ShardStats {
+    /// The shard index.
+    pub shard: usize,
+    /// TCP connections accepted.
+    pub connections_accepted: u64,
+    /// Connections open now.
+    pub connections_active: u64,
+    /// Connections turned away at the connection limit.
+    pub connections_refused: u64,
+    /// Messages made durable and acknowledged with `250`.
+    pub messages_accepted: u64,
+    /// Octets of accepted messages.
+    pub bytes_accepted: u64,
+    /// Messages answered `451` because the spool failed.
+    pub spool_failures: u64,
+    /// Messages written to the JSON store.
+    pub messages_stored: u64,
+    /// Store batches that failed (retried).
+    pub store_failures: u64,
+    /// Messages recovered from the spool at start-up.
+    pub messages_recovered: u64,
+    /// Messages spooled and not yet in the store.
+    pub store_backlog: u64,
+}
+
+/// Messages the main thread sends to shards.
+pub enum Control {
+    /// Reply with the shard's counters.
+    Stats(async_channel::Sender<ShardStats>),
+    /// Stop accepting, finish open transactions, flush, then reply.
+    Shutdown(async_channel::Sender<()>),
+}
+
+/// Shard-local state shared by its tasks.
+pub(crate) struct ShardState {
+    pub(crate) id: usize,
+    pub(crate) session: Arc<SessionConfig>,
+    pub(crate) hostname: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) spool: Spool,
+    pub(crate) delivery: delivery::Queue,
+    pub(crate) stats: RefCell<ShardStats>,
+    pub(crate) active: Cell<u64>,
+    pub(crate) max_connections: u64,
+    /// Closed (all senders dropped) when the shard starts shutting down.
+    pub(crate) shutdown: async_channel::Receiver<()>,
+}
+
+/// A running server.
+pub struct Server {
+    pool: ShardPool<Control>,
+    smtp_addrs: Vec<SocketAddr>,
+    _lock: File,
+}
+
+impl Server {
+    /// Starts the shards on `cfg` and returns once every shard listens.
+    pub fn start(cfg: &Config) -> Result<Server, ServerError> {
+        let lock = lock_data_dir(&cfg.data_dir)?;
+        let addrs = shards::probe_addresses(&cfg.smtp_listen)?;
+        let session = Arc::new(SessionConfig {
+            hostname: cfg.mail_hostname.clone(),
+            domains: cfg.domains(),
+            limits: Limits {
+                max_message_size: cfg.max_message_size,
+                max_recipients: cfg.max_recipients,
+                ..Limits::default()
+            },
+        });
+        let count = cfg.shards;
+        let per_shard = (cfg.max_total_connections as u64)
+            .div_ceil(count as u64)
+            .max(1);
+        let (ready_tx, ready_rx) = async_channel::unbounded::<(usize, Result<(), String>)>();
+        let data_dir = cfg.data_dir.clone();
+        let hostname = cfg.mail_hostname.clone();
+        let shard_addrs = addrs.clone();
+        let pool = ShardPool::spawn(
+            &PoolConfig {
+                shards: count,
+                cpu_pinning: cfg.cpu_pinning,
+                name: "shard".into(),
+            },
+            move |ctx: ShardContext<Control>| {
+                let session = session.clone();
+                let data_dir = data_dir.clone();
+                let hostname = hostname.clone();
+                let addrs = shard_addrs.clone();
+                let ready = ready_tx.clone();
+                async move {
+                    run_shard(ctx, session, hostname, data_dir, addrs, per_shard, ready).await;
+                }
+            },
+        )?;
+        let mut failure = None;
+        for _ in 0..count {
+            match ready_rx.recv_blocking() {
+                Ok((_, Ok(()))) => {}
+                Ok((shard, Err(reason))) => {
+                    failure.get_or_insert(ServerError::ShardStart { shard, reason });
+                }
+                Err(_) => {
+                    failure.get_or_insert(ServerError::ShardStart {
+                        shard: 0,
+                        reason: "a shard stopped during start-up".into(),
+                    });
+                    break;
+                }
+            }
+        }
+        let server = Server {
+            pool,
+            smtp_addrs: addrs,
+            _lock: lock,
+        };
+        if let Some(e) = failure {
+            let _ = server.shutdown();
+            return Err(e);
+        }
+        Ok(server)
+    }
+
+    /// The SMTP addresses the shards listen on (port 0 resolved).
+    pub fn smtp_addrs(&self) -> &[SocketAddr] {
+        &self.smtp_addrs
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// Every shard's counters, in shard order.
+    pub fn stats(&self) -> Vec<ShardStats> {
+        self.pool
+            .ask(Control::Stats)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.unwrap_or(ShardStats {
+                    shard: i,
+                    ..ShardStats::default()
+                })
+            })
+            .collect()
+    }
+
+    /// Stops accepting, lets open transactions finish (up to
+    /// [`SHUTDOWN_GRACE`]), flushes the store, and joins the shards.
+    pub fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.pool.ask(Control::Shutdown);
+        self.pool.join()?;
+        Ok(())
+    }
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File, ServerError> {
+    let err = |source| ServerError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("gomail.lock"))
+        .map_err(err)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(ServerError::Locked(dir.to_path_buf()));
+    }
+    Ok(file)
+}
+
+async fn run_shard(
+    ctx: ShardContext<Control>,
+    session: Arc<SessionConfig>,
+    hostname: String,
+    data_dir: PathBuf,
+    addrs: Vec<SocketAddr>,
+    max_connections: u64,
+    ready: async_channel::Sender<(usize, Result<(), String>)>,
+) {
+    let id = ctx.id;
+    let (spool, recovered) = match Spool::open(&data_dir, id, ctx.count).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send((id, Err(e.to_string()))).await;
+            return;
+        }
+    };
+    let mut listeners = Vec::new();
+    for addr in &addrs {
+        match shards::bind(*addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                let _ = ready.send((id, Err(e.to_string()))).await;
+                return;
+            }
+        }
+    }
+    let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
+    let state = Rc::new(ShardState {
+        id,
+        session,
+        hostname,
+        data_dir,
+        spool,
+        delivery: delivery::Queue::default(),
+        stats: RefCell::new(ShardStats {
+            shard: id,
+            messages_recovered: recovered.len() as u64,
+            ..ShardStats::default()
+        }),
+        active: Cell::new(0),
+        max_connections,
+        shutdown: shutdown_rx,
+    });
+    for msg in recovered {
+        state.delivery.push(msg);
+    }
+    let deliverer = glommio::spawn_local(delivery::run(state.clone()));
+    let mut acceptors = Vec::new();
+    for l in listeners {
+        acceptors.push(glommio::spawn_local(conn::accept_loop(state.clone(), l)));
+    }
+    tracing::debug!(shard = id, cpu = ?ctx.cpu, "shard listening");
+    let _ = ready.send((id, Ok(()))).await;
+    while let Ok(msg) = ctx.inbox.recv().await {
+        match msg {
+            Control::Stats(reply) => {
+                let mut s = state.stats.borrow().clone();
+                s.connections_active = state.active.get();
+                s.store_backlog = state.spool.outstanding() as u64;
+                let _ = reply.send(s).await;
+            }
+            Control::Shutdown(reply) => {
+                drop(shutdown_tx);
+                for a in acceptors.drain(..) {
+                    a.cancel().await;
+                }
+                let start = std::time::Instant::now();
+                while (state.active.get() > 0 || !state.delivery.is_idle())
+                    && start.elapsed() < SHUTDOWN_GRACE
+                {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
+                state.delivery.close();
+                deliverer.cancel().await;
+                let _ = reply.send(()).await;
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The shard's delivery task: moves spooled messages into the JSON store.
+//!
+//! It takes queued messages in batches, writes their JSON files and makes
+//! them durable (one `syncfs`) on the blocking pool, then records them as
+//! done in the spool. A failed batch (full disk) stays queued and is
+//! retried with backoff: nothing accepted is dropped.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::ShardState;
+use crate::spool::{store, Spooled};
+
+const BATCH: usize = 256;
+
+/// Shard-local queue of messages waiting for the store.
+pub(crate) struct Queue {
+    items: RefCell<VecDeque<Spooled>>,
+    wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    busy: Cell<bool>,
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue {
+            items: RefCell::new(VecDeque::new()),
+            wake: async_channel::bounded(1),
+            busy: Cell::new(false),
+        }
+    }
+}
+
+impl Queue {
+    pub(crate) fn push(&self, msg: Spooled) {
+        self.items.borrow_mut().push_back(msg);
+        let _ = self.wake.0.try_send(());
+    }
+
+    /// Nothing queued and nothing being written.
+    pub(crate) fn is_idle(&self) -> bool {
+        !self.busy.get() && self.items.borrow().is_empty()
+    }
+
+    pub(crate) fn close(&self) {
+        self.wake.0.close();
+    }
+}
+
+pub(super) async fn run(state: Rc<ShardState>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let batch: Vec<Spooled> = {
+            let mut items = state.delivery.items.borrow_mut();
+            let n = items.len().min(BATCH);
+            items.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            if state.delivery.wake.1.recv().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        state.delivery.busy.set(true);
+        let dir = state.data_dir.clone();
+        let result = glommio::executor()
+            .spawn_blocking(move || {
+                let refs: Vec<_> = batch
+                    .iter()
+                    .map(|m| (&m.envelope, m.message.as_slice()))
+                    .collect();
+                let r = store::write_batch(&dir, &refs);
+                (r, batch)
+            })
+            .await;
+        state.delivery.busy.set(false);
+        match result {
+            (Ok(()), batch) => {
+                backoff = Duration::from_millis(100);
+                state
+                    .spool
+                    .mark_done(batch.iter().map(|m| (m.segment, m.envelope.id.as_str())));
+                state.stats.borrow_mut().messages_stored += batch.len() as u64;
+            }
+            (Err(e), batch) => {
+                state.stats.borrow_mut().store_failures += 1;
+                tracing::error!(shard = state.id, error = %e, messages = batch.len(), retry_in = ?backoff,
+                    "JSON store write failed; messages stay spooled and will be retried");
+                let mut items = state.delivery.items.borrow_mut();
+                for m in batch.into_iter().rev() {
+                    items.push_front(m);
+                }
+                drop(items);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The per-shard durable spool.
+//!
+//! Each shard appends accepted messages to its own segment log under
+//! `data_dir/spool/shard-N/`. A message's record is written and fdatasync'd
+//! before [`Spool::commit`] returns, and the session answers `250` only
+//! after that. Commits that arrive while a write is in flight wait for the
+//! next one and share its fdatasync (group commit): under load one fsync
+//! covers many messages.
+//!
+//! When a message is in the store, a done record is appended (it rides on
+//! the next fdatasync). A segment is deleted when every message in it and
+//! in every older segment is done, so done records are never lost before
+//! the messages they cover. At start-up [`Spool::open`] reads what is left
+//! and returns every message without a done record for delivery again;
+//! store writes are idempotent, so a message is in the store exactly once.
+//!
+//! The spool never: delivers, parses messages, or answers clients.
+
+mod record;
+mod recover;
+pub mod store;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::BufferedFile;
+
+pub use record::Envelope;
+
+/// Segments roll over past this size.
+const SEGMENT_MAX: u64 = 64 << 20;
+/// At most this much is written per group commit.
+const BATCH_MAX: usize = 8 << 20;
+
+/// Why the spool could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A filesystem operation failed (full disk, unwritable data_dir, ...).
+    #[error("spool {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The spool's writer task has stopped.
+    #[error("spool writer stopped")]
+    Stopped,
+}
+
+impl SpoolError {
+    fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
+        move |source| SpoolError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A message read back from the spool for delivery.
+#[derive(Debug, Clone)]
+pub struct Spooled {
+    /// Envelope and trace data.
+    pub envelope: Envelope,
+    /// The message octets, `Received:` header included.
+    pub message: Vec<u8>,
+    /// The segment holding it (for [`Spool::mark_done`]).
+    pub segment: u64,
+}
+
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    /// Messages in it without a done record yet.
+    outstanding: usize,
+}
+
+struct Inner {
+    dir: PathBuf,
+    file: Rc<BufferedFile>,
+    pos: u64,
+    next_seq: u64,
+    /// Oldest first; the last one is being written.
+    segments: VecDeque<Segment>,
+    done_pending: Vec<u8>,
+}
+
+enum Write {
+    Message(Vec<u8>, async_channel::Sender<Result<u64, String>>),
+    Done,
+}
+
+/// One shard's spool (cheap to clone; shard-local).
+#[derive(Clone)]
+pub struct Spool {
+    inner: Rc<RefCell<Inner>>,
+    tx: async_channel::Sender<Write>,
+}
+
+impl Spool {
+    /// Opens shard `shard`'s spool (of `count` shards) under `data_dir`,
+    /// recovering segments left by an earlier run. Also adopts the spools
+    /// of shards that no longer exist (`shard-j` with `j % count == shard`),
+    /// so lowering `shards` loses nothing. Returns the spool and the
+    /// messages still to deliver, oldest first. Must run on the shard.
+    pub async fn open(
+        data_dir: &Path,
+        shard: usize,
+        count: usize,
+    ) -> Result<(Spool, Vec<Spooled>), SpoolError> {
+        let root = data_dir.join("spool");
+        let dir = root.join(format!("shard-{shard}"));
+        std::fs::create_dir_all(&dir).map_err(SpoolError::io("create", &dir))?;
+        let mut dirs = vec![dir.clone()];
+        dirs.extend(recover::adopted_dirs(&root, shard, count));
+        let found = recover::recover(&dirs)?;
+        let mut segments: VecDeque<Segment> = VecDeque::new();
+        let mut seq = 0;
+        for (path, outstanding) in found.segments {
+            segments.push_back(Segment {
+                seq,
+                path,
+                outstanding,
+            });
+            seq += 1;
+        }
+        let pending: Vec<Spooled> = found
+            .pending
+            .into_iter()
+            .map(|(seg_index, envelope, message)| Spooled {
+                envelope,
+                message,
+                segment: seg_index as u64,
+            })
+            .collect();
+        let file_no = found.max_file_no + 1;
+        let path = dir.join(format!("seg-{file_no:016x}.log"));
+        let file = create_segment(&dir, &path).await?;
+        segments.push_back(Segment {
+            seq,
+            path,
+            outstanding: 0,
+        });
+        let inner = Rc::new(RefCell::new(Inner {
+            dir,
+            file: Rc::new(file),
+            pos: 0,
+            next_seq: seq + 1,
+            segments,
+            done_pending: Vec::new(),
+        }));
+        let (tx, rx) = async_channel::unbounded();
+        glommio::spawn_local(writer(inner.clone(), rx, file_no + 1)).detach();
+        let spool = Spool { inner, tx };
+        spool.collect_garbage();
+        Ok((spool, pending))
+    }
+
+    /// Appends a message and returns once it is on disk and fdatasync'd.
+    /// `prefix` (the `Received:` header) is written before `body`.
+    /// Returns the segment it went to, for [`Spool::mark_done`].
+    pub async fn commit(
+        &self,
+        envelope: &Envelope,
+        prefix: &[u8],
+        body: &[u8],
+    ) -> Result<u64, SpoolError> {
+        let rec = record::encode_message(envelope, prefix, body);
+        let (tx, rx) = async_channel::bounded(1);
+        self.tx
+            .send(Write::Message(rec, tx))
+            .await
+            .map_err(|_| SpoolError::Stopped)?;
+        match rx.recv().await {
+            Ok(Ok(seg)) => Ok(seg),
+            Ok(Err(e)) => Err(SpoolError::Io {
+                op: "write",
+                path: self.inner.borrow().dir.clone(),
+                source: std::io::Error::other(e),
+            }),
+            Err(_) => Err(SpoolError::Stopped),
+        }
+    }
+
+    /// Records that these messages are in the store. Call only after the
+    /// store's writes are durable.
+    pub fn mark_done<'a>(&self, done: impl IntoIterator<Item = (u64, &'a str)>) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            for (seq, id) in done {
+                record::encode_done(id, &mut inner.done_pending);
+                if let Some(s) = inner.segments.iter_mut().find(|s| s.seq == seq) {
+                    s.outstanding = s.outstanding.saturating_sub(1);
+                }
+            }
+        }
+        let _ = self.tx.try_send(Write::Done);
+    }
+
+    /// Messages not yet in the store, over all segments of this shard.
+    pub fn outstanding(&self) -> usize {
+        self.inner
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| s.outstanding)
+            .sum()
+    }
+
+    /// Deletes fully delivered segments, oldest first, never the active one.
+    fn collect_garbage(&self) {
+        collect_garbage(&mut self.inner.borrow_mut());
+    }
+}
+
+fn collect_garbage(inner: &mut Inner) {
+    while inner.segments.len() > 1 && inner.segments[0].outstanding == 0 {
+        let seg = inner.segments.pop_front().expect("len > 1");
+        if let Err(e) = std::fs::remove_file(&seg.path) {
+            tracing::warn!(path = %seg.path.display(), error = %e, "could not delete delivered spool segment");
+        }
+    }
+}
+
+async fn create_segment(dir: &Path, path: &Path) -> Result<BufferedFile, SpoolError> {
+    let file = BufferedFile::create(path)
+        .await
+        .map_err(|e| SpoolError::io("create", path)(e.into()))?;
+    // The new file's directory entry must be durable before anything in
+    // the file is acknowledged.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(SpoolError::io("sync directory", dir))?;
+    Ok(file)
+}
+
+/// The writer task: takes everything queued, writes it with one write and
+/// one fdatasync, answers every committer in the batch, repeats.
+async fn writer(inner: Rc<RefCell<Inner>>, rx: async_channel::Receiver<Write>, mut file_no: u64) {
+    while let Ok(first) = rx.recv().await {
+        let mut buf = Vec::new();
+        let mut waiters = Vec::new();
+        let mut next = Some(first);
+        while let Some(w) = next.take() {
+            if let Write::Message(rec, tx) = w {
+                buf.extend_from_slice(&rec);
+                waiters.push(tx);
+            }
+            if buf.len() < BATCH_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        let (file, pos, seq) = {
+            let mut i = inner.borrow_mut();
+            let done = std::mem::take(&mut i.done_pending);
+            buf.extend_from_slice(&done);
+            (
+                i.file.clone(),
+                i.pos,
+                i.segments.back().map_or(0, |s| s.seq),
+            )
+        };
+        if buf.is_empty() {
+            continue;
+        }
+        let len = buf.len() as u64;
+        let result = write_and_sync(&file, buf, pos).await;
+        let mut i = inner.borrow_mut();
+        match &result {
+            Ok(()) => {
+                i.pos += len;
+                if let Some(s) = i.segments.back_mut() {
+                    s.outstanding += waiters.len();
+                }
+            }
+            Err(e) => {
+                tracing::error!(dir = %i.dir.display(), error = %e, "spool write failed; clients get 451 4.3.0");
+            }
+        }
+        for w in waiters {
+            let _ = w.try_send(result.as_ref().map(|_| seq).map_err(|e| e.to_string()));
+        }
+        let rotate = result.is_ok() && i.pos >= SEGMENT_MAX;
+        let dir = i.dir.clone();
+        drop(i);
+        if rotate {
+            let path = dir.join(format!("seg-{file_no:016x}.log"));
+            match create_segment(&dir, &path).await {
+                Ok(f) => {
+                    file_no += 1;
+                    let mut i = inner.borrow_mut();
+                    let seq = i.next_seq;
+                    i.next_seq += 1;
+                    i.file = Rc::new(f);
+                    i.pos = 0;
+                    i.segments.push_back(Segment {
+                        seq,
+                        path,
+                        outstanding: 0,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a new spool segment; still writing the old one")
+                }
+            }
+        }
+        collect_garbage(&mut inner.borrow_mut());
+    }
+}
+
+async fn write_and_sync(file: &BufferedFile, buf: Vec<u8>, pos: u64) -> std::io::Result<()> {
+    let len = buf.len();
+    let n = file
+        .write_at(buf, pos)
+        .await
+        .map_err(std::io::Error::from)?;
+    if n != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            format!("short write: {n} of {len} octets (disk full?)"),
+        ));
+    }
+    file.fdatasync().await.map_err(std::io::Error::from)
+}

@@ -1,0 +1,231 @@
+//! The JSON store: GoMail's layout, `data_dir/inbox/YYYY/MM/DD/msg_<unix>_<id>.json`.
+//!
+//! One file per accepted message, in GoMail's payload shape (see
+//! `docs/configuration.md` and `docs/architecture.md`): `recipient` is the
+//! first recipient, as GoMail consumers expect, and `recipients` lists all.
+//! Files are written to a temporary name and renamed, so a reader never
+//! sees half a file and a rewrite after a crash replaces the same file:
+//! each message is in the store exactly once. [`write_batch`] makes the
+//! batch durable with one `syncfs` of the data_dir filesystem.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use super::record::Envelope;
+
+/// Where a message's JSON file goes.
+pub fn path_for(data_dir: &Path, env: &Envelope) -> PathBuf {
+    let at = received_at(env);
+    data_dir
+        .join("inbox")
+        .join(format!("{:04}", at.year()))
+        .join(format!("{:02}", at.month()))
+        .join(format!("{:02}", at.day()))
+        .join(format!("msg_{}_{}.json", at.timestamp(), env.id))
+}
+
+fn received_at(env: &Envelope) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(env.received_at_ms).unwrap_or_default()
+}
+
+/// The GoMail-compatible JSON payload for a message.
+pub fn payload(env: &Envelope, message: &[u8]) -> Value {
+    let headers = HeaderFields::read(message);
+    let parsed = mail_parser::MessageParser::default().parse(message);
+    let subject = parsed
+        .as_ref()
+        .and_then(|m| m.subject().map(str::to_string))
+        .or(headers.subject.clone())
+        .unwrap_or_default();
+    let attachments = parsed.as_ref().map_or(0, |m| m.attachment_count());
+    let (raw, exact) = match std::str::from_utf8(message) {
+        Ok(s) => (s.to_string(), true),
+        Err(_) => (String::from_utf8_lossy(message).into_owned(), false),
+    };
+    let mut metadata = json!({
+        "request_id": env.id,
+        "queue_id": env.id,
+        "processing_time_ms": env.spool_us / 1000,
+        "size_bytes": message.len(),
+        "attachments": attachments,
+        "client_ip": env.client_ip,
+        "helo": env.helo,
+        "shard": env.shard,
+        "smtp": {
+            "esmtp": env.esmtp,
+            "body_8bitmime": env.eight_bit,
+            "smtputf8": env.smtputf8,
+            "chunking": env.chunked,
+        },
+        "timing": { "spool_fdatasync_us": env.spool_us },
+    });
+    if !exact {
+        // `raw` is a JSON string: octets that are not UTF-8 cannot be in it
+        // unchanged, so the exact message travels base64-encoded too.
+        metadata["raw_base64"] = Value::String(base64(message));
+    }
+    json!({
+        "sender": env.mail_from,
+        "recipient": env.recipients.first().cloned().unwrap_or_default(),
+        "recipients": env.recipients,
+        "received_at": received_at(env).to_rfc3339_opts(SecondsFormat::Secs, true),
+        "raw": raw,
+        "subject": subject,
+        "message_id": headers.message_id.unwrap_or_default(),
+        "from_header": headers.from.unwrap_or_default(),
+        "to_header": headers.to.unwrap_or_default(),
+        "metadata": metadata,
+    })
+}
+
+/// The first occurrence of a few header fields, unfolded, as written.
+#[derive(Debug, Default)]
+struct HeaderFields {
+    subject: Option<String>,
+    message_id: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+impl HeaderFields {
+    fn read(message: &[u8]) -> HeaderFields {
+        let mut h = HeaderFields::default();
+        let end = find(message, b"\r\n\r\n").unwrap_or(message.len());
+        let text = String::from_utf8_lossy(&message[..end]);
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for line in text.split("\r\n") {
+            if line.starts_with([' ', '\t']) {
+                if let Some((_, v)) = fields.last_mut() {
+                    v.push(' ');
+                    v.push_str(line.trim());
+                }
+            } else if let Some((name, value)) = line.split_once(':') {
+                fields.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            }
+        }
+        for (name, value) in fields {
+            let slot = match name.as_str() {
+                "subject" => &mut h.subject,
+                "message-id" => &mut h.message_id,
+                "from" => &mut h.from,
+                "to" => &mut h.to,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+        }
+        h
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Writes one message's JSON file (temporary name, then rename).
+pub fn write_one(data_dir: &Path, env: &Envelope, message: &[u8]) -> std::io::Result<PathBuf> {
+    let path = path_for(data_dir, env);
+    let dir = path.parent().expect("store paths have a parent");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".tmp_{}", env.id));
+    let mut f = std::fs::File::create(&tmp)?;
+    serde_json::to_writer(&mut f, &payload(env, message))?;
+    f.write_all(b"\n")?;
+    drop(f);
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// Writes every message of a batch, then makes them durable with one
+/// `syncfs` of the filesystem holding `data_dir`. Blocking: run it off the
+/// shard's event loop.
+pub fn write_batch(data_dir: &Path, batch: &[(&Envelope, &[u8])]) -> std::io::Result<()> {
+    for (env, message) in batch {
+        write_one(data_dir, env, message)?;
+    }
+    let dir = std::fs::File::open(data_dir)?;
+    // SAFETY: syncfs takes a valid open descriptor, which `dir` is.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Envelope {
+        Envelope {
+            id: "0123456789abcdef".into(),
+            received_at_ms: 1_764_489_600_123, // 2025-11-30T08:00:00.123Z
+            mail_from: "a@b.example".into(),
+            recipients: vec!["r@example.test".into(), "s@example.test".into()],
+            helo: "c.example".into(),
+            client_ip: "127.0.0.1".into(),
+            esmtp: true,
+            eight_bit: false,
+            smtputf8: false,
+            chunked: false,
+            shard: 1,
+            spool_us: 2500,
+        }
+    }
+
+    #[test]
+    fn layout_is_gomails() {
+        let p = path_for(Path::new("/d"), &env());
+        assert_eq!(
+            p,
+            Path::new("/d/inbox/2025/11/30/msg_1764489600_0123456789abcdef.json")
+        );
+    }
+
+    #[test]
+    fn payload_has_gomail_fields() {
+        let msg = b"From: John <a@b.example>\r\nTo: R <r@example.test>\r\nSubject: =?UTF-8?B?SMOpbGxv?=\r\n  there\r\nMessage-ID: <id1@b.example>\r\n\r\nbody\r\n";
+        let v = payload(&env(), msg);
+        assert_eq!(v["sender"], "a@b.example");
+        assert_eq!(v["recipient"], "r@example.test");
+        assert_eq!(v["recipients"][1], "s@example.test");
+        assert_eq!(v["received_at"], "2025-11-30T08:00:00Z");
+        assert_eq!(v["subject"], "Héllo there");
+        assert_eq!(v["message_id"], "<id1@b.example>");
+        assert_eq!(v["from_header"], "John <a@b.example>");
+        assert_eq!(v["to_header"], "R <r@example.test>");
+        assert_eq!(v["raw"], std::str::from_utf8(msg).unwrap());
+        assert_eq!(v["metadata"]["size_bytes"], msg.len());
+        assert_eq!(v["metadata"]["processing_time_ms"], 2);
+        assert!(v["metadata"].get("raw_base64").is_none());
+    }
+
+    #[test]
+    fn non_utf8_messages_keep_their_exact_octets() {
+        let msg = b"Subject: x\r\n\r\n\xff\xfe\r\n";
+        let v = payload(&env(), msg);
+        assert_eq!(v["metadata"]["raw_base64"], "U3ViamVjdDogeA0KDQr//g0K");
+    }
+}
