@@ -87,11 +87,12 @@ pub(super) async fn run(state: Rc<ShardState>) {
                 state.stats.borrow_mut().store_failures += 1;
                 tracing::error!(shard = state.id, error = %e, messages = batch.len(), retry_in = ?backoff,
                     "JSON store write failed; messages stay spooled and will be retried");
-                let mut items = state.delivery.items.borrow_mut();
-                for m in batch.into_iter().rev() {
-                    items.push_front(m);
+                {
+                    let mut items = state.delivery.items.borrow_mut();
+                    for m in batch.into_iter().rev() {
+                        items.push_front(m);
+                    }
                 }
-                drop(items);
                 glommio::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }

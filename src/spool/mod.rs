@@ -270,24 +270,24 @@ async fn writer(inner: Rc<RefCell<Inner>>, rx: async_channel::Receiver<Write>, m
         }
         let len = buf.len() as u64;
         let result = write_and_sync(&file, buf, pos).await;
-        let mut i = inner.borrow_mut();
-        match &result {
-            Ok(()) => {
-                i.pos += len;
-                if let Some(s) = i.segments.back_mut() {
-                    s.outstanding += waiters.len();
+        let (rotate, dir) = {
+            let mut i = inner.borrow_mut();
+            match &result {
+                Ok(()) => {
+                    i.pos += len;
+                    if let Some(s) = i.segments.back_mut() {
+                        s.outstanding += waiters.len();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(dir = %i.dir.display(), error = %e, "spool write failed; clients get 451 4.3.0");
                 }
             }
-            Err(e) => {
-                tracing::error!(dir = %i.dir.display(), error = %e, "spool write failed; clients get 451 4.3.0");
-            }
-        }
+            (result.is_ok() && i.pos >= SEGMENT_MAX, i.dir.clone())
+        };
         for w in waiters {
             let _ = w.try_send(result.as_ref().map(|_| seq).map_err(|e| e.to_string()));
         }
-        let rotate = result.is_ok() && i.pos >= SEGMENT_MAX;
-        let dir = i.dir.clone();
-        drop(i);
         if rotate {
             let path = dir.join(format!("seg-{file_no:016x}.log"));
             match create_segment(&dir, &path).await {

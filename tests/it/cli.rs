@@ -1,0 +1,107 @@
+//! The command line as an operator uses it.
+
+use std::process::Command;
+
+use super::harness::Gomail;
+
+fn gomail(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gomail"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_validate_names_the_key_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("gomail.yaml");
+    std::fs::write(
+        &f,
+        "primary_domain: example.test\n# size\nmax_message_size: lots\n",
+    )
+    .unwrap();
+    let (ok, _, err) = gomail(&["config", "validate", "--config", f.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "{}:3: key `max_message_size`: expected a size",
+            f.display()
+        )),
+        "{err}"
+    );
+    std::fs::write(&f, "primary_domain: example.test\nsmtp_lisen: [\":25\"]\n").unwrap();
+    let (ok, _, err) = gomail(&["config", "validate", "--config", f.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains(":2: unknown key `smtp_lisen` (did you mean `smtp_listen`?)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_set_get_show_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("gomail.yaml");
+    let p = f.to_str().unwrap();
+    std::fs::write(&f, "# production\nprimary_domain: example.test\n").unwrap();
+    assert!(gomail(&["config", "set", "bearer_token", "t0ken", "--config", p]).0);
+    assert!(
+        gomail(&[
+            "config",
+            "set",
+            "additional_domains",
+            "a.example,b.example",
+            "--config",
+            p
+        ])
+        .0
+    );
+    let (ok, _, err) = gomail(&["config", "set", "max_message_size", "huge", "--config", p]);
+    assert!(!ok && err.contains("key `max_message_size`"), "{err}");
+    let (_, out, _) = gomail(&["config", "get", "additional_domains", "--config", p]);
+    assert_eq!(out, "a.example,b.example\n");
+    let (_, out, _) = gomail(&["config", "show", "--config", p]);
+    assert!(out.contains("bearer_token: \"********\""), "{out}");
+    assert!(!out.contains("t0ken"));
+    assert!(std::fs::read_to_string(&f)
+        .unwrap()
+        .starts_with("# production\n"));
+    let (ok, out, _) = gomail(&["config", "validate", "--config", p]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_or_port_refuses_to_start() {
+    let g = Gomail::start("");
+    let (ok, _, err) = gomail(&["server", "--config", g.config.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("another gomail process is using data_dir"),
+        "{err}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, _, err) = gomail(&[
+        "server",
+        "--smtp-listen",
+        &g.addr.to_string(),
+        "--data-dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("cannot listen on {}", g.addr)),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let mut g = Gomail::start("");
+    let status = g.terminate();
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,225 @@
+//! Test harness: the real `gomail` binary as a child process, a raw SMTP
+//! client over real sockets, and store inspection.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `gomail server` child process on a temporary data_dir.
+pub(crate) struct Gomail {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) config: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Gomail {
+    /// Starts gomail with `extra` YAML appended to a base test config.
+    pub(crate) fn start(extra: &str) -> Gomail {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let mut g = Gomail::start_on(&data_dir, extra);
+        g._tmp = Some(tmp);
+        g
+    }
+
+    /// Starts gomail on a given data_dir (for restarts).
+    pub(crate) fn start_on(data_dir: &Path, extra: &str) -> Gomail {
+        let config = data_dir.with_extension("yaml");
+        std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "smtp_listen: [\"127.0.0.1:0\"]\nprimary_domain: example.test\nadditional_domains: [other.test]\n\
+                 mail_hostname: mx.example.test\ndata_dir: \"{}\"\nlog_level: warn\n{extra}",
+                data_dir.display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gomail"))
+            .args(["server", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("gomail binary runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .strip_prefix("gomail: SMTP on ")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.trim_end_matches(',').parse().ok())
+            .unwrap_or_else(|| panic!("gomail did not start: {line:?}"));
+        Gomail {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            config,
+            _tmp: None,
+        }
+    }
+
+    /// `kill -9`.
+    pub(crate) fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Gomail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every JSON file in the store, parsed, keyed by queue id.
+pub(crate) fn stored(data_dir: &Path) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![data_dir.join("inbox")];
+    while let Some(d) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "json") {
+                let name = p.file_stem().unwrap().to_string_lossy().to_string();
+                let id = name.rsplit('_').next().unwrap().to_string();
+                let v = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                out.push((id, v));
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the store holds at least `n` messages.
+pub(crate) fn wait_stored(data_dir: &Path, n: usize) -> Vec<(String, serde_json::Value)> {
+    let t0 = Instant::now();
+    loop {
+        let s = stored(data_dir);
+        if s.len() >= n || t0.elapsed() > Duration::from_secs(20) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A raw SMTP client: exact bytes out, exact replies in.
+pub(crate) struct Client {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub(crate) fn connect(addr: SocketAddr) -> Client {
+        Client::connect_from(addr, None)
+    }
+
+    /// Connects from a chosen loopback source address.
+    pub(crate) fn connect_from(addr: SocketAddr, src: Option<std::net::IpAddr>) -> Client {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if let Some(ip) = src {
+            sock.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+        }
+        sock.connect(&addr.into()).unwrap();
+        let s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut c = Client { s, buf: Vec::new() };
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        c
+    }
+
+    pub(crate) fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// Reads one complete (possibly multi-line) reply.
+    pub(crate) fn reply(&mut self) -> String {
+        let mut lines = String::new();
+        loop {
+            let line = self.line();
+            lines.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return lines;
+            }
+        }
+    }
+
+    fn line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let l: Vec<u8> = self.buf.drain(..=i).collect();
+                return String::from_utf8(l).unwrap();
+            }
+            let mut tmp = [0u8; 4096];
+            let n = self.s.read(&mut tmp).expect("reply before timeout");
+            if n == 0 {
+                return String::new();
+            }
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+
+    /// Sends a command and returns the reply.
+    pub(crate) fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// True once the server has closed the connection.
+    pub(crate) fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.s.read(&mut b), Ok(0) | Err(_))
+    }
+
+    /// A whole transaction; returns the final reply to the message.
+    pub(crate) fn mail(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert!(r.starts_with("250"), "{r}");
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>"));
+            assert!(r.starts_with("250"), "{r}");
+        }
+        let r = self.cmd("DATA");
+        assert!(r.starts_with("354"), "{r}");
+        self.send(body.as_bytes());
+        self.send(b"\r\n.\r\n");
+        self.reply()
+    }
+}
+
+/// The queue id from a `250 2.0.0 Ok: queued as ID` reply.
+pub(crate) fn queue_id(reply: &str) -> Option<String> {
+    reply
+        .trim_end()
+        .strip_prefix("250 2.0.0 Ok: queued as ")
+        .map(str::to_string)
+}
+
+/// Finds a Debian tool or fails loudly: CI installs every tool the tests use.
+pub(crate) fn require_tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("`{name}` is not installed; run .ci/run (or `apt-get install {name}`) to install the test tools");
+}

@@ -1,0 +1,7 @@
+pub(crate) mod harness;
+
+mod cli;
+mod crash;
+mod disk_full;
+mod shards;
+mod smtp;
