@@ -99,10 +99,7 @@ impl DataDecoder {
                 St::Mid => {
                     // Fast path: copy the run up to the next CR or LF.
                     let rest = &input[i..];
-                    let run = rest
-                        .iter()
-                        .position(|&b| b == b'\r' || b == b'\n')
-                        .unwrap_or(rest.len());
+                    let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
                     if run > 0 {
                         self.keep(&rest[..run], out);
                         self.grow_line(run);

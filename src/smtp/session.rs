@@ -220,7 +220,7 @@ impl Session {
                 State::Closed => return input.len(),
                 State::Spooling => return pos,
                 State::Command => {
-                    let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+                    let Some(lf) = memchr::memchr(b'\n', rest) else {
                         if rest.len() >= MAX_COMMAND_LINE {
                             self.state = State::LongLine;
                             return input.len();
@@ -239,7 +239,7 @@ impl Session {
                     self.deadline = now + self.cfg.limits.command_timeout;
                     self.command(&rest[..lf - 1], now, out);
                 }
-                State::LongLine => match rest.iter().position(|&b| b == b'\n') {
+                State::LongLine => match memchr::memchr(b'\n', rest) {
                     None => return input.len(),
                     Some(lf) => {
                         pos += lf + 1;

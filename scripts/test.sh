@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need on a fresh Debian
+# machine (as root), then runs the whole test suite.
+#
+# Tests use real tools and fail loudly when one is missing; this script is
+# what puts them there: swaks (an independent SMTP client). They also mount
+# a small tmpfs (disk-full test), so run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v swaks >/dev/null || need+=(swaks)
+command -v mount >/dev/null || need+=(mount)
+if ((${#need[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "scripts/test.sh: missing ${need[*]}; run as root or: apt-get install ${need[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# glommio (io_uring) needs at least 512 KiB of lockable memory per process.
+memlock=$(ulimit -l)
+if [[ $memlock != unlimited ]] && ((memlock < 512)); then
+    ulimit -l 8192 || { echo "scripts/test.sh: ulimit -l is ${memlock} KiB; gomail needs >= 512 (raise it)" >&2; exit 1; }
+fi
+
+exec cargo test --workspace "$@"
