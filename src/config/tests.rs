@@ -187,3 +187,11 @@ fn set_checks_before_writing() {
     assert!(edit::set_in_file(f.path(), "no_such_key", "1").is_err());
     assert_eq!(std::fs::read_to_string(f.path()).unwrap(), before);
 }
+
+#[test]
+fn every_key_is_documented() {
+    let doc = include_str!("../../docs/configuration.md");
+    for key in keys::KEYS {
+        assert!(doc.contains(&format!("| `{}` |", key.name)), "docs/configuration.md lacks `{}`", key.name);
+    }
+}

@@ -105,3 +105,12 @@ fn sigterm_stops_cleanly() {
     let status = g.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/gomail.yaml");
+    let (ok, out, err) = gomail(&["config", "validate", "--config", example]);
+    assert!(ok, "{out}{err}");
+    let (_, out, _) = gomail(&["config", "get", "smtp_listen", "--config", example]);
+    assert_eq!(out, "0.0.0.0:25,[::]:25\n");
+}
