@@ -124,6 +124,7 @@ impl Server {
                 max_recipients: cfg.max_recipients,
                 ..Limits::default()
             },
+            starttls: false,
         });
         let count = cfg.shards;
         let per_shard = (cfg.max_total_connections as u64)

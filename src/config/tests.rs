@@ -192,6 +192,10 @@ fn set_checks_before_writing() {
 fn every_key_is_documented() {
     let doc = include_str!("../../docs/configuration.md");
     for key in keys::KEYS {
-        assert!(doc.contains(&format!("| `{}` |", key.name)), "docs/configuration.md lacks `{}`", key.name);
+        assert!(
+            doc.contains(&format!("| `{}` |", key.name)),
+            "docs/configuration.md lacks `{}`",
+            key.name
+        );
     }
 }

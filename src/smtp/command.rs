@@ -69,6 +69,8 @@ pub struct MailParams {
     pub eight_bit: bool,
     /// `SMTPUTF8`.
     pub smtputf8: bool,
+    /// `REQUIRETLS` (RFC 8689).
+    pub require_tls: bool,
 }
 
 /// Parses one command line (without its CRLF).
@@ -321,6 +323,11 @@ fn parse_mail_params(params: &str) -> Result<MailParams, Reply> {
                 Some(_) => return Err(Reply::UNSUPPORTED_PARAM),
                 None => return Err(Reply::SYNTAX_PARAMS),
             }
+        } else if key.eq_ignore_ascii_case("REQUIRETLS") {
+            if value.is_some() {
+                return Err(Reply::SYNTAX_PARAMS);
+            }
+            p.require_tls = true;
         } else if key.eq_ignore_ascii_case("SMTPUTF8") {
             if value.is_some() {
                 return Err(Reply::SYNTAX_PARAMS);
@@ -392,7 +399,8 @@ mod tests {
             MailParams {
                 size: Some(1000),
                 eight_bit: true,
-                smtputf8: true
+                smtputf8: true,
+                require_tls: false
             }
         );
         assert_eq!(mail("MAIL FROM:<a@b.example> SIZE=abc"), Err(501));

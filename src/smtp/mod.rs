@@ -17,4 +17,4 @@ pub mod trace;
 
 pub use limits::Limits;
 pub use reply::Reply;
-pub use session::{Action, Completion, Session, SessionConfig, Transaction};
+pub use session::{Action, Completion, Session, SessionConfig, TlsInfo, Transaction};

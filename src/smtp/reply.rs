@@ -78,6 +78,8 @@ impl Reply {
     );
     /// QUIT.
     pub const BYE: Reply = r(221, "2.0.0", "Bye");
+    /// STARTTLS accepted (RFC 3207).
+    pub const READY_TLS: Reply = r(220, "2.0.0", "Ready to start TLS");
     /// DATA accepted, waiting for the message.
     pub const START_DATA: Reply = r(354, "", "End data with <CR><LF>.<CR><LF>");
 
@@ -147,6 +149,8 @@ impl Reply {
         "5.5.1",
         "Error: DATA cannot follow BDAT in one transaction",
     );
+    /// STARTTLS on a session that is already encrypted.
+    pub const TLS_ALREADY_ACTIVE: Reply = r(503, "5.5.1", "Error: TLS already active");
     /// AUTH: gomail is an MX and offers no submission.
     pub const AUTH_NOT_ENABLED: Reply = r(503, "5.5.1", "Error: authentication not enabled");
     /// DATA/BDAT when no RCPT was accepted.

@@ -40,6 +40,19 @@ pub struct SessionConfig {
     pub domains: Vec<String>,
     /// Protocol limits.
     pub limits: Limits,
+    /// Offer STARTTLS on plaintext sessions (a TLS configuration exists).
+    pub starttls: bool,
+}
+
+/// What was negotiated on a TLS session (recorded, never interpreted here).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsInfo {
+    /// Protocol version, e.g. `TLSv1.3`.
+    pub version: String,
+    /// Cipher suite, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: String,
+    /// The server name the client asked for (SNI), if any.
+    pub sni: Option<String>,
 }
 
 impl SessionConfig {
@@ -67,6 +80,10 @@ pub struct Transaction {
     pub smtputf8: bool,
     /// The body came by BDAT.
     pub chunked: bool,
+    /// The session's TLS parameters, if it was encrypted.
+    pub tls: Option<TlsInfo>,
+    /// `REQUIRETLS` was given (RFC 8689).
+    pub require_tls: bool,
 }
 
 /// A side effect the session asks its driver to perform.
@@ -74,6 +91,10 @@ pub struct Transaction {
 pub enum Action {
     /// Make the transaction durable, then feed back a [`Completion`].
     Spool(Box<Transaction>),
+    /// Flush pending replies, discard every octet received after the
+    /// STARTTLS command (never replay them), run the TLS handshake, then
+    /// call [`Session::handle_tls_established`] (or close on failure).
+    StartTls,
     /// Flush pending replies and close the connection.
     Close,
 }
@@ -119,6 +140,8 @@ enum State {
         started: Instant,
     },
     Spooling,
+    /// STARTTLS was accepted; no input is used until the handshake is done.
+    StartingTls,
     Closed,
 }
 
@@ -129,6 +152,7 @@ pub struct Session {
     state: State,
     helo: Option<(String, bool)>,
     envelope: Option<Envelope>,
+    tls: Option<TlsInfo>,
     errors: u32,
     actions: VecDeque<Action>,
     /// When the current command line, data block or whole body is due.
@@ -144,6 +168,7 @@ impl Session {
             state: State::Command,
             helo: None,
             envelope: None,
+            tls: None,
             errors: 0,
             actions: VecDeque::new(),
             deadline,
@@ -154,6 +179,33 @@ impl Session {
     pub fn greet(&mut self, out: &mut Vec<u8>) {
         let greeting = Reply::new(220, "", format!("{} ESMTP gomail", self.cfg.hostname));
         greeting.write_to(out);
+    }
+
+    /// A session on an implicit-TLS connection (`smtps_listen`): TLS is
+    /// already up, so STARTTLS is not offered.
+    pub fn new_tls(cfg: Arc<SessionConfig>, now: Instant, tls: TlsInfo) -> Session {
+        let mut s = Session::new(cfg, now);
+        s.tls = Some(tls);
+        s
+    }
+
+    /// The TLS parameters, if the session is encrypted.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// Feeds back a completed STARTTLS handshake. The session starts over
+    /// (RFC 3207 section 4.2): the client must say EHLO again, and nothing
+    /// said before the handshake counts.
+    pub fn handle_tls_established(&mut self, tls: TlsInfo, now: Instant) {
+        if !matches!(self.state, State::StartingTls) {
+            return;
+        }
+        self.state = State::Command;
+        self.helo = None;
+        self.envelope = None;
+        self.tls = Some(tls);
+        self.deadline = now + self.cfg.limits.command_timeout;
     }
 
     /// True once the session has closed.
@@ -175,7 +227,7 @@ impl Session {
     /// When [`Session::handle_timeout`] should be called, if at all.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Spooling | State::Closed => None,
+            State::Spooling | State::StartingTls | State::Closed => None,
             _ => Some(self.deadline),
         }
     }
@@ -218,7 +270,7 @@ impl Session {
             let rest = &input[pos..];
             match &mut self.state {
                 State::Closed => return input.len(),
-                State::Spooling => return pos,
+                State::Spooling | State::StartingTls => return pos,
                 State::Command => {
                     let Some(lf) = memchr::memchr(b'\n', rest) else {
                         if rest.len() >= MAX_COMMAND_LINE {
@@ -358,6 +410,9 @@ impl Session {
                     Reply::TOO_BIG
                 } else if path.is_utf8() && !params.smtputf8 {
                     Reply::NEED_SMTPUTF8
+                } else if params.require_tls && self.tls.is_none() {
+                    // Not advertised without TLS (RFC 8689 section 4).
+                    Reply::UNSUPPORTED_PARAM
                 } else {
                     self.envelope = Some(Envelope {
                         mail_from: path.address.to_string(),
@@ -428,7 +483,18 @@ impl Session {
             Command::Vrfy => self.reply(Reply::CANNOT_VRFY, out),
             Command::Expn => self.reply(Reply::NOT_IMPLEMENTED, out),
             Command::Help => self.reply(Reply::HELP, out),
-            Command::StartTls => self.reply(Reply::NOT_IMPLEMENTED, out),
+            Command::StartTls => {
+                if self.tls.is_some() {
+                    self.reply(Reply::TLS_ALREADY_ACTIVE, out);
+                } else if !self.cfg.starttls {
+                    self.reply(Reply::NOT_IMPLEMENTED, out);
+                } else {
+                    Reply::READY_TLS.write_to(out);
+                    self.envelope = None;
+                    self.state = State::StartingTls;
+                    self.actions.push_back(Action::StartTls);
+                }
+            }
             Command::Auth => self.reply(Reply::AUTH_NOT_ENABLED, out),
         }
     }
@@ -470,7 +536,7 @@ impl Session {
     }
 
     fn write_ehlo(&self, out: &mut Vec<u8>) {
-        let lines = [
+        let mut lines = vec![
             self.cfg.hostname.clone(),
             "PIPELINING".to_string(),
             format!("SIZE {}", self.cfg.limits.max_message_size),
@@ -479,6 +545,11 @@ impl Session {
             "CHUNKING".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
         ];
+        if self.tls.is_some() {
+            lines.push("REQUIRETLS".to_string());
+        } else if self.cfg.starttls {
+            lines.push("STARTTLS".to_string());
+        }
         let n = lines.len();
         for (i, line) in lines.into_iter().enumerate() {
             Reply::new(250, "", line).write_line(out, i + 1 == n);
@@ -541,6 +612,8 @@ impl Session {
             eight_bit: env.params.eight_bit,
             smtputf8: env.params.smtputf8,
             chunked: env.chunked,
+            tls: self.tls.clone(),
+            require_tls: env.params.require_tls,
         })));
         self.state = State::Spooling;
     }

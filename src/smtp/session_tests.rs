@@ -14,6 +14,7 @@ fn cfg() -> Arc<SessionConfig> {
             max_recipients: 3,
             ..Limits::default()
         },
+        starttls: true,
     })
 }
 
@@ -100,7 +101,7 @@ fn plain_transaction_is_spooled_then_acknowledged() {
     assert_eq!(
         o.replies,
         format!(
-            "{GREETING}250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n\
+            "{GREETING}250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n\
              250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n\
              250 2.0.0 Ok: queued as Q1\r\n221 2.0.0 Bye\r\n"
         )
@@ -398,4 +399,85 @@ fn mail_loops_are_refused() {
     assert!(o
         .replies
         .ends_with("554 5.4.6 Error: too many hops, mail loop suspected\r\n"));
+}
+
+fn tls_info() -> TlsInfo {
+    TlsInfo {
+        version: "TLSv1.3".into(),
+        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        sni: Some("mx.example.test".into()),
+    }
+}
+
+#[test]
+fn starttls_discards_pipelined_input_and_resets_the_session() {
+    // CVE-2011-0411 class: commands pipelined after STARTTLS in plaintext
+    // must never be executed after the handshake.
+    let now = Instant::now();
+    let mut s = Session::new(cfg(), now);
+    let mut out = Vec::new();
+    s.greet(&mut out);
+    let script =
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<evil@b.example>\r\n";
+    let used = s.handle_input(script, now, &mut out);
+    assert_eq!(&script[used..], b"RSET\r\nMAIL FROM:<evil@b.example>\r\n");
+    assert!(matches!(s.poll_action(), Some(Action::StartTls)));
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert!(text.contains("250 STARTTLS\r\n"), "{text}");
+    assert!(
+        text.ends_with("250 2.1.0 Sender OK\r\n220 2.0.0 Ready to start TLS\r\n"),
+        "{text}"
+    );
+    // Nothing is used until the handshake is reported.
+    assert_eq!(s.handle_input(b"NOOP\r\n", now, &mut out), 0);
+    assert_eq!(s.poll_timeout(), None);
+    // The driver drops the held bytes, shakes hands, reports success.
+    s.handle_tls_established(tls_info(), now);
+    out.clear();
+    let after =
+        b"MAIL FROM:<a@b.example>\r\nEHLO c\r\nSTARTTLS\r\nMAIL FROM:<a@b.example> REQUIRETLS\r\n";
+    assert_eq!(s.handle_input(after, now, &mut out), after.len());
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.starts_with("503 5.5.1 Error: send EHLO/HELO first\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("250 REQUIRETLS\r\n") && !text.contains("STARTTLS\r\n250"),
+        "{text}"
+    );
+    assert!(text.contains("503 5.5.1 Error: TLS already active\r\n"));
+    assert!(text.ends_with("250 2.1.0 Sender OK\r\n"));
+}
+
+#[test]
+fn tls_facts_reach_the_transaction_and_requiretls_needs_tls() {
+    let o = drive(b"EHLO c\r\nMAIL FROM:<a@b.example> REQUIRETLS\r\n");
+    assert!(o
+        .replies
+        .ends_with("555 5.5.4 Error: unsupported MAIL/RCPT parameter\r\n"));
+    let now = Instant::now();
+    let mut s = Session::new_tls(cfg(), now, tls_info());
+    let mut out = Vec::new();
+    s.handle_input(b"EHLO c\r\nMAIL FROM:<a@b.example> REQUIRETLS\r\nRCPT TO:<r@example.test>\r\nDATA\r\nx\r\n.\r\n", now, &mut out);
+    let Some(Action::Spool(tx)) = s.poll_action() else {
+        panic!("no spool")
+    };
+    assert_eq!(tx.tls, Some(tls_info()));
+    assert!(tx.require_tls);
+    let h =
+        super::super::trace::received_header(&tx, "127.0.0.1".parse().unwrap(), "mx", "ID", "D");
+    assert!(h.contains("(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\tby mx (gomail) with ESMTPS id ID"), "{h}");
+}
+
+#[test]
+fn starttls_is_refused_when_no_tls_is_configured() {
+    let c = Arc::new(SessionConfig {
+        starttls: false,
+        ..(*cfg()).clone()
+    });
+    let o = drive_with(c, &[b"EHLO c\r\nSTARTTLS\r\nNOOP\r\n"], false);
+    assert!(!o.replies.contains("STARTTLS"));
+    assert!(o.replies.contains("502 5.5.1"));
+    assert!(o.replies.ends_with("250 2.0.0 OK\r\n"));
 }

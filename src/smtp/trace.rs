@@ -17,15 +17,25 @@ pub fn received_header(
     id: &str,
     date: &str,
 ) -> String {
-    let proto = match (tx.esmtp, tx.smtputf8) {
-        (false, _) => "SMTP",
-        (true, false) => "ESMTP",
-        (true, true) => "UTF8SMTP",
+    let proto = match (tx.esmtp, tx.smtputf8, tx.tls.is_some()) {
+        (false, _, _) => "SMTP",
+        (true, false, false) => "ESMTP",
+        (true, false, true) => "ESMTPS",
+        (true, true, false) => "UTF8SMTP",
+        (true, true, true) => "UTF8SMTPS",
     };
     let helo = sanitize(&tx.helo);
-    let mut h = format!(
-        "Received: from {helo} ([{peer}])\r\n\tby {hostname} (gomail) with {proto} id {id}\r\n"
-    );
+    let mut h = format!("Received: from {helo} ([{peer}])\r\n");
+    if let Some(tls) = &tx.tls {
+        h.push_str(&format!(
+            "\t(using {} with cipher {})\r\n",
+            sanitize(&tls.version),
+            sanitize(&tls.cipher)
+        ));
+    }
+    h.push_str(&format!(
+        "\tby {hostname} (gomail) with {proto} id {id}\r\n"
+    ));
     if let [rcpt] = tx.recipients.as_slice() {
         h.push_str(&format!("\tfor <{}>;\r\n\t{date}\r\n", sanitize(rcpt)));
     } else {
@@ -62,6 +72,8 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             chunked: false,
+            tls: None,
+            require_tls: false,
         };
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let h = received_header(
