@@ -1,0 +1,212 @@
+//! The run: concurrent sessions (tokio tasks) share one counter of messages
+//! to send. Each session claims the next sequence number, opens a
+//! connection if it has none, sends the message, and in `perconn` mode (or
+//! after `per_conn` messages in `reuse` mode) says QUIT.
+//!
+//! A claimed message is attempted once: a refused reply or a broken
+//! connection counts one error, drops the connection and moves on, so a run
+//! is bounded by the message count even against a server refusing
+//! everything. The whole phase is also bounded by a deadline.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::client::{Commands, Conn};
+use crate::message::{dot_stuff, Template, TERMINATOR};
+use crate::report::Stats;
+
+/// Distinct error texts kept for the report.
+const MAX_SAMPLES: usize = 5;
+
+/// Connection handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Mode {
+    /// One message per connection, then QUIT.
+    Perconn,
+    /// `--per-conn` messages per connection, then QUIT.
+    Reuse,
+}
+
+impl Mode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Mode::Perconn => "perconn",
+            Mode::Reuse => "reuse",
+        }
+    }
+}
+
+/// Fixed for the whole run.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) server: SocketAddr,
+    /// Bound round-robin, one per new connection; empty: let the kernel pick.
+    pub(crate) sources: Vec<IpAddr>,
+    pub(crate) sessions: usize,
+    pub(crate) mode: Mode,
+    pub(crate) per_conn: u64,
+    pub(crate) size: usize,
+    pub(crate) pipelining: bool,
+    pub(crate) io_timeout: Duration,
+    pub(crate) template: Template,
+    pub(crate) commands: Commands,
+    /// Round-robin position in `sources`, across phases.
+    pub(crate) next_source: AtomicUsize,
+    /// Set once any connection used PIPELINING.
+    pub(crate) pipelined: AtomicBool,
+}
+
+impl Settings {
+    fn source(&self) -> Option<IpAddr> {
+        if self.sources.is_empty() {
+            return None;
+        }
+        let i = self.next_source.fetch_add(1, Ordering::Relaxed);
+        Some(self.sources[i % self.sources.len()])
+    }
+}
+
+/// What one phase (warm-up or measured) produced.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub(crate) stats: Stats,
+    pub(crate) samples: Vec<String>,
+    pub(crate) elapsed: Duration,
+    pub(crate) timed_out: bool,
+}
+
+/// State shared by the sessions of one phase.
+struct Phase {
+    settings: Arc<Settings>,
+    /// Next sequence number to claim.
+    next: AtomicU64,
+    /// One past the last sequence number of the phase.
+    end: u64,
+    samples: Mutex<Vec<String>>,
+}
+
+impl Phase {
+    fn claim(&self) -> Option<u64> {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        (seq < self.end).then_some(seq)
+    }
+
+    fn error(&self, stats: &mut Stats, what: String) {
+        stats.errors += 1;
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() < MAX_SAMPLES && !samples.contains(&what) {
+            samples.push(what);
+        }
+    }
+}
+
+/// Sends messages `first .. first + count` over `settings.sessions`
+/// sessions, stopping at `deadline`.
+pub(crate) async fn phase(
+    settings: Arc<Settings>,
+    first: u64,
+    count: u64,
+    deadline: Instant,
+) -> Outcome {
+    let sessions = settings.sessions;
+    let phase = Arc::new(Phase {
+        settings,
+        next: AtomicU64::new(first),
+        end: first + count,
+        samples: Mutex::new(Vec::new()),
+    });
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..sessions)
+        .map(|_| {
+            let phase = phase.clone();
+            tokio::spawn(async move {
+                let mut stats = Stats::new();
+                let run = tokio::time::timeout_at(deadline, session(&phase, &mut stats));
+                let timed_out = run.await.is_err();
+                (stats, timed_out)
+            })
+        })
+        .collect();
+    let mut stats = Stats::new();
+    let mut timed_out = false;
+    for task in tasks {
+        match task.await {
+            Ok((s, t)) => {
+                stats.merge(&s);
+                timed_out |= t;
+            }
+            Err(e) => phase.error(&mut stats, format!("session task failed: {e}")),
+        }
+    }
+    let elapsed = started.elapsed();
+    let samples = std::mem::take(&mut *phase.samples.lock().unwrap_or_else(|p| p.into_inner()));
+    Outcome {
+        stats,
+        samples,
+        elapsed,
+        timed_out,
+    }
+}
+
+/// One session: claims and sends messages until none are left.
+async fn session(phase: &Phase, stats: &mut Stats) {
+    let s = &*phase.settings;
+    let mut conn: Option<Conn> = None;
+    let mut used = 0u64;
+    let mut message = Vec::with_capacity(s.size);
+    let mut wire = Vec::with_capacity(s.size + s.size / 32 + 16);
+    while let Some(seq) = phase.claim() {
+        if conn.is_none() {
+            match Conn::open(s.server, s.source(), &s.commands, s.io_timeout).await {
+                Ok((c, took)) => {
+                    stats.record_connect(took);
+                    if s.pipelining && c.pipelining() {
+                        s.pipelined.store(true, Ordering::Relaxed);
+                    }
+                    conn = Some(c);
+                    used = 0;
+                }
+                Err(e) => {
+                    phase.error(stats, e);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        if let Err(e) = s.template.build(seq, s.size, &mut message) {
+            // Checked at start-up; kept as an error rather than a panic.
+            phase.error(stats, e);
+            continue;
+        }
+        wire.clear();
+        dot_stuff(&message, &mut wire);
+        wire.extend_from_slice(TERMINATOR);
+        match c.send(&s.commands, &wire, s.pipelining).await {
+            Ok(latency) => {
+                stats.record_ok(latency);
+                used += 1;
+            }
+            Err(e) => {
+                phase.error(stats, e);
+                conn = None;
+                continue;
+            }
+        }
+        if s.mode == Mode::Perconn || used >= s.per_conn {
+            if let Some(c) = conn.take() {
+                if let Err(e) = c.quit().await {
+                    phase.error(stats, e);
+                }
+            }
+        }
+    }
+    if let Some(c) = conn {
+        if let Err(e) = c.quit().await {
+            phase.error(stats, e);
+        }
+    }
+}
