@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -138,28 +138,60 @@ pub fn check_memlock() -> Result<(), ShardsError> {
     Ok(())
 }
 
+/// Backlog of each listening socket (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listening socket as gomail wants it: `SO_REUSEADDR` (a restart is
+/// never blocked by connections in TIME-WAIT), `IPV6_V6ONLY` for IPv6 (so
+/// `0.0.0.0:25` and `[::]:25` can both be listed), and `SO_REUSEPORT` when
+/// `shared` (one listener per shard on the same port).
+fn listen_socket(addr: SocketAddr, shared: bool) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    if shared {
+        sock.set_reuse_port(true)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(LISTEN_BACKLOG)?;
+    Ok(sock)
+}
+
 /// Checks that each address is free, and resolves port 0 to a real port.
 ///
-/// glommio binds with `SO_REUSEPORT`, which would let a second gomail (or
-/// any other `SO_REUSEPORT` server) share the port silently. An exclusive
-/// bind first makes such a conflict an error at start-up. The probe socket
-/// is closed again before the shards bind.
+/// The shards' listeners use `SO_REUSEPORT`, which would let a second gomail
+/// (or any other `SO_REUSEPORT` server) share the port silently. A bind
+/// without it first makes such a conflict an error at start-up. The probe
+/// socket is closed again before the shards bind.
 pub fn probe_addresses(addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, ShardsError> {
     addrs
         .iter()
         .map(|&addr| {
-            let l = StdListener::bind(addr).map_err(|source| ShardsError::Bind { addr, source })?;
-            l.local_addr()
-                .map_err(|source| ShardsError::Bind { addr, source })
+            let err = |source| ShardsError::Bind { addr, source };
+            let sock = listen_socket(addr, false).map_err(err)?;
+            let local = sock.local_addr().map_err(err)?;
+            local
+                .as_socket()
+                .ok_or_else(|| err(io::Error::other("not an IP socket")))
         })
         .collect()
 }
 
-/// Binds this shard's own listener (call it on the shard).
+/// Binds this shard's own `SO_REUSEPORT` listener (call it on the shard).
 pub fn bind(addr: SocketAddr) -> Result<glommio::net::TcpListener, ShardsError> {
-    glommio::net::TcpListener::bind(addr).map_err(|e| ShardsError::Bind {
-        addr,
-        source: e.into(),
+    use std::os::fd::IntoRawFd;
+    let sock = listen_socket(addr, true).map_err(|source| ShardsError::Bind { addr, source })?;
+    // SAFETY: the descriptor is a listening TCP socket we own; glommio takes it over.
+    Ok(unsafe {
+        <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(sock.into_raw_fd())
     })
 }
 
@@ -327,7 +359,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let got = probe_addresses(&[addr]).unwrap();
         assert_ne!(got[0].port(), 0);
-        let hold = StdListener::bind("127.0.0.1:0").unwrap();
+        let hold = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = hold.local_addr().unwrap();
         let err = probe_addresses(&[taken]).unwrap_err();
         assert!(err.to_string().contains(&taken.to_string()));

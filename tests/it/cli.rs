@@ -114,3 +114,21 @@ fn the_shipped_example_config_is_valid() {
     let (_, out, _) = gomail(&["config", "get", "smtp_listen", "--config", example]);
     assert_eq!(out, "0.0.0.0:25,[::]:25\n");
 }
+
+#[test]
+fn restart_on_the_same_port_right_after_traffic() {
+    // The server closes first after QUIT, so its side of each connection
+    // sits in TIME-WAIT for a minute; a restart must not be blocked by them.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut g = Gomail::start_on(&data, "");
+    let addr = g.addr;
+    for _ in 0..20 {
+        let mut c = super::harness::Client::connect(addr);
+        assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+        assert!(c.closed());
+    }
+    assert!(g.terminate().success());
+    let g2 = Gomail::start_listening(&data, &addr.to_string(), "");
+    assert_eq!(g2.addr, addr);
+}

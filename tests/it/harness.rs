@@ -28,12 +28,17 @@ impl Gomail {
 
     /// Starts gomail on a given data_dir (for restarts).
     pub(crate) fn start_on(data_dir: &Path, extra: &str) -> Gomail {
+        Gomail::start_listening(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts gomail on a given data_dir and SMTP address.
+    pub(crate) fn start_listening(data_dir: &Path, listen: &str, extra: &str) -> Gomail {
         let config = data_dir.with_extension("yaml");
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         std::fs::write(
             &config,
             format!(
-                "smtp_listen: [\"127.0.0.1:0\"]\nprimary_domain: example.test\nadditional_domains: [other.test]\n\
+                "smtp_listen: [\"{listen}\"]\nprimary_domain: example.test\nadditional_domains: [other.test]\n\
                  mail_hostname: mx.example.test\ndata_dir: \"{}\"\nlog_level: warn\n{extra}",
                 data_dir.display()
             ),
