@@ -29,8 +29,8 @@ use glommio::io::BufferedFile;
 
 pub use record::Envelope;
 
-/// Segments roll over past this size.
-const SEGMENT_MAX: u64 = 64 << 20;
+/// Segments are preallocated to, and roll over at, this size.
+const SEGMENT_MAX: u64 = 32 << 20;
 /// At most this much is written per group commit.
 const BATCH_MAX: usize = 8 << 20;
 
@@ -239,9 +239,80 @@ async fn create_segment(dir: &Path, path: &Path) -> Result<BufferedFile, SpoolEr
     Ok(file)
 }
 
+/// The next segment, prepared ahead of need.
+enum Spare {
+    /// Being zero-filled on the blocking pool.
+    Preparing,
+    /// Zero-filled, synced and open.
+    Ready(PathBuf, BufferedFile),
+    /// Preparation failed (full disk?); retry after this instant.
+    Failed(std::time::Instant),
+}
+
+/// Zero-fills a new segment file of `SEGMENT_MAX` octets and makes it and
+/// its directory entry durable. Blocking.
+fn prefill(dir: &Path, path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let result = (|| {
+        for _ in 0..SEGMENT_MAX / (1 << 20) {
+            f.write_all(&zeros)?;
+        }
+        f.sync_all()?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn prepare_spare(dir: PathBuf, file_no: u64, slot: Rc<RefCell<Spare>>) {
+    *slot.borrow_mut() = Spare::Preparing;
+    glommio::spawn_local(async move {
+        let path = dir.join(format!("seg-{file_no:016x}.log"));
+        let (d, p) = (dir.clone(), path.clone());
+        let made = glommio::executor()
+            .spawn_blocking(move || prefill(&d, &p))
+            .await;
+        let opened = match made {
+            Ok(()) => glommio::io::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .buffered_open(&path)
+                .await
+                .map_err(std::io::Error::from),
+            Err(e) => Err(e),
+        };
+        *slot.borrow_mut() = match opened {
+            Ok(f) => Spare::Ready(path, f),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot preallocate the next spool segment; appending instead (slower fdatasync)");
+                Spare::Failed(std::time::Instant::now() + std::time::Duration::from_secs(10))
+            }
+        };
+    })
+    .detach();
+}
+
 /// The writer task: takes everything queued, writes it with one write and
 /// one fdatasync, answers every committer in the batch, repeats.
+///
+/// Segments are zero-filled ahead of time (see [`prefill`]): a write into
+/// blocks that already exist changes no file metadata, so its fdatasync
+/// flushes data only and never waits for a filesystem journal commit. The
+/// first segment after start-up, and any segment written while no spare is
+/// ready, is appended to instead, which is correct, only slower.
 async fn writer(inner: Rc<RefCell<Inner>>, rx: async_channel::Receiver<Write>, mut file_no: u64) {
+    let dir = inner.borrow().dir.clone();
+    let slot = Rc::new(RefCell::new(Spare::Preparing));
+    prepare_spare(dir.clone(), file_no, slot.clone());
+    file_no += 1;
+    let mut prefilled = false;
     while let Ok(first) = rx.recv().await {
         let mut buf = Vec::new();
         let mut waiters = Vec::new();
@@ -253,6 +324,34 @@ async fn writer(inner: Rc<RefCell<Inner>>, rx: async_channel::Receiver<Write>, m
             }
             if buf.len() < BATCH_MAX {
                 next = rx.try_recv().ok();
+            }
+        }
+        let len = buf.len() as u64;
+        let full = inner.borrow().pos + len > SEGMENT_MAX;
+        if !prefilled || full {
+            let spare = std::mem::replace(&mut *slot.borrow_mut(), Spare::Preparing);
+            match spare {
+                Spare::Ready(path, file) => {
+                    let mut i = inner.borrow_mut();
+                    let seq = i.next_seq;
+                    i.next_seq += 1;
+                    i.file = Rc::new(file);
+                    i.pos = 0;
+                    i.segments.push_back(Segment {
+                        seq,
+                        path,
+                        outstanding: 0,
+                    });
+                    prefilled = true;
+                    drop(i);
+                    prepare_spare(dir.clone(), file_no, slot.clone());
+                    file_no += 1;
+                }
+                Spare::Failed(retry) if std::time::Instant::now() >= retry => {
+                    prepare_spare(dir.clone(), file_no, slot.clone());
+                    file_no += 1;
+                }
+                other => *slot.borrow_mut() = other,
             }
         }
         let (file, pos, seq) = {
@@ -270,7 +369,7 @@ async fn writer(inner: Rc<RefCell<Inner>>, rx: async_channel::Receiver<Write>, m
         }
         let len = buf.len() as u64;
         let result = write_and_sync(&file, buf, pos).await;
-        let (rotate, dir) = {
+        {
             let mut i = inner.borrow_mut();
             match &result {
                 Ok(()) => {
@@ -283,31 +382,9 @@ async fn writer(inner: Rc<RefCell<Inner>>, rx: async_channel::Receiver<Write>, m
                     tracing::error!(dir = %i.dir.display(), error = %e, "spool write failed; clients get 451 4.3.0");
                 }
             }
-            (result.is_ok() && i.pos >= SEGMENT_MAX, i.dir.clone())
-        };
+        }
         for w in waiters {
             let _ = w.try_send(result.as_ref().map(|_| seq).map_err(|e| e.to_string()));
-        }
-        if rotate {
-            let path = dir.join(format!("seg-{file_no:016x}.log"));
-            match create_segment(&dir, &path).await {
-                Ok(f) => {
-                    file_no += 1;
-                    let mut i = inner.borrow_mut();
-                    let seq = i.next_seq;
-                    i.next_seq += 1;
-                    i.file = Rc::new(f);
-                    i.pos = 0;
-                    i.segments.push_back(Segment {
-                        seq,
-                        path,
-                        outstanding: 0,
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start a new spool segment; still writing the old one")
-                }
-            }
         }
         collect_garbage(&mut inner.borrow_mut());
     }

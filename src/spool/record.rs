@@ -84,12 +84,13 @@ pub(crate) fn encode_done(id: &str, out: &mut Vec<u8>) {
 }
 
 /// Decodes the records of a segment, stopping at the first that does not check.
-/// Returns the records and whether the segment ended cleanly.
+/// Returns the records and whether the segment ended cleanly: at its end,
+/// or where its zero-filled (preallocated, never written) part begins.
 pub(crate) fn decode_all(mut data: &[u8]) -> (Vec<Record>, bool) {
     let mut out = Vec::new();
     while !data.is_empty() {
         let Some(rec) = decode_one(data) else {
-            return (out, false);
+            return (out, data.iter().all(|&b| b == 0));
         };
         data = &data[rec.1..];
         out.push(rec.0);
@@ -161,6 +162,11 @@ mod tests {
             assert!(!clean);
             assert_eq!(recs.len(), 2, "cut {cut}");
         }
+        let mut padded = seg.clone();
+        padded.extend(std::iter::repeat_n(0u8, 4096));
+        let (recs, clean) = decode_all(&padded);
+        assert!(clean);
+        assert_eq!(recs.len(), 3);
         let mut flipped = seg.clone();
         let n = flipped.len();
         flipped[n - 1] ^= 1;

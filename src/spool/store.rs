@@ -151,10 +151,11 @@ pub fn write_one(data_dir: &Path, env: &Envelope, message: &[u8]) -> std::io::Re
     let dir = path.parent().expect("store paths have a parent");
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".tmp_{}", env.id));
-    let mut f = std::fs::File::create(&tmp)?;
-    serde_json::to_writer(&mut f, &payload(env, message))?;
-    f.write_all(b"\n")?;
-    drop(f);
+    // One buffer, one write: serde_json writing straight to a File would
+    // make a system call per JSON fragment.
+    let mut json = serde_json::to_vec(&payload(env, message))?;
+    json.push(b'\n');
+    std::fs::File::create(&tmp)?.write_all(&json)?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)
 }
