@@ -3,7 +3,8 @@
 # machine (as root), then runs the whole test suite.
 #
 # Tests use real tools and fail loudly when one is missing; this script is
-# what puts them there: swaks (an independent SMTP client). They also mount
+# what puts them there: swaks (an independent SMTP client) with
+# libnet-ssleay-perl for its --tls, and openssl's s_client. They also mount
 # a small tmpfs (disk-full test), so run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v swaks >/dev/null || need+=(swaks)
 command -v mount >/dev/null || need+=(mount)
+command -v openssl >/dev/null || need+=(openssl)
+perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "scripts/test.sh: missing ${need[*]}; run as root or: apt-get install ${need[*]}" >&2

@@ -2,7 +2,12 @@
 //!
 //! # Layout
 //! - [`smtp`]: the sans-IO protocol (commands, replies, DATA/BDAT, session).
+//! - [`config`]: YAML + `MAIL_*` + flags, checked against the key table.
+//! - [`spool`]: the durable per-shard queue and the JSON store.
+//! - [`tls`]: TLS policy, certificates, self-signed fallback.
+//! - [`server`]: shards wired to sessions, spool, store and TLS.
 pub mod config;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod tls;

@@ -156,8 +156,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
                 flags.push((k.to_string(), v.to_string()));
             }
-            let config = config::load(&sources(&cfg, flags))?;
-            serve(config)
+            let sources = sources(&cfg, flags);
+            let config = config::load(&sources)?;
+            serve(config, sources)
         }
         Cmd::Config { action } => match action {
             ConfigCmd::Show { cfg } => {
@@ -234,34 +235,59 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (shards inherit the mask) and
-/// returns a function that waits for one of them.
-fn block_signals() -> impl FnOnce() -> i32 {
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (shards inherit the
+/// mask, so only this thread ever receives them).
+fn block_signals() -> libc::sigset_t {
     // SAFETY: plain signal-mask manipulation on a zeroed sigset_t.
-    let set = unsafe {
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
-    };
-    move || {
-        let mut sig = 0;
-        // SAFETY: waits on the set blocked above.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        sig
     }
 }
 
-fn serve(cfg: Config) -> anyhow::Result<()> {
+/// Waits up to `secs` for one of the blocked signals; `None` on timeout.
+fn wait_signal(set: &libc::sigset_t, secs: i64) -> Option<i32> {
+    let timeout = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    // SAFETY: waits on the set blocked by block_signals.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
+    (sig > 0).then_some(sig)
+}
+
+/// SIGHUP or changed certificate files: re-read the configuration and
+/// publish a new TLS configuration. A failure keeps the current one.
+fn reload(server: &Server, cfg: &mut Config, sources: &Sources, why: &str) {
+    match config::load(sources) {
+        Ok(new) => {
+            if let Err(e) = server.reload_tls(&new) {
+                tracing::error!(error = %e, "TLS reload failed; keeping the current certificates");
+                return;
+            }
+            tracing::info!(%why, "TLS configuration reloaded; new connections use it");
+            *cfg = new;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; keeping the running configuration")
+        }
+    }
+}
+
+fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
     init_logging(&cfg)?;
     for (key, status, origin) in cfg.inactive_settings() {
         tracing::warn!(%key, %origin, "{}", inactive_note(status));
     }
-    let wait = block_signals();
+    let signals = block_signals();
     let server = Server::start(&cfg)?;
-    let addrs: Vec<String> = server.smtp_addrs().iter().map(|a| a.to_string()).collect();
+    let mut addrs: Vec<String> = server.smtp_addrs().iter().map(|a| a.to_string()).collect();
+    addrs.extend(server.smtps_addrs().iter().map(|a| format!("{a} (TLS)")));
     tracing::info!(
         smtp = %addrs.join(","),
         shards = server.shard_count(),
@@ -279,7 +305,23 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     if cfg.path.is_none() {
         println!("gomail: running on built-in defaults; next, write a gomail.yaml with primary_domain, mail_hostname and smtp_listen (see docs/configuration.md) and start with --config");
     }
-    let sig = wait();
+    let mut certs = gomail::tls::fingerprint(&cfg);
+    let sig = loop {
+        match wait_signal(&signals, 2) {
+            Some(libc::SIGHUP) => {
+                reload(&server, &mut cfg, &sources, "SIGHUP");
+                certs = gomail::tls::fingerprint(&cfg);
+            }
+            Some(sig) => break sig,
+            None => {
+                let now = gomail::tls::fingerprint(&cfg);
+                if now != certs {
+                    reload(&server, &mut cfg, &sources, "certificate files changed");
+                    certs = gomail::tls::fingerprint(&cfg);
+                }
+            }
+        }
+    };
     tracing::info!(
         signal = sig,
         "shutting down: no new connections, finishing open transactions"

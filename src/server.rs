@@ -17,12 +17,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ServerConfig;
 use serde::Serialize;
-use shards::{PoolConfig, ShardContext, ShardPool};
+use shards::{PoolConfig, ShardContext, ShardPool, Snapshot};
 
 use crate::config::Config;
 use crate::smtp::{Limits, SessionConfig};
 use crate::spool::Spool;
+use crate::tls::{self, CertSource, TlsError};
 
 /// How long a shutdown waits for open transactions and queued store writes.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -41,6 +43,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Another gomail holds data_dir.
     #[error("another gomail process is using data_dir {0} (lock file gomail.lock is held); stop it or choose another data_dir")]
     Locked(PathBuf),
@@ -79,6 +84,12 @@ pub struct ShardStats {
     pub messages_recovered: u64,
     /// Messages spooled and not yet in the store.
     pub store_backlog: u64,
+    /// TLS handshakes completed (STARTTLS and implicit TLS).
+    pub tls_handshakes: u64,
+    /// Of those, TLS 1.3.
+    pub tls13_handshakes: u64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: u64,
 }
 
 /// Messages the main thread sends to shards.
@@ -100,6 +111,8 @@ pub(crate) struct ShardState {
     pub(crate) stats: RefCell<ShardStats>,
     pub(crate) active: Cell<u64>,
     pub(crate) max_connections: u64,
+    /// The current TLS configuration, if TLS is enabled.
+    pub(crate) tls: Option<Snapshot<Arc<ServerConfig>>>,
     /// Closed (all senders dropped) when the shard starts shutting down.
     pub(crate) shutdown: async_channel::Receiver<()>,
 }
@@ -108,14 +121,48 @@ pub(crate) struct ShardState {
 pub struct Server {
     pool: ShardPool<Control>,
     smtp_addrs: Vec<SocketAddr>,
+    smtps_addrs: Vec<SocketAddr>,
+    tls: Option<Snapshot<Arc<ServerConfig>>>,
     _lock: File,
+}
+
+/// Builds the TLS configuration and logs where its certificate came from.
+fn build_tls(cfg: &Config) -> Result<tls::Built, TlsError> {
+    let built = tls::build(cfg)?;
+    match &built.source {
+        CertSource::Files => {
+            tracing::info!(certificates = built.certificates, "TLS certificates loaded")
+        }
+        CertSource::SelfSigned { reason } => tracing::warn!(
+            %reason,
+            dir = %cfg.data_dir.join("tls").display(),
+            hostname = %cfg.mail_hostname,
+            "using a self-signed TLS certificate; set tls_cert_file and tls_key_file"
+        ),
+    }
+    Ok(built)
 }
 
 impl Server {
     /// Starts the shards on `cfg` and returns once every shard listens.
     pub fn start(cfg: &Config) -> Result<Server, ServerError> {
         let lock = lock_data_dir(&cfg.data_dir)?;
-        let addrs = shards::probe_addresses(&cfg.smtp_listen)?;
+        let tls = if cfg.tls_enabled && (cfg.starttls_enabled || !cfg.smtps_listen.is_empty()) {
+            Some(Snapshot::new(build_tls(cfg)?.config))
+        } else {
+            None
+        };
+        let plain = shards::probe_addresses(&cfg.smtp_listen)?;
+        let implicit = if tls.is_some() {
+            shards::probe_addresses(&cfg.smtps_listen)?
+        } else {
+            Vec::new()
+        };
+        let listen: Vec<(SocketAddr, bool)> = plain
+            .iter()
+            .map(|a| (*a, false))
+            .chain(implicit.iter().map(|a| (*a, true)))
+            .collect();
         let session = Arc::new(SessionConfig {
             hostname: cfg.mail_hostname.clone(),
             domains: cfg.domains(),
@@ -124,7 +171,7 @@ impl Server {
                 max_recipients: cfg.max_recipients,
                 ..Limits::default()
             },
-            starttls: false,
+            starttls: tls.is_some() && cfg.starttls_enabled,
         });
         let count = cfg.shards;
         let per_shard = (cfg.max_total_connections as u64)
@@ -133,7 +180,7 @@ impl Server {
         let (ready_tx, ready_rx) = async_channel::unbounded::<(usize, Result<(), String>)>();
         let data_dir = cfg.data_dir.clone();
         let hostname = cfg.mail_hostname.clone();
-        let shard_addrs = addrs.clone();
+        let shard_tls = tls.clone();
         let pool = ShardPool::spawn(
             &PoolConfig {
                 shards: count,
@@ -144,10 +191,19 @@ impl Server {
                 let session = session.clone();
                 let data_dir = data_dir.clone();
                 let hostname = hostname.clone();
-                let addrs = shard_addrs.clone();
+                let listen = listen.clone();
                 let ready = ready_tx.clone();
+                let tls = shard_tls.clone();
                 async move {
-                    run_shard(ctx, session, hostname, data_dir, addrs, per_shard, ready).await;
+                    let setup = ShardSetup {
+                        session,
+                        hostname,
+                        data_dir,
+                        listen,
+                        max_connections: per_shard,
+                        tls,
+                    };
+                    run_shard(ctx, setup, ready).await;
                 }
             },
         )?;
@@ -169,7 +225,9 @@ impl Server {
         }
         let server = Server {
             pool,
-            smtp_addrs: addrs,
+            smtp_addrs: plain,
+            smtps_addrs: implicit,
+            tls,
             _lock: lock,
         };
         if let Some(e) = failure {
@@ -182,6 +240,23 @@ impl Server {
     /// The SMTP addresses the shards listen on (port 0 resolved).
     pub fn smtp_addrs(&self) -> &[SocketAddr] {
         &self.smtp_addrs
+    }
+
+    /// The implicit-TLS addresses (`smtps_listen`), if TLS is enabled.
+    pub fn smtps_addrs(&self) -> &[SocketAddr] {
+        &self.smtps_addrs
+    }
+
+    /// Rebuilds the TLS configuration from `cfg` (certificate files re-read)
+    /// and publishes it: new connections use it, connections in flight keep
+    /// theirs. On error the current configuration stays.
+    pub fn reload_tls(&self, cfg: &Config) -> Result<(), ServerError> {
+        let Some(snapshot) = &self.tls else {
+            return Ok(());
+        };
+        let built = build_tls(cfg)?;
+        snapshot.store(built.config);
+        Ok(())
     }
 
     /// Number of shards.
@@ -232,15 +307,30 @@ fn lock_data_dir(dir: &Path) -> Result<File, ServerError> {
     Ok(file)
 }
 
-async fn run_shard(
-    ctx: ShardContext<Control>,
+/// What a shard needs to start.
+struct ShardSetup {
     session: Arc<SessionConfig>,
     hostname: String,
     data_dir: PathBuf,
-    addrs: Vec<SocketAddr>,
+    /// Addresses to listen on, and whether each is implicit TLS.
+    listen: Vec<(SocketAddr, bool)>,
     max_connections: u64,
+    tls: Option<Snapshot<Arc<ServerConfig>>>,
+}
+
+async fn run_shard(
+    ctx: ShardContext<Control>,
+    setup: ShardSetup,
     ready: async_channel::Sender<(usize, Result<(), String>)>,
 ) {
+    let ShardSetup {
+        session,
+        hostname,
+        data_dir,
+        listen,
+        max_connections,
+        tls,
+    } = setup;
     let id = ctx.id;
     let (spool, recovered) = match Spool::open(&data_dir, id, ctx.count).await {
         Ok(x) => x,
@@ -250,9 +340,9 @@ async fn run_shard(
         }
     };
     let mut listeners = Vec::new();
-    for addr in &addrs {
+    for (addr, implicit) in &listen {
         match shards::bind(*addr) {
-            Ok(l) => listeners.push(l),
+            Ok(l) => listeners.push((l, *implicit)),
             Err(e) => {
                 let _ = ready.send((id, Err(e.to_string()))).await;
                 return;
@@ -274,6 +364,7 @@ async fn run_shard(
         }),
         active: Cell::new(0),
         max_connections,
+        tls,
         shutdown: shutdown_rx,
     });
     for msg in recovered {
@@ -281,8 +372,12 @@ async fn run_shard(
     }
     let deliverer = glommio::spawn_local(delivery::run(state.clone()));
     let mut acceptors = Vec::new();
-    for l in listeners {
-        acceptors.push(glommio::spawn_local(conn::accept_loop(state.clone(), l)));
+    for (l, implicit) in listeners {
+        acceptors.push(glommio::spawn_local(conn::accept_loop(
+            state.clone(),
+            l,
+            implicit,
+        )));
     }
     tracing::debug!(shard = id, cpu = ?ctx.cpu, "shard listening");
     let _ = ready.send((id, Ok(()))).await;

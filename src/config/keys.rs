@@ -101,17 +101,19 @@ pub const KEYS: &[Key] = &[
     k("webhook_retry_delay", Duration, Some("5s"), Pending),
     k("webhook_secret", Secret, None, Pending),
     // TLS
-    k("tls_enabled", Bool, Some("true"), Pending),
-    k("starttls_enabled", Bool, Some("true"), Pending),
-    k("tls_cert_file", Str, None, Pending),
-    k("tls_key_file", Str, None, Pending),
+    k("tls_enabled", Bool, Some("true"), Active),
+    k("starttls_enabled", Bool, Some("true"), Active),
+    k("smtps_listen", List, Some(""), Active),
+    k("tls_cert_file", Str, None, Active),
+    k("tls_key_file", Str, None, Active),
+    k("tls_cert_dir", Str, None, Active),
     k(
         "tls_min_version",
         Enum(&["1.2", "1.3"]),
         Some("1.2"),
-        Pending,
+        Active,
     ),
-    k("tls_cipher_suites", List, Some(""), Pending),
+    k("tls_cipher_suites", List, Some(""), Active),
     // authentication checks
     k("spf_enabled", Bool, Some("true"), Pending),
     k(

@@ -244,6 +244,22 @@ pub struct Config {
     pub log_format: String,
     /// Log file; empty for standard error.
     pub log_file: String,
+    /// TLS at all (STARTTLS and implicit TLS).
+    pub tls_enabled: bool,
+    /// Offer STARTTLS on `smtp_listen`.
+    pub starttls_enabled: bool,
+    /// Implicit-TLS SMTP listen addresses (port 465 style).
+    pub smtps_listen: Vec<SocketAddr>,
+    /// Default certificate chain (PEM).
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// More certificates, chosen by SNI.
+    pub tls_cert_dir: Option<PathBuf>,
+    /// `1.2` or `1.3`.
+    pub tls_min_version: String,
+    /// Allowed cipher suites (empty: all of [`ALLOWED_SUITES`]).
+    pub tls_cipher_suites: Vec<String>,
     settings: BTreeMap<&'static str, (Value, Origin)>,
 }
 
@@ -502,6 +518,30 @@ fn resolve(
             ));
         }
     }
+    let mut smtps_listen = Vec::new();
+    for a in list("smtps_listen") {
+        smtps_listen.push(parse_listen(&a).ok_or_else(|| {
+            invalid(
+                "smtps_listen",
+                format!("`{a}` is not a host:port listen address"),
+            )
+        })?);
+    }
+    for a in &smtps_listen {
+        if a.port() != 0 && smtp_listen.contains(a) {
+            return Err(invalid(
+                "smtps_listen",
+                format!("{a} is also in smtp_listen"),
+            ));
+        }
+    }
+    let path_of = |k: &str| {
+        settings
+            .get(k)
+            .map(|(v, _)| v.text())
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
     let data_dir = PathBuf::from(get("data_dir"));
     if data_dir.as_os_str().is_empty() {
         return Err(invalid("data_dir", "must not be empty".into()));
@@ -521,6 +561,14 @@ fn resolve(
         log_level: get("log_level"),
         log_format: get("log_format"),
         log_file: get("log_file"),
+        tls_enabled: parse_bool(&get("tls_enabled")).unwrap_or(true),
+        starttls_enabled: parse_bool(&get("starttls_enabled")).unwrap_or(true),
+        smtps_listen,
+        tls_cert_file: path_of("tls_cert_file"),
+        tls_key_file: path_of("tls_key_file"),
+        tls_cert_dir: path_of("tls_cert_dir"),
+        tls_min_version: get("tls_min_version"),
+        tls_cipher_suites: list("tls_cipher_suites"),
         settings,
     })
 }

@@ -1,32 +1,136 @@
 //! The per-connection driver: the only IO an SMTP session has.
 //!
 //! It works in batches: read, feed the session everything held, perform the
-//! actions it asks for (spool), feed back the results, and write all
-//! replies of the batch at once (PIPELINING).
+//! actions it asks for (spool, STARTTLS), feed back the results, and write
+//! all replies of the batch at once (PIPELINING).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::server::TlsStream;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::ShardState;
-use crate::smtp::{trace, Action, Completion, Reply, Session, Transaction};
+use crate::smtp::{trace, Action, Completion, Reply, Session, TlsInfo, Transaction};
 use crate::spool::{Envelope, Spooled};
 
 /// Octets read per read call.
 const READ_CHUNK: usize = 16 * 1024;
 
-pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener) {
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client connection, before or after TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the stream is handed to the TLS handshake.
+    Upgrading,
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Upgrading => Poll::Ready(Ok(0)),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Upgrading => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_close(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Conn::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Runs the TLS handshake on `tcp` with the current TLS configuration.
+/// Counts and logs a failure; the caller then drops the connection.
+async fn handshake(
+    state: &Rc<ShardState>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<(TlsStream<TcpStream>, TlsInfo)> {
+    let config = state.tls.as_ref()?.load();
+    let acceptor = futures_rustls::TlsAcceptor::from((*config).clone());
+    let result = future::or(async { Some(acceptor.accept(tcp).await) }, async {
+        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+        None
+    })
+    .await;
+    match result {
+        Some(Ok(tls)) => {
+            let conn = tls.get_ref().1;
+            let info = TlsInfo {
+                version: conn
+                    .protocol_version()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("TLS")
+                    .replace("TLSv1_", "TLSv1."),
+                cipher: conn
+                    .negotiated_cipher_suite()
+                    .map(|c| format!("{:?}", c.suite()))
+                    .unwrap_or_default(),
+                sni: conn.server_name().map(str::to_string),
+            };
+            let mut st = state.stats.borrow_mut();
+            st.tls_handshakes += 1;
+            if info.version == "TLSv1.3" {
+                st.tls13_handshakes += 1;
+            }
+            Some((tls, info))
+        }
+        other => {
+            state.stats.borrow_mut().tls_handshake_failures += 1;
+            let reason = match other {
+                Some(Err(e)) => e.to_string(),
+                _ => format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),
+            };
+            tracing::info!(shard = state.id, client = %peer.ip(), %reason, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, implicit_tls: bool) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(shard = state.id, error = %e, "accept failed");
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -39,6 +143,9 @@ pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener) {
             state.stats.borrow_mut().connections_refused += 1;
             glommio::spawn_local(async move {
                 let mut stream = stream;
+                if implicit_tls {
+                    return;
+                }
                 let mut out = Vec::new();
                 Reply::new(421, "4.7.0", "Error: too many connections, try again later")
                     .write_to(&mut out);
@@ -51,7 +158,21 @@ pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener) {
         state.active.set(state.active.get() + 1);
         let st = state.clone();
         glommio::spawn_local(async move {
-            serve(&st, stream, peer).await;
+            let _ = stream.set_nodelay(true);
+            let conn = if implicit_tls {
+                handshake(&st, stream, peer).await.map(|(tls, info)| {
+                    let s = Session::new_tls(st.session.clone(), Instant::now(), info);
+                    (Conn::Tls(Box::new(tls)), s)
+                })
+            } else {
+                Some((
+                    Conn::Plain(stream),
+                    Session::new(st.session.clone(), Instant::now()),
+                ))
+            };
+            if let Some((conn, session)) = conn {
+                serve(&st, conn, session, peer).await;
+            }
             st.active.set(st.active.get() - 1);
         })
         .detach();
@@ -64,24 +185,27 @@ enum Event {
     Shutdown,
 }
 
-async fn serve(state: &Rc<ShardState>, mut stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let mut session = Session::new(state.session.clone(), Instant::now());
+async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, peer: SocketAddr) {
     let mut out = Vec::with_capacity(1024);
     session.greet(&mut out);
     let mut held: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut rbuf = vec![0u8; READ_CHUNK];
     let mut shutdown_seen = false;
     loop {
+        let mut start_tls = false;
         loop {
             let used = session.handle_input(&held, Instant::now(), &mut out);
             held.drain(..used);
             let mut progressed = false;
             while let Some(action) = session.poll_action() {
-                if let Action::Spool(tx) = action {
-                    let c = accept_message(state, &tx, peer).await;
-                    session.handle_completion(c, Instant::now(), &mut out);
-                    progressed = true;
+                match action {
+                    Action::Spool(tx) => {
+                        let c = accept_message(state, &tx, peer).await;
+                        session.handle_completion(c, Instant::now(), &mut out);
+                        progressed = true;
+                    }
+                    Action::StartTls => start_tls = true,
+                    Action::Close => {}
                 }
             }
             if !progressed || held.is_empty() || session.is_closed() {
@@ -96,6 +220,22 @@ async fn serve(state: &Rc<ShardState>, mut stream: TcpStream, peer: SocketAddr) 
         }
         if session.is_closed() {
             break;
+        }
+        if start_tls {
+            // Promise 4: whatever the client sent after STARTTLS in
+            // plaintext is dropped, never replayed inside TLS.
+            held.clear();
+            let Conn::Plain(tcp) = std::mem::replace(&mut stream, Conn::Upgrading) else {
+                break;
+            };
+            match handshake(state, tcp, peer).await {
+                Some((tls, info)) => {
+                    stream = Conn::Tls(Box::new(tls));
+                    session.handle_tls_established(info, Instant::now());
+                    continue;
+                }
+                None => return,
+            }
         }
         let deadline = session.poll_timeout();
         let read = async { Event::Read(stream.read(&mut rbuf).await) };
@@ -147,6 +287,10 @@ async fn accept_message(state: &Rc<ShardState>, tx: &Transaction, peer: SocketAd
         smtputf8: tx.smtputf8,
         chunked: tx.chunked,
         shard: state.id,
+        tls_version: tx.tls.as_ref().map(|t| t.version.clone()),
+        tls_cipher: tx.tls.as_ref().map(|t| t.cipher.clone()),
+        tls_sni: tx.tls.as_ref().and_then(|t| t.sni.clone()),
+        require_tls: tx.require_tls,
         spool_us: 0,
     };
     let started = Instant::now();

@@ -41,6 +41,18 @@ pub struct Envelope {
     pub chunked: bool,
     /// The shard that accepted it.
     pub shard: usize,
+    /// TLS protocol version, if the session was encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<String>,
+    /// TLS cipher suite, if the session was encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cipher: Option<String>,
+    /// The server name (SNI) the client asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_sni: Option<String>,
+    /// `REQUIRETLS` was given (RFC 8689).
+    #[serde(default)]
+    pub require_tls: bool,
     /// Microseconds from the end of the message to the end of its fdatasync;
     /// 0 in the record itself (it is only known afterwards).
     #[serde(default)]
@@ -51,7 +63,7 @@ pub struct Envelope {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Record {
     /// A message and its envelope.
-    Message(Envelope, Vec<u8>),
+    Message(Box<Envelope>, Vec<u8>),
     /// The message with this id is in the store.
     Done(String),
 }
@@ -114,7 +126,7 @@ fn decode_one(data: &[u8]) -> Option<(Record, usize)> {
             let mlen = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?) as usize;
             let meta = payload.get(4..4 + mlen)?;
             let env: Envelope = serde_json::from_slice(meta).ok()?;
-            Record::Message(env, payload[4 + mlen..].to_vec())
+            Record::Message(Box::new(env), payload[4 + mlen..].to_vec())
         }
         KIND_DONE => Record::Done(String::from_utf8(payload.to_vec()).ok()?),
         _ => return None,
@@ -139,6 +151,10 @@ mod tests {
             smtputf8: false,
             chunked: false,
             shard: 0,
+            tls_version: None,
+            tls_cipher: None,
+            tls_sni: None,
+            require_tls: false,
             spool_us: 0,
         }
     }
@@ -154,7 +170,7 @@ mod tests {
         assert_eq!(recs.len(), 3);
         assert_eq!(
             recs[0],
-            Record::Message(env("A"), b"Received: x\r\nbody\r\n".to_vec())
+            Record::Message(Box::new(env("A")), b"Received: x\r\nbody\r\n".to_vec())
         );
         assert_eq!(recs[1], Record::Done("A".into()));
         for cut in 1..second.len() {

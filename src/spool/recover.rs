@@ -69,7 +69,7 @@ pub(super) fn recover(dirs: &[PathBuf]) -> Result<Found, SpoolError> {
             let index = found.segments.len();
             for r in records {
                 match r {
-                    Record::Message(env, msg) => messages.push((index, env, msg)),
+                    Record::Message(env, msg) => messages.push((index, *env, msg)),
                     Record::Done(id) => {
                         done.insert(id);
                     }

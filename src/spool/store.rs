@@ -62,6 +62,12 @@ pub fn payload(env: &Envelope, message: &[u8]) -> Value {
             "chunking": env.chunked,
         },
         "timing": { "spool_fdatasync_us": env.spool_us },
+        "tls": env.tls_version.as_ref().map(|v| json!({
+            "version": v,
+            "cipher": env.tls_cipher,
+            "sni": env.tls_sni,
+            "requiretls": env.require_tls,
+        })),
     });
     if !exact {
         // `raw` is a JSON string: octets that are not UTF-8 cannot be in it
@@ -192,6 +198,10 @@ mod tests {
             smtputf8: false,
             chunked: false,
             shard: 1,
+            tls_version: None,
+            tls_cipher: None,
+            tls_sni: None,
+            require_tls: false,
             spool_us: 2500,
         }
     }

@@ -80,7 +80,10 @@ struct SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = hello.server_name().and_then(|n| ServerName::try_from(n).ok()) else {
+        let Some(name) = hello
+            .server_name()
+            .and_then(|n| ServerName::try_from(n).ok())
+        else {
             return Some(self.default.clone());
         };
         let matches = |ck: &CertifiedKey| {
@@ -113,7 +116,11 @@ fn rustls_suite_name(configured: &str) -> String {
 fn provider(cfg: &Config) -> Result<CryptoProvider, TlsError> {
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
     if !cfg.tls_cipher_suites.is_empty() {
-        let want: Vec<String> = cfg.tls_cipher_suites.iter().map(|s| rustls_suite_name(s)).collect();
+        let want: Vec<String> = cfg
+            .tls_cipher_suites
+            .iter()
+            .map(|s| rustls_suite_name(s))
+            .collect();
         let names_13 = want.iter().any(|w| w.starts_with("TLS13_"));
         p.cipher_suites.retain(|s| {
             let name = format!("{:?}", s.suite());
@@ -121,7 +128,8 @@ fn provider(cfg: &Config) -> Result<CryptoProvider, TlsError> {
         });
     }
     if cfg.tls_min_version == "1.3" {
-        p.cipher_suites.retain(|s| s.version() == &rustls::version::TLS13);
+        p.cipher_suites
+            .retain(|s| s.version() == &rustls::version::TLS13);
     }
     if p.cipher_suites.is_empty() {
         return Err(TlsError::NoSuites(cfg.tls_min_version.clone()));
@@ -129,11 +137,7 @@ fn provider(cfg: &Config) -> Result<CryptoProvider, TlsError> {
     Ok(p)
 }
 
-fn load_pair(
-    cert: &Path,
-    key: &Path,
-    provider: &CryptoProvider,
-) -> Result<CertifiedKey, TlsError> {
+fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let file_err = |path: &Path, reason: String| TlsError::File {
         path: path.to_path_buf(),
         reason,
@@ -146,8 +150,12 @@ fn load_pair(
         return Err(file_err(cert, "no PEM certificate in the file".into()));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
-    let ck = CertifiedKey::from_der(chain, key_der, provider)
-        .map_err(|e| file_err(key, format!("does not match the certificate or is unusable: {e}")))?;
+    let ck = CertifiedKey::from_der(chain, key_der, provider).map_err(|e| {
+        file_err(
+            key,
+            format!("does not match the certificate or is unusable: {e}"),
+        )
+    })?;
     Ok(ck)
 }
 
@@ -182,12 +190,17 @@ fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), TlsErro
     let crt = dir.join("self-signed.crt");
     let key = dir.join("self-signed.key");
     let stamp = dir.join("self-signed.name");
-    if crt.exists() && key.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(hostname) {
+    if crt.exists()
+        && key.exists()
+        && std::fs::read_to_string(&stamp).ok().as_deref() == Some(hostname)
+    {
         return Ok((crt, key));
     }
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let made = rcgen::generate_simple_self_signed(vec![hostname.to_string()]).map_err(|e| err(e.to_string()))?;
-    write_file(&key, made.signing_key.serialize_pem().as_bytes(), 0o600).map_err(|e| err(e.to_string()))?;
+    let made = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
+        .map_err(|e| err(e.to_string()))?;
+    write_file(&key, made.signing_key.serialize_pem().as_bytes(), 0o600)
+        .map_err(|e| err(e.to_string()))?;
     write_file(&crt, made.cert.pem().as_bytes(), 0o644).map_err(|e| err(e.to_string()))?;
     write_file(&stamp, hostname.as_bytes(), 0o644).map_err(|e| err(e.to_string()))?;
     Ok((crt, key))
@@ -223,7 +236,10 @@ pub fn build(cfg: &Config) -> Result<Built, TlsError> {
         Ok(ck) => (ck, CertSource::Files),
         Err(reason) => {
             let (c, k) = self_signed(&cfg.data_dir.join("tls"), &cfg.mail_hostname)?;
-            (load_pair(&c, &k, &provider)?, CertSource::SelfSigned { reason })
+            (
+                load_pair(&c, &k, &provider)?,
+                CertSource::SelfSigned { reason },
+            )
         }
     };
     let mut by_name = Vec::new();
@@ -284,7 +300,10 @@ mod tests {
 
     #[test]
     fn suite_names_map_to_rustls() {
-        assert_eq!(rustls_suite_name("TLS_AES_128_GCM_SHA256"), "TLS13_AES_128_GCM_SHA256");
+        assert_eq!(
+            rustls_suite_name("TLS_AES_128_GCM_SHA256"),
+            "TLS13_AES_128_GCM_SHA256"
+        );
         assert_eq!(
             rustls_suite_name("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"),
             "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"
@@ -296,7 +315,10 @@ mod tests {
             .map(|s| format!("{:?}", s.suite()))
             .collect();
         for allowed in crate::config::ALLOWED_SUITES {
-            assert!(names.contains(&rustls_suite_name(allowed)), "{allowed} not in {names:?}");
+            assert!(
+                names.contains(&rustls_suite_name(allowed)),
+                "{allowed} not in {names:?}"
+            );
         }
     }
 }

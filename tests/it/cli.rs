@@ -121,7 +121,9 @@ fn restart_on_the_same_port_right_after_traffic() {
     // sits in TIME-WAIT for a minute; a restart must not be blocked by them.
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut g = Gomail::start_on(&data, "");
+    // A fixed port below the ephemeral range, so no parallel test's
+    // port-0 bind can take it between the two runs.
+    let mut g = Gomail::start_listening(&data, "127.0.0.1:21025", "");
     let addr = g.addr;
     for _ in 0..20 {
         let mut c = super::harness::Client::connect(addr);

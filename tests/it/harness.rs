@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct Gomail {
     pub(crate) child: Child,
     pub(crate) addr: SocketAddr,
+    /// The first implicit-TLS address (`smtps_listen`), if any.
+    pub(crate) tls_addr: Option<SocketAddr>,
     pub(crate) data_dir: PathBuf,
     pub(crate) config: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -55,14 +57,26 @@ impl Gomail {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line
+        // "gomail: SMTP on A, B (TLS) (N shards), ..."
+        let list = line
             .strip_prefix("gomail: SMTP on ")
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.trim_end_matches(',').parse().ok())
+            .and_then(|r| r.split(" shards)").next())
+            .and_then(|r| r.rsplit_once(" ("))
+            .map(|(l, _)| l.to_string())
             .unwrap_or_else(|| panic!("gomail did not start: {line:?}"));
+        let mut addr = None;
+        let mut tls_addr = None;
+        for a in list.split(", ") {
+            match a.strip_suffix(" (TLS)") {
+                Some(t) => tls_addr = tls_addr.or(t.parse().ok()),
+                None => addr = addr.or(a.parse().ok()),
+            }
+        }
+        let addr = addr.unwrap_or_else(|| panic!("no SMTP address in {line:?}"));
         Gomail {
             child,
             addr,
+            tls_addr,
             data_dir: data_dir.to_path_buf(),
             config,
             _tmp: None,
@@ -124,10 +138,66 @@ pub(crate) fn wait_stored(data_dir: &Path, n: usize) -> Vec<(String, serde_json:
     }
 }
 
+/// A byte stream the client can speak SMTP over (plain TCP or TLS).
+pub(crate) trait Rw: Read + Write + Send {}
+impl<T: Read + Write + Send> Rw for T {}
+
 /// A raw SMTP client: exact bytes out, exact replies in.
 pub(crate) struct Client {
-    s: TcpStream,
+    s: Box<dyn Rw>,
+    tcp: TcpStream,
     buf: Vec<u8>,
+    /// What the TLS handshake negotiated, once STARTTLS is done.
+    pub(crate) tls: Option<TlsSeen>,
+}
+
+/// What a client saw of the server's TLS.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsSeen {
+    pub(crate) version: rustls::ProtocolVersion,
+    pub(crate) cipher: rustls::CipherSuite,
+    /// The server's end-entity certificate (DER).
+    pub(crate) cert: Vec<u8>,
+}
+
+/// A TLS client configuration trusting the PEM certificate at `ca`.
+pub(crate) fn tls_client(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_protocol_versions(versions)
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Runs a TLS client handshake over `tcp`.
+pub(crate) fn tls_handshake(
+    tcp: TcpStream,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+    name: &str,
+) -> std::io::Result<(
+    rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    TlsSeen,
+)> {
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(cfg, server_name).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    let seen = TlsSeen {
+        version: tls.conn.protocol_version().unwrap(),
+        cipher: tls.conn.negotiated_cipher_suite().unwrap().suite(),
+        cert: tls.conn.peer_certificates().unwrap()[0].to_vec(),
+    };
+    Ok((tls, seen))
 }
 
 impl Client {
@@ -145,10 +215,59 @@ impl Client {
         sock.connect(&addr.into()).unwrap();
         let s: TcpStream = sock.into();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut c = Client { s, buf: Vec::new() };
+        let mut c = Client {
+            s: Box::new(s.try_clone().unwrap()),
+            tcp: s,
+            buf: Vec::new(),
+            tls: None,
+        };
         let greeting = c.reply();
         assert!(greeting.starts_with("220 "), "{greeting}");
         c
+    }
+
+    /// Connects to an implicit-TLS listener.
+    pub(crate) fn connect_tls(
+        addr: SocketAddr,
+        cfg: std::sync::Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> Client {
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (tls, seen) = tls_handshake(tcp.try_clone().unwrap(), cfg, name).unwrap();
+        let mut c = Client {
+            s: Box::new(tls),
+            tcp,
+            buf: Vec::new(),
+            tls: Some(seen),
+        };
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        c
+    }
+
+    /// A second handle on the underlying TCP socket.
+    pub(crate) fn raw_tcp(&self) -> TcpStream {
+        self.tcp.try_clone().unwrap()
+    }
+
+    /// STARTTLS, then the handshake; the session continues inside TLS.
+    pub(crate) fn starttls(
+        &mut self,
+        cfg: std::sync::Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> std::io::Result<()> {
+        let r = self.cmd("STARTTLS");
+        assert_eq!(r, "220 2.0.0 Ready to start TLS\r\n");
+        assert!(
+            self.buf.is_empty(),
+            "the server sent more after 220: {:?}",
+            self.buf
+        );
+        let (tls, seen) = tls_handshake(self.tcp.try_clone()?, cfg, name)?;
+        self.s = Box::new(tls);
+        self.tls = Some(seen);
+        Ok(())
     }
 
     pub(crate) fn send(&mut self, bytes: &[u8]) {
@@ -188,10 +307,23 @@ impl Client {
         self.reply()
     }
 
-    /// True once the server has closed the connection.
+    /// True if the server closes the connection (anything it sends first,
+    /// such as a TLS alert, is read and ignored); false if it stays open
+    /// for the read timeout.
     pub(crate) fn closed(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        matches!(self.s.read(&mut b), Ok(0) | Err(_))
+        let mut b = [0u8; 512];
+        loop {
+            match self.s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }
+            }
+        }
     }
 
     /// A whole transaction; returns the final reply to the message.

@@ -5,3 +5,4 @@ mod crash;
 mod disk_full;
 mod shards;
 mod smtp;
+mod tls;

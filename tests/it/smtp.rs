@@ -99,7 +99,8 @@ fn pipelined_transactions_in_one_write() {
     assert!(
         ehlo.contains("250-PIPELINING\r\n")
             && ehlo.contains("250-CHUNKING\r\n")
-            && ehlo.contains("250 ENHANCEDSTATUSCODES\r\n"),
+            && ehlo.contains("250-ENHANCEDSTATUSCODES\r\n")
+            && ehlo.ends_with("250 STARTTLS\r\n"),
         "{ehlo}"
     );
     assert_eq!(c.reply(), "250 2.1.0 Sender OK\r\n");
