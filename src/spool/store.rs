@@ -1,10 +1,9 @@
 //! The JSON store: GoMail's layout, `data_dir/inbox/YYYY/MM/DD/msg_<unix>_<id>.json`.
 //!
 //! One file per accepted message, in GoMail's payload shape (see
-//! `docs/configuration.md` and `docs/architecture.md`): `recipient` is the
-//! first recipient, as GoMail consumers expect, and `recipients` lists all.
-//! Files are written to a temporary name and renamed, so a reader never
-//! sees half a file and a rewrite after a crash replaces the same file:
+//! `docs/architecture.md`): `recipient` is the first recipient, as GoMail
+//! consumers expect, and `recipients` lists all. A file appears whole or not
+//! at all, and writing a message that is already stored changes nothing:
 //! each message is in the store exactly once. [`write_batch`] makes the
 //! batch durable with one `syncfs` of the data_dir filesystem.
 
@@ -151,19 +150,81 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
-/// Writes one message's JSON file (temporary name, then rename).
+/// Writes one message's JSON file so that readers only ever see it whole.
+///
+/// The file is created unnamed (`O_TMPFILE`), written, then given its name
+/// with `linkat`: one directory operation, and a message that is already
+/// in the store (a re-delivery after a crash) is left as it is. Where the
+/// filesystem has no `O_TMPFILE`, a temporary name and a rename are used.
 pub fn write_one(data_dir: &Path, env: &Envelope, message: &[u8]) -> std::io::Result<PathBuf> {
     let path = path_for(data_dir, env);
     let dir = path.parent().expect("store paths have a parent");
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp_{}", env.id));
     // One buffer, one write: serde_json writing straight to a File would
     // make a system call per JSON fragment.
     let mut json = serde_json::to_vec(&payload(env, message))?;
     json.push(b'\n');
-    std::fs::File::create(&tmp)?.write_all(&json)?;
-    std::fs::rename(&tmp, &path)?;
+    match write_linked(dir, &path, &json) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            write_linked(dir, &path, &json)
+        }
+        other => other,
+    }?;
     Ok(path)
+}
+
+fn write_linked(dir: &Path, path: &Path, json: &[u8]) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let cdir = CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: open with a valid C string; the descriptor is owned below.
+    let fd = unsafe {
+        libc::open(
+            cdir.as_ptr(),
+            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL) => {
+                write_renamed(dir, path, json)
+            }
+            _ => Err(e),
+        };
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(json)?;
+    let src = CString::new(format!("/proc/self/fd/{fd}"))?;
+    let dst = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: both paths are valid C strings.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+        // Already stored by an earlier run: the same message, the same file.
+    }
+    Ok(())
+}
+
+fn write_renamed(dir: &Path, path: &Path, json: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().expect("store paths have a file name");
+    let tmp = dir.join(format!(".tmp_{}", name.to_string_lossy()));
+    std::fs::File::create(&tmp)?.write_all(json)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Writes every message of a batch, then makes them durable with one
@@ -238,5 +299,40 @@ mod tests {
         let msg = b"Subject: x\r\n\r\n\xff\xfe\r\n";
         let v = payload(&env(), msg);
         assert_eq!(v["metadata"]["raw_base64"], "U3ViamVjdDogeA0KDQr//g0K");
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    #[test]
+    fn writing_twice_keeps_one_whole_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = Envelope {
+            id: "00000000000000aa".into(),
+            received_at_ms: 1_764_489_600_000,
+            mail_from: "a@b.example".into(),
+            recipients: vec!["r@example.test".into()],
+            helo: "c".into(),
+            client_ip: "127.0.0.1".into(),
+            esmtp: true,
+            eight_bit: false,
+            smtputf8: false,
+            chunked: false,
+            shard: 0,
+            tls_version: None,
+            tls_cipher: None,
+            tls_sni: None,
+            require_tls: false,
+            spool_us: 0,
+        };
+        let p1 = write_one(tmp.path(), &env, b"Subject: one\r\n\r\nx\r\n").unwrap();
+        let p2 = write_one(tmp.path(), &env, b"Subject: one\r\n\r\nx\r\n").unwrap();
+        assert_eq!(p1, p2);
+        let dir: Vec<_> = std::fs::read_dir(p1.parent().unwrap()).unwrap().collect();
+        assert_eq!(dir.len(), 1, "no temporary files are left behind");
+        let v: Value = serde_json::from_slice(&std::fs::read(&p1).unwrap()).unwrap();
+        assert_eq!(v["subject"], "one");
     }
 }
