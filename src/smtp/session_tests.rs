@@ -481,3 +481,69 @@ fn starttls_is_refused_when_no_tls_is_configured() {
     assert!(o.replies.contains("502 5.5.1"));
     assert!(o.replies.ends_with("250 2.0.0 OK\r\n"));
 }
+
+/// Random scripts over an SMTP alphabet: the session never panics, every
+/// reply line is well formed, a message is acknowledged only after the
+/// spool was asked for it, and splitting the input anywhere changes nothing.
+#[test]
+fn random_scripts_keep_the_invariants() {
+    const PIECES: &[&[u8]] = &[
+        b"EHLO c\r\n",
+        b"HELO c\r\n",
+        b"MAIL FROM:<a@b.example>\r\n",
+        b"MAIL FROM:<>\r\n",
+        b"MAIL FROM:<a@b.example> SIZE=10\r\n",
+        b"RCPT TO:<r@example.test>\r\n",
+        b"RCPT TO:<x@elsewhere.example>\r\n",
+        b"DATA\r\n",
+        b"BDAT 3\r\n",
+        b"BDAT 2 LAST\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"STARTTLS\r\n",
+        b"VRFY x\r\n",
+        b"QUIT\r\n",
+        b".\r\n",
+        b"..\r\n",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b".",
+        b"\0",
+        b"x",
+        b"hello world",
+        b"\r\n.\r\n",
+        b"\n.\n",
+        b"\xff",
+        b"MAIL FROM:<a@b.example> SMTPUTF8\r\n",
+        b"RCPT TO:<p\xc3\xa9@example.test>\r\n",
+    ];
+    let mut rng = fastrand::Rng::with_seed(0x5eed_6d61_696c);
+    for round in 0..3000 {
+        let mut script = Vec::new();
+        for _ in 0..rng.usize(1..40) {
+            script.extend_from_slice(PIECES[rng.usize(..PIECES.len())]);
+        }
+        let whole = drive(&script);
+        for line in whole.replies.split_terminator("\r\n") {
+            let b = line.as_bytes();
+            assert!(
+                b.len() >= 4
+                    && b[..3].iter().all(u8::is_ascii_digit)
+                    && (b[3] == b' ' || b[3] == b'-'),
+                "round {round}: bad reply line {line:?}"
+            );
+        }
+        assert!(
+            whole.replies.matches("queued as").count() <= whole.spooled.len(),
+            "round {round}"
+        );
+        let split = rng.usize(..=script.len());
+        let (a, b) = script.split_at(split);
+        assert_eq!(
+            drive_with(cfg(), &[a, b], false),
+            whole,
+            "round {round}, split {split}, script {script:?}"
+        );
+    }
+}
