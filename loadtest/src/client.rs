@@ -1,5 +1,7 @@
 //! One SMTP client connection: connect from a chosen source address, read
-//! the greeting, EHLO, run mail transactions, QUIT.
+//! the greeting, EHLO, run mail transactions, QUIT. With TLS, the handshake
+//! comes right after the connect (implicit TLS) or after EHLO and STARTTLS,
+//! followed by a second EHLO.
 //!
 //! Every failure comes back as a short text naming the step (`RCPT: 550
 //! 5.1.1 ...`, `connect: Connection refused ...`); the caller counts it and
@@ -11,9 +13,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
 use crate::reply::{read_reply, Reply};
+use crate::tls::{Negotiated, Stream, Tls, TlsMode};
 
 /// The tail of the DATA stream written as one piece after the clock starts:
 /// small messages go in a single write, large ones write their bulk first.
@@ -43,9 +46,30 @@ impl Commands {
     }
 }
 
+/// Where and how to connect.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dial<'a> {
+    pub(crate) server: SocketAddr,
+    /// Bound before connecting, if given.
+    pub(crate) source: Option<IpAddr>,
+    pub(crate) tls: Option<&'a Tls>,
+    /// Stop once TLS is up: no EHLO after STARTTLS (`--handshake-only`).
+    pub(crate) handshake_only: bool,
+    pub(crate) io_timeout: Duration,
+}
+
+/// A new session and what its opening took.
+pub(crate) struct Opened {
+    pub(crate) conn: Conn,
+    /// TCP connect to greeting read (with implicit TLS, the handshake too).
+    pub(crate) connected: Duration,
+    /// The TLS handshake alone, from its first write to its completion.
+    pub(crate) handshake: Option<Duration>,
+}
+
 /// An open, greeted session.
 pub(crate) struct Conn {
-    io: BufReader<TcpStream>,
+    io: BufReader<Stream>,
     scratch: Vec<u8>,
     /// The server advertised PIPELINING.
     pipelining: bool,
@@ -67,13 +91,14 @@ async fn timed<T>(
 
 impl Conn {
     /// Connects (binding `source` first if given), reads the greeting and
-    /// says EHLO. Also returns the connect + greeting time.
-    pub(crate) async fn open(
-        server: SocketAddr,
-        source: Option<IpAddr>,
-        cmds: &Commands,
-        io_timeout: Duration,
-    ) -> Result<(Conn, Duration), String> {
+    /// says EHLO, with TLS as `dial.tls` asks.
+    pub(crate) async fn open(dial: Dial<'_>, cmds: &Commands) -> Result<Opened, String> {
+        let Dial {
+            server,
+            source,
+            io_timeout,
+            ..
+        } = dial;
         let started = Instant::now();
         let connect = async {
             let socket = if server.is_ipv4() {
@@ -88,19 +113,72 @@ impl Conn {
             stream.set_nodelay(true)?;
             Ok(stream)
         };
-        let stream = timed(io_timeout, "connect", connect).await?;
-        let mut conn = Conn {
+        let mut stream = Stream::Plain(timed(io_timeout, "connect", connect).await?);
+        let mut handshake = None;
+        if let Some(tls) = dial.tls.filter(|t| t.mode == TlsMode::Implicit) {
+            let (s, took) = Conn::handshake(tls, stream, io_timeout).await?;
+            stream = s;
+            handshake = Some(took);
+        }
+        let mut conn = Conn::new(stream, io_timeout);
+        conn.expect("greeting", |r| r.code == 220).await?;
+        let connected = started.elapsed();
+        conn.write("EHLO", &cmds.ehlo).await?;
+        let mut ehlo = conn.expect("EHLO", Reply::is_positive).await?;
+        if let Some(tls) = dial.tls.filter(|t| t.mode == TlsMode::Starttls) {
+            if !ehlo.has_extension("STARTTLS") {
+                return Err("EHLO: the server does not advertise STARTTLS".to_string());
+            }
+            conn.write("STARTTLS", b"STARTTLS\r\n").await?;
+            conn.expect("STARTTLS", |r| r.code == 220).await?;
+            if !conn.io.buffer().is_empty() {
+                return Err("STARTTLS: the server sent more after its 220".to_string());
+            }
+            let plain = conn.io.into_inner();
+            let (s, took) = Conn::handshake(tls, plain, io_timeout).await?;
+            handshake = Some(took);
+            conn = Conn::new(s, io_timeout);
+            if !dial.handshake_only {
+                conn.write("EHLO after STARTTLS", &cmds.ehlo).await?;
+                ehlo = conn
+                    .expect("EHLO after STARTTLS", Reply::is_positive)
+                    .await?;
+            }
+        }
+        conn.pipelining = ehlo.has_extension("PIPELINING");
+        Ok(Opened {
+            conn,
+            connected,
+            handshake,
+        })
+    }
+
+    fn new(stream: Stream, io_timeout: Duration) -> Conn {
+        Conn {
             io: BufReader::with_capacity(4096, stream),
             scratch: Vec::with_capacity(512),
             pipelining: false,
             io_timeout,
+        }
+    }
+
+    /// The TLS handshake over a plain connection; also returns its time.
+    async fn handshake(
+        tls: &Tls,
+        stream: Stream,
+        io_timeout: Duration,
+    ) -> Result<(Stream, Duration), String> {
+        let Stream::Plain(tcp) = stream else {
+            return Err("TLS handshake: the connection is already encrypted".to_string());
         };
-        conn.expect("greeting", |r| r.code == 220).await?;
-        let connected = started.elapsed();
-        conn.write("EHLO", &cmds.ehlo).await?;
-        let ehlo = conn.expect("EHLO", Reply::is_positive).await?;
-        conn.pipelining = ehlo.has_extension("PIPELINING");
-        Ok((conn, connected))
+        let started = Instant::now();
+        let s = timed(io_timeout, "TLS handshake", tls.handshake(tcp)).await?;
+        Ok((Stream::Tls(Box::new(s)), started.elapsed()))
+    }
+
+    /// The negotiated TLS parameters, if the connection is encrypted.
+    pub(crate) fn negotiated(&self) -> Option<Negotiated> {
+        self.io.get_ref().negotiated()
     }
 
     /// Whether the server advertised PIPELINING.
@@ -147,7 +225,14 @@ impl Conn {
     }
 
     async fn write(&mut self, step: &str, bytes: &[u8]) -> Result<(), String> {
-        timed(self.io_timeout, step, self.io.get_mut().write_all(bytes)).await
+        let io = self.io.get_mut();
+        // TLS writes go out as they are made; the flush is for certainty
+        // (and a no-op on plain TCP).
+        timed(self.io_timeout, step, async {
+            io.write_all(bytes).await?;
+            io.flush().await
+        })
+        .await
     }
 
     /// Reads a reply; one `ok` refuses is an error showing the reply.

@@ -8,6 +8,10 @@
 //! recorded in an HdrHistogram per session; the merged result is printed as
 //! one line and, with `--json`, written as a JSON report. Exit status is 0
 //! only when every message was accepted in time.
+//!
+//! `--starttls` or `--implicit-tls` add TLS to every connection (see the
+//! `tls` module) and a histogram of handshake times; `--handshake-only`
+//! counts handshakes instead of messages, to measure handshakes per second.
 
 mod client;
 mod message;
@@ -15,26 +19,29 @@ mod reply;
 mod report;
 mod run;
 mod sources;
+mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 
 use crate::client::Commands;
 use crate::message::Template;
-use crate::report::{Report, Status};
+use crate::report::{Report, Status, TlsReport};
 use crate::run::{Mode, Settings};
+use crate::tls::{Tls, TlsMode, TlsOptions, TlsVersion};
 
 /// SMTP load generator: many loopback sources, DATA-to-250 latency
 /// histogram, JSON report.
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", version)]
+#[command(group(ArgGroup::new("tls").args(["starttls", "implicit_tls"])))]
 struct Args {
     /// Server to load, host:port.
     #[arg(long, default_value = "127.0.0.1:2525")]
@@ -86,6 +93,68 @@ struct Args {
     /// Tokio worker threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: u64,
+    /// After EHLO, say STARTTLS (the server must advertise it), do the TLS
+    /// handshake and EHLO again.
+    #[arg(long)]
+    starttls: bool,
+    /// TLS right after the connect, before the greeting (smtps listeners).
+    #[arg(long)]
+    implicit_tls: bool,
+    /// Verify the server certificate against these PEM certificates;
+    /// without it any certificate is accepted (load testing only).
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    ca: Option<PathBuf>,
+    /// Allow only this TLS version [default: 1.2 and 1.3].
+    #[arg(long, value_enum, requires = "tls")]
+    tls_version: Option<TlsVersion>,
+    /// TLS server name [default: the host of --server if it is a name, else
+    /// mx.example.test].
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    sni: Option<String>,
+    /// Let connections resume earlier TLS sessions (abbreviated
+    /// handshakes); by default every handshake is a full one.
+    #[arg(long, requires = "tls")]
+    tls_resume: bool,
+    /// Count TLS handshakes instead of messages: each of --messages
+    /// connections does greeting, EHLO, the handshake and QUIT.
+    #[arg(long, requires = "tls")]
+    handshake_only: bool,
+}
+
+impl Args {
+    /// The TLS mode asked for, if any.
+    fn tls_mode(&self) -> Option<TlsMode> {
+        if self.starttls {
+            Some(TlsMode::Starttls)
+        } else if self.implicit_tls {
+            Some(TlsMode::Implicit)
+        } else {
+            None
+        }
+    }
+
+    /// The TLS options, reading `--ca`; `None` without TLS.
+    fn tls_options(&self) -> anyhow::Result<Option<TlsOptions>> {
+        let Some(mode) = self.tls_mode() else {
+            return Ok(None);
+        };
+        let ca_pem = match &self.ca {
+            Some(path) => Some(
+                std::fs::read(path).with_context(|| format!("--ca: reading {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Some(TlsOptions {
+            mode,
+            ca_pem,
+            version: self.tls_version,
+            sni: self
+                .sni
+                .clone()
+                .unwrap_or_else(|| tls::default_sni(&self.server)),
+            resume: self.tls_resume,
+        }))
+    }
 }
 
 fn main() -> ExitCode {
@@ -129,6 +198,11 @@ fn start(args: Args) -> anyhow::Result<Status> {
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("--size (at least {})", template.min_size(last_seq)))?;
     let sessions = usize::try_from(args.sessions)?;
+    let tls_options = args.tls_options()?;
+    let tls = match &tls_options {
+        Some(opts) => Some(Tls::new(opts).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let settings = Arc::new(Settings {
         server,
         sessions,
@@ -144,6 +218,9 @@ fn start(args: Args) -> anyhow::Result<Status> {
         sources,
         next_source: AtomicUsize::new(0),
         pipelined: AtomicBool::new(false),
+        tls,
+        handshake_only: args.handshake_only,
+        negotiated: OnceLock::new(),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -178,7 +255,11 @@ fn start(args: Args) -> anyhow::Result<Status> {
 
     let report = Report {
         server: args.server.clone(),
-        mode: args.mode.as_str(),
+        mode: if args.handshake_only {
+            "handshake-only"
+        } else {
+            args.mode.as_str()
+        },
         sessions,
         messages_requested: args.messages,
         warmup: args.warmup,
@@ -190,6 +271,12 @@ fn start(args: Args) -> anyhow::Result<Status> {
         error_samples: main.samples,
         elapsed: main.elapsed,
         timed_out: main.timed_out,
+        tls: tls_options.map(|o| TlsReport {
+            mode: o.mode.as_str(),
+            negotiated: settings.negotiated.get().cloned(),
+            resumption: o.resume,
+        }),
+        handshake_only: args.handshake_only,
     };
     if args.pipelining && !report.pipelining && report.stats.ok > 0 {
         eprintln!("loadtest: --pipelining asked for, but the server does not advertise PIPELINING");
@@ -212,4 +299,64 @@ fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("--server {server}: not host:port"))?
         .next()
         .with_context(|| format!("--server {server}: no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from([&["loadtest"][..], args].concat())
+    }
+
+    #[test]
+    fn no_tls_by_default() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.tls_mode(), None);
+        assert!(a.tls_options().unwrap().is_none());
+        assert!(!a.handshake_only);
+    }
+
+    #[test]
+    fn tls_flags() {
+        let a = parse(&["--starttls", "--tls-version", "1.3"]).unwrap();
+        let o = a.tls_options().unwrap().unwrap();
+        assert_eq!(o.mode, TlsMode::Starttls);
+        assert_eq!(o.version, Some(TlsVersion::V13));
+        assert_eq!(o.sni, "mx.example.test");
+        assert!(!o.resume && o.ca_pem.is_none());
+
+        let a = parse(&["--implicit-tls", "--server", "mail.example.net:465"]).unwrap();
+        let o = a.tls_options().unwrap().unwrap();
+        assert_eq!(o.mode, TlsMode::Implicit);
+        assert_eq!(o.version, None);
+        assert_eq!(o.sni, "mail.example.net");
+
+        let a = parse(&["--starttls", "--sni", "other.test", "--tls-resume"]).unwrap();
+        let o = a.tls_options().unwrap().unwrap();
+        assert_eq!((o.sni.as_str(), o.resume), ("other.test", true));
+
+        let a = parse(&["--starttls", "--handshake-only", "--tls-version", "1.2"]).unwrap();
+        assert!(a.handshake_only);
+        assert_eq!(a.tls_version, Some(TlsVersion::V12));
+    }
+
+    #[test]
+    fn tls_flag_errors() {
+        // Both modes at once, TLS options without a mode, bad versions.
+        assert!(parse(&["--starttls", "--implicit-tls"]).is_err());
+        for alone in [
+            &["--handshake-only"][..],
+            &["--ca", "/x.pem"],
+            &["--tls-version", "1.3"],
+            &["--sni", "a.test"],
+            &["--tls-resume"],
+        ] {
+            assert!(parse(alone).is_err(), "{alone:?}");
+        }
+        assert!(parse(&["--starttls", "--tls-version", "1.1"]).is_err());
+        let a = parse(&["--starttls", "--ca", "/nonexistent/ca.pem"]).unwrap();
+        let e = a.tls_options().unwrap_err();
+        assert!(format!("{e:#}").starts_with("--ca: reading /nonexistent/ca.pem"));
+    }
 }

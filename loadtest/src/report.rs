@@ -1,10 +1,14 @@
 //! Statistics: per-session counters and histograms, merged at the end into
-//! the one-line human summary and the JSON report.
+//! the one-line human summary and the JSON report. TLS runs add the
+//! handshake histogram and what was negotiated; without TLS the summary
+//! line is as it always was and the JSON says `"tls": {"mode": "none"}`.
 
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde_json::Value;
+
+use crate::tls::Negotiated;
 
 /// Highest latency tracked, in microseconds (one minute).
 const MAX_US: u64 = 60_000_000;
@@ -16,8 +20,12 @@ pub(crate) struct Stats {
     pub(crate) latency: Histogram<u64>,
     /// TCP connect + 220 greeting, µs.
     pub(crate) connect: Histogram<u64>,
+    /// TLS handshake, first write to completion, µs.
+    pub(crate) handshake: Histogram<u64>,
     /// Messages acknowledged with 2xx.
     pub(crate) ok: u64,
+    /// TLS handshakes completed.
+    pub(crate) handshakes: u64,
     /// Failed replies, connections and timeouts.
     pub(crate) errors: u64,
 }
@@ -28,7 +36,9 @@ impl Stats {
         Stats {
             latency: h(),
             connect: h(),
+            handshake: h(),
             ok: 0,
+            handshakes: 0,
             errors: 0,
         }
     }
@@ -42,11 +52,18 @@ impl Stats {
         self.connect.saturating_record(micros(took));
     }
 
+    pub(crate) fn record_handshake(&mut self, took: Duration) {
+        self.handshakes += 1;
+        self.handshake.saturating_record(micros(took));
+    }
+
     pub(crate) fn merge(&mut self, other: &Stats) {
         // Same bounds on both sides, so adding cannot fail.
         self.latency.add(&other.latency).expect("same bounds");
         self.connect.add(&other.connect).expect("same bounds");
+        self.handshake.add(&other.handshake).expect("same bounds");
         self.ok += other.ok;
+        self.handshakes += other.handshakes;
         self.errors += other.errors;
     }
 }
@@ -73,6 +90,17 @@ impl Status {
     }
 }
 
+/// The TLS side of a run.
+#[derive(Debug)]
+pub(crate) struct TlsReport {
+    /// `starttls` or `implicit`.
+    pub(crate) mode: &'static str,
+    /// What the first connection negotiated, if any completed.
+    pub(crate) negotiated: Option<Negotiated>,
+    /// Session resumption was allowed.
+    pub(crate) resumption: bool,
+}
+
 /// Everything the report shows.
 #[derive(Debug)]
 pub(crate) struct Report {
@@ -89,13 +117,27 @@ pub(crate) struct Report {
     pub(crate) error_samples: Vec<String>,
     pub(crate) elapsed: Duration,
     pub(crate) timed_out: bool,
+    /// `None`: plain SMTP.
+    pub(crate) tls: Option<TlsReport>,
+    /// The run counted handshakes, not messages (`messages_requested` is
+    /// then the number of handshakes).
+    pub(crate) handshake_only: bool,
 }
 
 impl Report {
+    /// Units of work done: handshakes or messages.
+    fn done(&self) -> u64 {
+        if self.handshake_only {
+            self.stats.handshakes
+        } else {
+            self.stats.ok
+        }
+    }
+
     pub(crate) fn status(&self) -> Status {
         if self.timed_out {
             Status::Timeout
-        } else if self.stats.errors > 0 || self.stats.ok < self.messages_requested {
+        } else if self.stats.errors > 0 || self.done() < self.messages_requested {
             Status::Errors
         } else {
             Status::Ok
@@ -103,12 +145,72 @@ impl Report {
     }
 
     pub(crate) fn msgs_per_s(&self) -> f64 {
+        self.rate(self.stats.ok)
+    }
+
+    pub(crate) fn handshakes_per_s(&self) -> f64 {
+        self.rate(self.stats.handshakes)
+    }
+
+    fn rate(&self, n: u64) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
-            self.stats.ok as f64 / secs
+            n as f64 / secs
         } else {
             0.0
         }
+    }
+
+    /// The `tls` object of the JSON report.
+    fn tls_json(&self) -> String {
+        let v = |x: Value| x.to_string();
+        let Some(tls) = &self.tls else {
+            return object(&[("mode", v("none".into()))], false);
+        };
+        let n = tls.negotiated.as_ref();
+        let field = |f: fn(&Negotiated) -> &str| v(n.map(f).into());
+        object(
+            &[
+                ("mode", v(tls.mode.into())),
+                ("version", field(|n| &n.version)),
+                ("cipher", field(|n| &n.cipher)),
+                ("kx_group", field(|n| &n.kx_group)),
+                ("resumption", v(tls.resumption.into())),
+            ],
+            false,
+        )
+    }
+
+    /// ` | TLS ...` for the summary line; empty without TLS.
+    fn tls_summary(&self) -> String {
+        let Some(tls) = &self.tls else {
+            return String::new();
+        };
+        let h = &self.stats.handshake;
+        let ms = |us: u64| us as f64 / 1000.0;
+        let negotiated = tls
+            .negotiated
+            .as_ref()
+            .map_or("not negotiated".to_string(), |n| {
+                format!("{} {} {}", n.version, n.cipher, n.kx_group)
+            });
+        let count = if self.handshake_only {
+            String::new()
+        } else {
+            format!(
+                " | {} handshakes = {:.1}/s",
+                self.stats.handshakes,
+                self.handshakes_per_s()
+            )
+        };
+        format!(
+            " | TLS handshake ms p50 {:.3} p99 {:.3} max {:.3}{count} | tls={} {negotiated}{}",
+            ms(h.value_at_quantile(0.50)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.max()),
+            tls.mode,
+            if tls.resumption { " resumption" } else { "" },
+        )
     }
 
     /// The JSON report, keys in a fixed, readable order.
@@ -134,6 +236,15 @@ impl Report {
             ],
             false,
         );
+        let h = &self.stats.handshake;
+        let handshake = object(
+            &[
+                ("p50", v(h.value_at_quantile(0.50).into())),
+                ("p99", v(h.value_at_quantile(0.99).into())),
+                ("max", v(h.max().into())),
+            ],
+            false,
+        );
         object(
             &[
                 ("server", v(self.server.as_str().into())),
@@ -148,6 +259,14 @@ impl Report {
                 ("size_bytes", v(self.size_bytes.into())),
                 ("latency_us", latency),
                 ("connect_us", connect),
+                ("tls", self.tls_json()),
+                ("tls_handshake_us", handshake),
+                ("handshake_only", v(self.handshake_only.into())),
+                ("handshakes_ok", v(self.stats.handshakes.into())),
+                (
+                    "handshakes_per_s",
+                    v(round3(self.handshakes_per_s()).into()),
+                ),
                 ("status", v(self.status().as_str().into())),
                 ("sources", v(self.sources.into())),
                 ("pipelining", v(self.pipelining.into())),
@@ -160,6 +279,38 @@ impl Report {
 
     /// One line for a terminal or a log.
     pub(crate) fn summary(&self) -> String {
+        if self.handshake_only {
+            return self.handshake_summary();
+        }
+        let mut line = self.message_summary();
+        line.push_str(&self.tls_summary());
+        line
+    }
+
+    /// The summary line of `--handshake-only`.
+    fn handshake_summary(&self) -> String {
+        let c = &self.stats.connect;
+        let ms = |us: u64| us as f64 / 1000.0;
+        format!(
+            "{status}: {n}/{req} handshakes in {secs:.3}s = {rate:.1} handshakes/s | \
+             connect ms p50 {c50:.3} p99 {c99:.3} | errors {errors} | \
+             handshake-only sessions={sessions} sources={sources}{tls}",
+            status = self.status().as_str(),
+            n = self.stats.handshakes,
+            req = self.messages_requested,
+            secs = self.elapsed.as_secs_f64(),
+            rate = self.handshakes_per_s(),
+            c50 = ms(c.value_at_quantile(0.50)),
+            c99 = ms(c.value_at_quantile(0.99)),
+            errors = self.stats.errors,
+            sessions = self.sessions,
+            sources = self.sources,
+            tls = self.tls_summary(),
+        )
+    }
+
+    /// The summary line of a message run, without TLS figures.
+    fn message_summary(&self) -> String {
         let l = &self.stats.latency;
         let c = &self.stats.connect;
         let ms = |us: u64| us as f64 / 1000.0;
@@ -209,47 +360,4 @@ fn round3(x: f64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merge_and_status() {
-        let mut a = Stats::new();
-        let mut b = Stats::new();
-        for us in 1..=1000u64 {
-            a.record_ok(Duration::from_micros(us));
-        }
-        b.record_ok(Duration::from_secs(120)); // saturates at one minute
-        b.errors = 1;
-        a.merge(&b);
-        let mut r = Report {
-            server: "127.0.0.1:1".into(),
-            mode: "reuse",
-            sessions: 2,
-            messages_requested: 1001,
-            warmup: 0,
-            warmup_errors: 0,
-            size_bytes: 4096,
-            sources: 1,
-            pipelining: false,
-            stats: a,
-            error_samples: vec!["RCPT: 550 no".into()],
-            elapsed: Duration::from_secs(2),
-            timed_out: false,
-        };
-        assert_eq!(r.stats.ok, 1001);
-        assert_eq!(r.status(), Status::Errors);
-        let text = r.json();
-        assert!(text.starts_with("{\n  \"server\": \"127.0.0.1:1\",\n  \"mode\": \"reuse\","));
-        let j: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(j["latency_us"]["p50"].as_u64().unwrap() / 10, 50);
-        assert!(j["latency_us"]["max"].as_u64().unwrap() >= MAX_US);
-        assert_eq!(j["msgs_per_s"], 500.5);
-        assert_eq!(j["status"], "errors");
-        r.stats.errors = 0;
-        assert_eq!(r.status(), Status::Ok);
-        r.timed_out = true;
-        assert_eq!(r.status(), Status::Timeout);
-        assert!(r.summary().starts_with("timeout: 1001/1001 msgs in 2.000s"));
-    }
-}
+mod tests;

@@ -7,17 +7,22 @@
 //! connection counts one error, drops the connection and moves on, so a run
 //! is bounded by the message count even against a server refusing
 //! everything. The whole phase is also bounded by a deadline.
+//!
+//! With `--handshake-only` the unit of work is a TLS handshake instead of a
+//! message: each claimed number opens a connection, does the handshake and
+//! says QUIT.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::client::{Commands, Conn};
+use crate::client::{Commands, Conn, Dial, Opened};
 use crate::message::{dot_stuff, Template, TERMINATOR};
 use crate::report::Stats;
+use crate::tls::{Negotiated, Tls};
 
 /// Distinct error texts kept for the report.
 const MAX_SAMPLES: usize = 5;
@@ -58,6 +63,12 @@ pub(crate) struct Settings {
     pub(crate) next_source: AtomicUsize,
     /// Set once any connection used PIPELINING.
     pub(crate) pipelined: AtomicBool,
+    /// STARTTLS or implicit TLS; `None`: plain SMTP.
+    pub(crate) tls: Option<Tls>,
+    /// Count TLS handshakes, not messages.
+    pub(crate) handshake_only: bool,
+    /// What the first TLS connection negotiated.
+    pub(crate) negotiated: OnceLock<Negotiated>,
 }
 
 impl Settings {
@@ -67,6 +78,35 @@ impl Settings {
         }
         let i = self.next_source.fetch_add(1, Ordering::Relaxed);
         Some(self.sources[i % self.sources.len()])
+    }
+
+    /// Opens a connection and records what opening it took.
+    async fn open(&self, stats: &mut Stats) -> Result<Conn, String> {
+        let dial = Dial {
+            server: self.server,
+            source: self.source(),
+            tls: self.tls.as_ref(),
+            handshake_only: self.handshake_only,
+            io_timeout: self.io_timeout,
+        };
+        let Opened {
+            conn,
+            connected,
+            handshake,
+        } = Conn::open(dial, &self.commands).await?;
+        stats.record_connect(connected);
+        if let Some(took) = handshake {
+            stats.record_handshake(took);
+            if self.negotiated.get().is_none() {
+                if let Some(n) = conn.negotiated() {
+                    let _ = self.negotiated.set(n);
+                }
+            }
+        }
+        if self.pipelining && conn.pipelining() {
+            self.pipelined.store(true, Ordering::Relaxed);
+        }
+        Ok(conn)
     }
 }
 
@@ -160,13 +200,19 @@ async fn session(phase: &Phase, stats: &mut Stats) {
     let mut message = Vec::with_capacity(s.size);
     let mut wire = Vec::with_capacity(s.size + s.size / 32 + 16);
     while let Some(seq) = phase.claim() {
+        if s.handshake_only {
+            let quit = match s.open(stats).await {
+                Ok(c) => c.quit().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = quit {
+                phase.error(stats, e);
+            }
+            continue;
+        }
         if conn.is_none() {
-            match Conn::open(s.server, s.source(), &s.commands, s.io_timeout).await {
-                Ok((c, took)) => {
-                    stats.record_connect(took);
-                    if s.pipelining && c.pipelining() {
-                        s.pipelined.store(true, Ordering::Relaxed);
-                    }
+            match s.open(stats).await {
+                Ok(c) => {
                     conn = Some(c);
                     used = 0;
                 }
