@@ -420,16 +420,17 @@ fn resolve(
         None => Vec::new(),
     };
     let int = |k: &str| get(k).parse::<u64>().unwrap_or(0);
+    let listen_list = |k: &str| -> Result<Vec<SocketAddr>, ConfigError> {
+        list(k)
+            .iter()
+            .map(|a| {
+                parse_listen(a)
+                    .ok_or_else(|| invalid(k, format!("`{a}` is not a host:port listen address")))
+            })
+            .collect()
+    };
 
-    let mut smtp_listen = Vec::new();
-    for a in list("smtp_listen") {
-        smtp_listen.push(parse_listen(&a).ok_or_else(|| {
-            invalid(
-                "smtp_listen",
-                format!("`{a}` is not a host:port listen address"),
-            )
-        })?);
-    }
+    let smtp_listen = listen_list("smtp_listen")?;
     if smtp_listen.is_empty() {
         return Err(invalid(
             "smtp_listen",
@@ -518,15 +519,7 @@ fn resolve(
             ));
         }
     }
-    let mut smtps_listen = Vec::new();
-    for a in list("smtps_listen") {
-        smtps_listen.push(parse_listen(&a).ok_or_else(|| {
-            invalid(
-                "smtps_listen",
-                format!("`{a}` is not a host:port listen address"),
-            )
-        })?);
-    }
+    let smtps_listen = listen_list("smtps_listen")?;
     for a in &smtps_listen {
         if a.port() != 0 && smtp_listen.contains(a) {
             return Err(invalid(

@@ -134,29 +134,35 @@ fn decode_one(data: &[u8]) -> Option<(Record, usize)> {
     Some((rec, HEADER + len))
 }
 
+/// An envelope for tests of the spool and the store.
+#[cfg(test)]
+pub(crate) fn test_envelope(id: &str) -> Envelope {
+    Envelope {
+        id: id.into(),
+        received_at_ms: 1_764_489_600_123, // 2025-11-30T08:00:00.123Z
+        mail_from: "a@b.example".into(),
+        recipients: vec!["r@example.test".into()],
+        helo: "c.example".into(),
+        client_ip: "127.0.0.1".into(),
+        esmtp: true,
+        eight_bit: false,
+        smtputf8: false,
+        chunked: false,
+        shard: 0,
+        tls_version: None,
+        tls_cipher: None,
+        tls_sni: None,
+        require_tls: false,
+        spool_us: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn env(id: &str) -> Envelope {
-        Envelope {
-            id: id.into(),
-            received_at_ms: 1_700_000_000_000,
-            mail_from: "a@b.example".into(),
-            recipients: vec!["r@example.test".into()],
-            helo: "c".into(),
-            client_ip: "127.0.0.1".into(),
-            esmtp: true,
-            eight_bit: false,
-            smtputf8: false,
-            chunked: false,
-            shard: 0,
-            tls_version: None,
-            tls_cipher: None,
-            tls_sni: None,
-            require_tls: false,
-            spool_us: 0,
-        }
+        test_envelope(id)
     }
 
     #[test]

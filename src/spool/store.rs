@@ -249,21 +249,10 @@ mod tests {
     fn env() -> Envelope {
         Envelope {
             id: "0123456789abcdef".into(),
-            received_at_ms: 1_764_489_600_123, // 2025-11-30T08:00:00.123Z
-            mail_from: "a@b.example".into(),
             recipients: vec!["r@example.test".into(), "s@example.test".into()],
-            helo: "c.example".into(),
-            client_ip: "127.0.0.1".into(),
-            esmtp: true,
-            eight_bit: false,
-            smtputf8: false,
-            chunked: false,
             shard: 1,
-            tls_version: None,
-            tls_cipher: None,
-            tls_sni: None,
-            require_tls: false,
             spool_us: 2500,
+            ..crate::spool::record::test_envelope("")
         }
     }
 
@@ -309,24 +298,7 @@ mod write_tests {
     #[test]
     fn writing_twice_keeps_one_whole_file() {
         let tmp = tempfile::tempdir().unwrap();
-        let env = Envelope {
-            id: "00000000000000aa".into(),
-            received_at_ms: 1_764_489_600_000,
-            mail_from: "a@b.example".into(),
-            recipients: vec!["r@example.test".into()],
-            helo: "c".into(),
-            client_ip: "127.0.0.1".into(),
-            esmtp: true,
-            eight_bit: false,
-            smtputf8: false,
-            chunked: false,
-            shard: 0,
-            tls_version: None,
-            tls_cipher: None,
-            tls_sni: None,
-            require_tls: false,
-            spool_us: 0,
-        };
+        let env = crate::spool::record::test_envelope("00000000000000aa");
         let p1 = write_one(tmp.path(), &env, b"Subject: one\r\n\r\nx\r\n").unwrap();
         let p2 = write_one(tmp.path(), &env, b"Subject: one\r\n\r\nx\r\n").unwrap();
         assert_eq!(p1, p2);
