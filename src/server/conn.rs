@@ -274,7 +274,14 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
 async fn accept_message(state: &Rc<ShardState>, tx: &Transaction, peer: SocketAddr) -> Completion {
     let now = chrono::Utc::now();
     let id = format!("{:016x}", fastrand::u64(..));
-    let received = trace::received_header(tx, peer.ip(), &state.hostname, &id, &now.to_rfc2822());
+    let mut received = trace::return_path_header(&tx.mail_from);
+    received.push_str(&trace::received_header(
+        tx,
+        peer.ip(),
+        &state.hostname,
+        &id,
+        &now.to_rfc2822(),
+    ));
     let mut envelope = Envelope {
         id: id.clone(),
         received_at_ms: now.timestamp_millis(),

@@ -184,6 +184,71 @@ impl DataDecoder {
     }
 }
 
+/// Checks octets against the text rules (every CR and LF as CRLF, lines of
+/// at most 1000 octets) without decoding them: for BDAT chunks, which carry
+/// the message unstuffed.
+#[derive(Debug, Clone, Default)]
+pub struct TextCheck {
+    prev_cr: bool,
+    line_len: usize,
+    bare_newline: bool,
+    long_line: bool,
+}
+
+impl TextCheck {
+    /// Feeds the next octets of the message.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.prev_cr {
+                self.prev_cr = false;
+                if bytes[0] == b'\n' {
+                    self.line_len = 0;
+                    bytes = &bytes[1..];
+                    continue;
+                }
+                self.bare_newline = true;
+                self.grow(1);
+            }
+            let run = memchr::memchr2(b'\r', b'\n', bytes).unwrap_or(bytes.len());
+            self.grow(run);
+            bytes = &bytes[run..];
+            if let Some(&b) = bytes.first() {
+                if b == b'\r' {
+                    self.prev_cr = true;
+                } else {
+                    self.bare_newline = true;
+                    self.grow(1);
+                }
+                bytes = &bytes[1..];
+            }
+        }
+    }
+
+    /// Marks the end of the message (a final lone CR is bare).
+    pub fn finish(&mut self) {
+        if std::mem::take(&mut self.prev_cr) {
+            self.bare_newline = true;
+        }
+    }
+
+    fn grow(&mut self, n: usize) {
+        self.line_len += n;
+        if self.line_len + 2 > MAX_TEXT_LINE {
+            self.long_line = true;
+        }
+    }
+
+    /// True when a bare CR or LF was seen.
+    pub fn bare_newline(&self) -> bool {
+        self.bare_newline
+    }
+
+    /// True when a line longer than 1000 octets (CRLF included) was seen.
+    pub fn long_line(&self) -> bool {
+        self.long_line
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +334,30 @@ mod tests {
         ok.extend_from_slice(b"\r\n.\r\n");
         let (_, _, _, d) = decode_all(&ok);
         assert!(!d.long_line());
+    }
+
+    #[test]
+    fn text_check_applies_the_data_rules_across_chunks() {
+        let check = |chunks: &[&[u8]]| {
+            let mut t = TextCheck::default();
+            for c in chunks {
+                t.feed(c);
+            }
+            t.finish();
+            (t.bare_newline(), t.long_line())
+        };
+        assert_eq!(check(&[b"Subject: x\r\n\r\nbody\r\n"]), (false, false));
+        assert_eq!(check(&[b"a\r", b"\nb\r\n"]), (false, false));
+        assert_eq!(check(&[b"line\n.\r\nMAIL FROM:<e@x>\r\n"]), (true, false));
+        assert_eq!(check(&[b"a\rb\r\n"]), (true, false));
+        assert_eq!(check(&[b"a\r\n", b"\nmore\r\n"]), (true, false));
+        assert_eq!(check(&[b"ends in CR\r"]), (true, false));
+        let mut long = vec![b'q'; 999];
+        long.extend_from_slice(b"\r\n");
+        assert_eq!(check(&[&long[..500], &long[500..]]), (false, true));
+        let mut ok = vec![b'q'; 998];
+        ok.extend_from_slice(b"\r\n");
+        assert_eq!(check(&[&ok]), (false, false));
     }
 
     #[test]

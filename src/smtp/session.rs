@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::command::{self, Command, MailParams};
-use super::data::DataDecoder;
+use super::data::{DataDecoder, TextCheck};
 use super::limits::{Limits, MAX_COMMAND_LINE, MAX_HOPS};
 use super::reply::Reply;
 
@@ -121,6 +121,9 @@ struct Envelope {
     chunked: bool,
     /// Octets received by BDAT, including those over the limit.
     bdat_size: u64,
+    /// CRLF and line-length rules over the BDAT chunks, across chunk
+    /// boundaries: BINARYMIME is not offered, so BDAT carries text too.
+    bdat_text: TextCheck,
 }
 
 #[derive(Debug)]
@@ -272,29 +275,33 @@ impl Session {
                 State::Closed => return input.len(),
                 State::Spooling | State::StartingTls => return pos,
                 State::Command => {
-                    let Some(lf) = memchr::memchr(b'\n', rest) else {
+                    // Only CRLF ends a command line: a bare LF or CR inside
+                    // makes the whole line up to the CRLF one bad line.
+                    let Some(end) = memchr::memmem::find(rest, b"\r\n") else {
                         if rest.len() >= MAX_COMMAND_LINE {
                             self.state = State::LongLine;
-                            return input.len();
+                            return input.len() - usize::from(rest.ends_with(b"\r"));
                         }
                         return pos;
                     };
-                    pos += lf + 1;
-                    if lf + 1 > MAX_COMMAND_LINE {
+                    pos += end + 2;
+                    if end + 2 > MAX_COMMAND_LINE {
                         self.reply(Reply::LINE_TOO_LONG, out);
                         continue;
                     }
-                    if lf == 0 || rest[lf - 1] != b'\r' || rest[..lf - 1].contains(&b'\r') {
+                    let line = &rest[..end];
+                    if memchr::memchr2(b'\r', b'\n', line).is_some() {
                         self.reply(Reply::BARE_NEWLINE_COMMAND, out);
                         continue;
                     }
                     self.deadline = now + self.cfg.limits.command_timeout;
-                    self.command(&rest[..lf - 1], now, out);
+                    self.command(line, now, out);
                 }
-                State::LongLine => match memchr::memchr(b'\n', rest) {
-                    None => return input.len(),
-                    Some(lf) => {
-                        pos += lf + 1;
+                State::LongLine => match memchr::memmem::find(rest, b"\r\n") {
+                    // Keep a trailing CR: it may pair with the next read's LF.
+                    None => return input.len() - usize::from(rest.ends_with(b"\r")),
+                    Some(end) => {
+                        pos += end + 2;
                         self.state = State::Command;
                         self.deadline = now + self.cfg.limits.command_timeout;
                         self.reply(Reply::LINE_TOO_LONG, out);
@@ -337,6 +344,7 @@ impl Session {
                         let keep = (take as u64).min(room) as usize;
                         env.body.extend_from_slice(&rest[..keep]);
                         env.bdat_size += take as u64;
+                        env.bdat_text.feed(&rest[..take]);
                     }
                     if !done {
                         self.deadline = self.data_deadline(now, started);
@@ -381,9 +389,16 @@ impl Session {
         let cmd = match command::parse(line) {
             Ok(cmd) => cmd,
             Err(reply) => {
-                // A BDAT line that cannot be parsed has no size: its chunk
-                // cannot be skipped, so the connection cannot be trusted.
+                let framing_lost = reply == Reply::SYNTAX_BDAT;
                 self.reply(reply, out);
+                if framing_lost && !self.is_closed() {
+                    // A BDAT line without a usable size: its chunk cannot
+                    // be skipped, so what follows cannot be told apart from
+                    // commands. End the session rather than guess.
+                    Reply::new(421, "4.5.0", "Error: BDAT framing lost, closing connection")
+                        .write_to(out);
+                    self.close();
+                }
                 return;
             }
         };
@@ -421,6 +436,7 @@ impl Session {
                         body: Vec::new(),
                         chunked: false,
                         bdat_size: 0,
+                        bdat_text: TextCheck::default(),
                     });
                     Reply::SENDER_OK
                 };
@@ -574,14 +590,22 @@ impl Session {
             self.reply(reply, out);
             return;
         }
-        let Some(env) = self.envelope.as_ref() else {
+        let Some(env) = self.envelope.as_mut() else {
             return;
         };
         if env.bdat_size > self.cfg.limits.max_message_size {
             // Too big: the transaction is over; later chunks are discarded.
             self.finish(Some(Reply::TOO_BIG), out);
         } else if last {
-            self.finish(None, out);
+            env.bdat_text.finish();
+            let refusal = if env.bdat_text.bare_newline() {
+                Some(Reply::BARE_NEWLINE_DATA)
+            } else if env.bdat_text.long_line() {
+                Some(Reply::DATA_LINE_TOO_LONG)
+            } else {
+                None
+            };
+            self.finish(refusal, out);
         } else {
             let n = env.bdat_size;
             self.reply(

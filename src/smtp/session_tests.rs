@@ -164,11 +164,14 @@ fn smuggled_messages_are_never_accepted() {
 
 #[test]
 fn bare_newlines_in_commands_are_refused() {
+    // Only CRLF ends a command: what follows a bare LF on the same CRLF
+    // line is part of the bad line and is never executed.
     let o = drive_all_splits(b"EHLO c\nMAIL FROM:<a@b.example>\r\nNOOP\rNOOP\r\nQUIT\r\n");
-    assert_eq!(codes(&o.replies), ["220", "500", "503", "500", "221"]);
+    assert_eq!(codes(&o.replies), ["220", "500", "500", "221"]);
     assert!(o
         .replies
         .contains("500 5.5.2 Error: bare <CR> or <LF> in command"));
+    assert!(!o.replies.contains("Sender OK"));
 }
 
 #[test]
@@ -191,6 +194,39 @@ fn bdat_without_transaction_discards_its_octets() {
     let o = drive_all_splits(b"EHLO c\r\nBDAT 25 LAST\r\nMAIL FROM:<e@v.example>\r\nNOOP\r\n");
     assert_eq!(codes(&o.replies), ["220", "250", "503", "250"]);
     assert!(o.spooled.is_empty());
+}
+
+#[test]
+fn bdat_content_follows_the_data_text_rules() {
+    for (body, code) in [
+        (
+            &b"Subject: x\r\n\r\nline\n.\r\nMAIL FROM:<e@x.example>\r\n"[..],
+            "550",
+        ),
+        (b"Subject: x\r\n\r\nline\rmore\r\n", "550"),
+        (b"Subject: x\r\n\r\nends with CR\r", "550"),
+        (b"Subject: x\r\n\r\nfine\r\n", "250"),
+    ] {
+        let mut script =
+            b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\n".to_vec();
+        script.extend_from_slice(format!("BDAT {} LAST\r\n", body.len()).as_bytes());
+        script.extend_from_slice(body);
+        let o = drive_all_splits(&script);
+        assert_eq!(
+            codes(&o.replies).last(),
+            Some(&code),
+            "{body:?}: {}",
+            o.replies
+        );
+        assert_eq!(o.spooled.len(), usize::from(code == "250"));
+    }
+}
+
+#[test]
+fn bdat_without_a_usable_size_ends_the_session() {
+    let o = drive(b"EHLO c\r\nBDAT 99999999999999999999 LAST\r\nMAIL FROM:<e@x.example>\r\n");
+    assert!(o.closed);
+    assert!(o.replies.ends_with("501 5.5.4 Syntax: BDAT size [LAST]\r\n421 4.5.0 Error: BDAT framing lost, closing connection\r\n"), "{}", o.replies);
 }
 
 #[test]

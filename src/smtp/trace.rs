@@ -1,5 +1,7 @@
-//! The `Received:` trace header gomail prepends to every accepted message
-//! (RFC 5321 section 4.4; protocol names from RFC 3848 and RFC 6531).
+//! The trace headers gomail prepends to every accepted message: as the
+//! final delivery (into the store), `Return-Path:` with the envelope sender,
+//! then `Received:` (RFC 5321 section 4.4; protocol names from RFC 3848
+//! and RFC 6531).
 
 use std::net::IpAddr;
 
@@ -24,7 +26,7 @@ pub fn received_header(
         (true, true, false) => "UTF8SMTP",
         (true, true, true) => "UTF8SMTPS",
     };
-    let helo = sanitize(&tx.helo);
+    let helo = sanitize_name(&tx.helo);
     let mut h = format!("Received: from {helo} ([{peer}])\r\n");
     if let Some(tls) = &tx.tls {
         h.push_str(&format!(
@@ -44,14 +46,33 @@ pub fn received_header(
     h
 }
 
+/// The `Return-Path:` header for the envelope sender (`<>` for none).
+pub fn return_path_header(mail_from: &str) -> String {
+    format!("Return-Path: <{}>\r\n", sanitize(mail_from))
+}
+
 /// Keeps client-chosen text from breaking the header's structure.
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
-            if c.is_control() || c == '(' || c == ')' {
+            if c.is_control() || "()<>;".contains(c) {
                 '_'
             } else {
                 c
+            }
+        })
+        .collect()
+}
+
+/// The EHLO name as it may stand in the `from` clause: domain or address
+/// literal characters only (letters of any script, for SMTPUTF8 names).
+fn sanitize_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || ".-_[]:".contains(c) {
+                c
+            } else {
+                '_'
             }
         })
         .collect()
@@ -92,5 +113,16 @@ mod tests {
         let h = received_header(&tx, ip, "mx", "ID1", "D");
         assert!(!h.contains("s@example.test"));
         assert!(!h.contains("\r\nX-Injected"));
+        tx.helo = "x.test;evil <a@b>".into();
+        let h = received_header(&tx, ip, "mx", "ID1", "D");
+        assert!(
+            h.starts_with("Received: from x.test_evil__a_b_ ([127.0.0.1])\r\n"),
+            "{h}"
+        );
+        assert_eq!(return_path_header(""), "Return-Path: <>\r\n");
+        assert_eq!(
+            return_path_header("a@b.example"),
+            "Return-Path: <a@b.example>\r\n"
+        );
     }
 }

@@ -47,7 +47,10 @@ fn lettre_delivers_and_the_json_file_has_gomails_fields() {
     assert_eq!(v["from_header"], "\"Alice Sender\" <alice@sender.example>");
     assert_eq!(v["to_header"], "Bob <bob@example.test>");
     let raw = v["raw"].as_str().unwrap();
-    assert!(raw.starts_with("Received: from "), "{raw}");
+    assert!(
+        raw.starts_with("Return-Path: <alice@sender.example>\r\nReceived: from "),
+        "{raw}"
+    );
     assert!(raw.contains("by mx.example.test (gomail) with ESMTP id "));
     assert!(
         raw.ends_with("\r\n\r\nNumbers attached.\r\n\r\n"),
@@ -266,4 +269,21 @@ fn abusive_sessions_are_closed_after_20_errors() {
     // Everyone else is still served.
     let mut d = Client::connect(g.addr);
     assert!(d.cmd("EHLO ok").starts_with("250-"));
+}
+
+#[test]
+fn bdat_cannot_bypass_the_smuggling_policy() {
+    let g = Gomail::start("");
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO attacker.example");
+    let body = b"Subject: x\r\n\r\nline\n.\r\nMAIL FROM:<e@attacker.example>\r\n";
+    c.cmd("MAIL FROM:<a@attacker.example>");
+    c.cmd("RCPT TO:<b@example.test>");
+    c.send(format!("BDAT {} LAST\r\n", body.len()).as_bytes());
+    c.send(body);
+    let r = c.reply();
+    assert!(r.starts_with("550 5.6.0 "), "{r}");
+    assert_eq!(c.cmd("NOOP"), "250 2.0.0 OK\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(stored(&g.data_dir).is_empty());
 }
