@@ -6,7 +6,9 @@
 //! - [`spool`]: the durable per-shard queue and the JSON store.
 //! - [`tls`]: TLS policy, certificates, self-signed fallback.
 //! - [`server`]: shards wired to sessions, spool, store and TLS.
+//! - [`control`]: the control plane: health and Prometheus metrics over HTTP.
 pub mod config;
+pub mod control;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -286,6 +286,16 @@ fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
     }
     let signals = block_signals();
     let server = Server::start(&cfg)?;
+    let control = gomail::control::ControlPlane::start(
+        gomail::control::ControlConfig {
+            api: cfg.api_listen,
+            metrics: cfg.metrics_listen,
+            metrics_enabled: cfg.metrics_enabled,
+            metrics_path: cfg.metrics_path.clone(),
+            read_timeout: cfg.http_read_timeout,
+        },
+        server.stats_handle(),
+    )?;
     let mut addrs: Vec<String> = server.smtp_addrs().iter().map(|a| a.to_string()).collect();
     addrs.extend(server.smtps_addrs().iter().map(|a| format!("{a} (TLS)")));
     tracing::info!(
@@ -295,10 +305,12 @@ fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
         domains = %cfg.domains().join(","),
         "gomail listening"
     );
+    let api: Vec<String> = control.addrs().iter().map(|a| a.to_string()).collect();
     println!(
-        "gomail: SMTP on {} ({} shards), mail for {} stored as JSON under {}/inbox",
+        "gomail: SMTP on {} ({} shards); API on {}; mail for {} stored as JSON under {}/inbox",
         addrs.join(", "),
         server.shard_count(),
+        api.join(", "),
         cfg.domains().join(", "),
         cfg.data_dir.display()
     );
@@ -326,6 +338,7 @@ fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
         signal = sig,
         "shutting down: no new connections, finishing open transactions"
     );
+    control.stop();
     let stats = server.stats();
     server.shutdown()?;
     let accepted: u64 = stats.iter().map(|s| s.messages_accepted).sum();

@@ -9,6 +9,7 @@ mod conn;
 mod delivery;
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -86,10 +87,42 @@ pub struct ShardStats {
     pub store_backlog: u64,
     /// TLS handshakes completed (STARTTLS and implicit TLS).
     pub tls_handshakes: u64,
-    /// Of those, TLS 1.3.
-    pub tls13_handshakes: u64,
+    /// Completed handshakes by `"<version> <cipher>"`.
+    pub tls_by_suite: BTreeMap<String, u64>,
+    /// Time from the end of a message to its fdatasync (the wait before `250`).
+    pub commit_latency: LatencyHistogram,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: u64,
+}
+
+/// Upper bounds (µs) of [`LatencyHistogram`]'s buckets; a last, unbounded
+/// bucket catches the rest.
+pub const LATENCY_BOUNDS_US: [u64; 11] = [
+    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// A cumulative-at-read latency histogram with fixed buckets (Prometheus style).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    pub buckets: [u64; LATENCY_BOUNDS_US.len() + 1],
+    /// Number of observations.
+    pub count: u64,
+    /// Sum of observations, µs.
+    pub sum_us: u64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe(&mut self, us: u64) {
+        let i = LATENCY_BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BOUNDS_US.len());
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.sum_us += us;
+    }
 }
 
 /// Messages the main thread sends to shards.
@@ -264,6 +297,11 @@ impl Server {
         self.pool.len()
     }
 
+    /// A handle for asking shards for their counters from other threads.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.pool.handle())
+    }
+
     /// Every shard's counters, in shard order.
     pub fn stats(&self) -> Vec<ShardStats> {
         self.pool
@@ -285,6 +323,18 @@ impl Server {
         let _ = self.pool.ask(Control::Shutdown);
         self.pool.join()?;
         Ok(())
+    }
+}
+
+/// Asks shards for their counters from any thread (the control plane).
+#[derive(Clone)]
+pub struct StatsHandle(shards::PoolHandle<Control>);
+
+impl StatsHandle {
+    /// Every shard's counters, in shard order; `None` for a shard that did
+    /// not answer.
+    pub async fn ask(&self) -> Vec<Option<ShardStats>> {
+        self.0.ask_async(Control::Stats).await
     }
 }
 

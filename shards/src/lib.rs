@@ -262,18 +262,14 @@ impl<M: Send + 'static> ShardPool<M> {
         &self,
         make: impl Fn(async_channel::Sender<R>) -> M,
     ) -> Vec<Option<R>> {
-        let waits: Vec<_> = self
-            .senders
-            .iter()
-            .map(|s| {
-                let (tx, rx) = async_channel::bounded(1);
-                s.send_blocking(make(tx)).ok().map(|_| rx)
-            })
-            .collect();
-        waits
-            .into_iter()
-            .map(|rx| rx.and_then(|rx| rx.recv_blocking().ok()))
-            .collect()
+        self.handle().ask(make)
+    }
+
+    /// A handle that other threads can use to message the shards.
+    pub fn handle(&self) -> PoolHandle<M> {
+        PoolHandle {
+            senders: self.senders.clone(),
+        }
     }
 
     /// Waits for every shard to finish.
@@ -291,6 +287,61 @@ impl<M: Send + 'static> ShardPool<M> {
             }
         }
         first
+    }
+}
+
+/// Messages the shards from any thread (blocking or async); cheap to clone.
+#[derive(Debug)]
+pub struct PoolHandle<M> {
+    senders: Vec<async_channel::Sender<M>>,
+}
+
+impl<M> Clone for PoolHandle<M> {
+    fn clone(&self) -> Self {
+        PoolHandle {
+            senders: self.senders.clone(),
+        }
+    }
+}
+
+impl<M: Send + 'static> PoolHandle<M> {
+    /// Like [`ShardPool::ask`], blocking the calling thread.
+    pub fn ask<R: Send + 'static>(
+        &self,
+        make: impl Fn(async_channel::Sender<R>) -> M,
+    ) -> Vec<Option<R>> {
+        let waits: Vec<_> = self
+            .senders
+            .iter()
+            .map(|s| {
+                let (tx, rx) = async_channel::bounded(1);
+                s.send_blocking(make(tx)).ok().map(|_| rx)
+            })
+            .collect();
+        waits
+            .into_iter()
+            .map(|rx| rx.and_then(|rx| rx.recv_blocking().ok()))
+            .collect()
+    }
+
+    /// Like [`PoolHandle::ask`], for async callers on any runtime.
+    pub async fn ask_async<R: Send + 'static>(
+        &self,
+        make: impl Fn(async_channel::Sender<R>) -> M,
+    ) -> Vec<Option<R>> {
+        let mut waits = Vec::with_capacity(self.senders.len());
+        for s in &self.senders {
+            let (tx, rx) = async_channel::bounded(1);
+            waits.push(s.send(make(tx)).await.ok().map(|_| rx));
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for rx in waits {
+            out.push(match rx {
+                Some(rx) => rx.recv().await.ok(),
+                None => None,
+            });
+        }
+        out
     }
 }
 

@@ -260,6 +260,16 @@ pub struct Config {
     pub tls_min_version: String,
     /// Allowed cipher suites (empty: all of [`ALLOWED_SUITES`]).
     pub tls_cipher_suites: Vec<String>,
+    /// The control plane's address (`api_host:port`).
+    pub api_listen: SocketAddr,
+    /// Metrics also apart on `api_host:metrics_port` (`None`: `metrics_port: 0`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve metrics at all.
+    pub metrics_enabled: bool,
+    /// The metrics path.
+    pub metrics_path: String,
+    /// `http_timeouts.read`.
+    pub http_read_timeout: std::time::Duration,
     settings: BTreeMap<&'static str, (Value, Origin)>,
 }
 
@@ -497,8 +507,33 @@ fn resolve(
         ));
     }
     let port = int("port");
-    if !(1..=65535).contains(&port) {
+    if port > 65535 {
         return Err(invalid("port", format!("{port} is not a TCP port")));
+    }
+    let metrics_port = int("metrics_port");
+    if metrics_port > 65535 {
+        return Err(invalid(
+            "metrics_port",
+            format!("{metrics_port} is not a TCP port"),
+        ));
+    }
+    let api_host = get("api_host");
+    let api_listen = parse_listen(&format!("{api_host}:{port}"))
+        .or_else(|| parse_listen(&format!("[{api_host}]:{port}")))
+        .ok_or_else(|| {
+            invalid(
+                "api_host",
+                format!("`{api_host}` is not an address to listen on"),
+            )
+        })?;
+    let metrics_listen = (metrics_port != 0 && metrics_port != port)
+        .then(|| SocketAddr::new(api_listen.ip(), metrics_port as u16));
+    let metrics_path = get("metrics_path");
+    if !metrics_path.starts_with('/') || metrics_path == "/health" {
+        return Err(invalid(
+            "metrics_path",
+            format!("`{metrics_path}` must start with / and not be /health"),
+        ));
     }
     for a in list("dns_servers") {
         if parse_listen(&a).is_none() {
@@ -562,6 +597,12 @@ fn resolve(
         tls_cert_dir: path_of("tls_cert_dir"),
         tls_min_version: get("tls_min_version"),
         tls_cipher_suites: list("tls_cipher_suites"),
+        api_listen,
+        metrics_listen,
+        metrics_enabled: parse_bool(&get("metrics_enabled")).unwrap_or(true),
+        metrics_path,
+        http_read_timeout: keys::parse_duration(&get("http_timeouts.read"))
+            .unwrap_or(std::time::Duration::from_secs(30)),
         settings,
     })
 }

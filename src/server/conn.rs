@@ -106,9 +106,9 @@ async fn handshake(
             };
             let mut st = state.stats.borrow_mut();
             st.tls_handshakes += 1;
-            if info.version == "TLSv1.3" {
-                st.tls13_handshakes += 1;
-            }
+            *st.tls_by_suite
+                .entry(format!("{} {}", info.version, info.cipher))
+                .or_default() += 1;
             Some((tls, info))
         }
         other => {
@@ -308,6 +308,11 @@ async fn accept_message(state: &Rc<ShardState>, tx: &Transaction, peer: SocketAd
     {
         Ok(segment) => {
             envelope.spool_us = started.elapsed().as_micros() as u64;
+            state
+                .stats
+                .borrow_mut()
+                .commit_latency
+                .observe(envelope.spool_us);
             let mut message = Vec::with_capacity(received.len() + tx.body.len());
             message.extend_from_slice(received.as_bytes());
             message.extend_from_slice(&tx.body);

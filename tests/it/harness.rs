@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub(crate) struct Gomail {
     pub(crate) child: Child,
     pub(crate) addr: SocketAddr,
+    /// The control plane (health, metrics).
+    pub(crate) api: SocketAddr,
     /// The first implicit-TLS address (`smtps_listen`), if any.
     pub(crate) tls_addr: Option<SocketAddr>,
     pub(crate) data_dir: PathBuf,
@@ -41,7 +43,7 @@ impl Gomail {
             &config,
             format!(
                 "smtp_listen: [\"{listen}\"]\nprimary_domain: example.test\nadditional_domains: [other.test]\n\
-                 mail_hostname: mx.example.test\ndata_dir: \"{}\"\nlog_level: warn\n{extra}",
+                 mail_hostname: mx.example.test\ndata_dir: \"{}\"\nlog_level: warn\nport: 0\n{extra}",
                 data_dir.display()
             ),
         )
@@ -73,10 +75,18 @@ impl Gomail {
             }
         }
         let addr = addr.unwrap_or_else(|| panic!("no SMTP address in {line:?}"));
+        let api = line
+            .split("; API on ")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .and_then(|r| r.split(", ").next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no API address in {line:?}"));
         Gomail {
             child,
             addr,
             tls_addr,
+            api,
             data_dir: data_dir.to_path_buf(),
             config,
             _tmp: None,

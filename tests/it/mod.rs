@@ -1,6 +1,7 @@
 pub(crate) mod harness;
 
 mod cli;
+mod control;
 mod crash;
 mod disk_full;
 mod shards;

@@ -1,0 +1,129 @@
+//! The control plane as an operator and Prometheus see it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use super::harness::{queue_id, tls_client, Client, Gomail};
+
+/// One HTTP/1.1 request; returns (status, content-type, body).
+fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: gomail\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (status, ctype, body.to_string())
+}
+
+/// Sums a metric over shards (lines `name{shard="N"...} value`).
+fn sum(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_count_what_clients_did_per_shard() {
+    let g = Gomail::start("shards: 2\n");
+    for _ in 0..3 {
+        let mut c = Client::connect(g.addr);
+        c.cmd("EHLO metrics.example");
+        assert!(queue_id(&c.mail(
+            "s@sender.example",
+            &["r@example.test"],
+            "Subject: m\r\n\r\nx"
+        ))
+        .is_some());
+    }
+    let mut t = Client::connect(g.addr);
+    t.cmd("EHLO tls.example");
+    t.starttls(
+        tls_client(
+            &g.data_dir.join("tls/self-signed.crt"),
+            &[&rustls::version::TLS13],
+        ),
+        "mx.example.test",
+    )
+    .unwrap();
+    let mut bad = Client::connect(g.addr);
+    bad.cmd("EHLO junk.example");
+    bad.cmd("STARTTLS");
+    bad.send(b"not a ClientHello at all\r\n\r\n\r\n");
+    assert!(bad.closed());
+
+    let (status, ctype, text) = http(g.api, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(
+        text.contains("# TYPE gomail_messages_accepted_total counter\n"),
+        "{text}"
+    );
+    assert!(text.contains("gomail_messages_accepted_total{shard=\"0\"} "));
+    assert!(text.contains("gomail_messages_accepted_total{shard=\"1\"} "));
+    assert_eq!(sum(&text, "gomail_messages_accepted_total{"), 3.0);
+    assert_eq!(sum(&text, "gomail_spool_commit_seconds_count{"), 3.0);
+    assert_eq!(sum(&text, "gomail_tls_handshakes_total{"), 1.0);
+    assert!(
+        text.contains("version=\"TLSv1.3\",cipher=\"TLS13_"),
+        "{text}"
+    );
+    assert_eq!(sum(&text, "gomail_tls_handshake_failures_total{"), 1.0);
+    assert_eq!(
+        sum(&text, "gomail_connections_active{"),
+        1.0,
+        "the TLS session is still open"
+    );
+    assert!(text.contains("gomail_shards 2\n"));
+
+    let (status, ctype, body) = http(g.api, "GET", "/health");
+    assert_eq!((status, ctype.as_str()), (200, "application/json"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "healthy");
+    assert_eq!(v["shards"], 2);
+
+    let (status, _, body) = http(g.api, "GET", "/nope");
+    assert_eq!(status, 404);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
+        "not_found"
+    );
+    let (status, _, body) = http(g.api, "POST", "/metrics");
+    assert_eq!(status, 405);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
+        "method_not_allowed"
+    );
+}
+
+#[test]
+fn metrics_can_be_served_on_their_own_port_and_switched_off() {
+    let port = 21026; // below the ephemeral range: no parallel test takes it
+    let g = Gomail::start(&format!("metrics_port: {port}\n"));
+    let apart: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, _, text) = http(apart, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert!(text.contains("gomail_build_info{version="));
+    assert_eq!(
+        http(apart, "GET", "/health").0,
+        404,
+        "the metrics port serves only metrics"
+    );
+    let g2 = Gomail::start("metrics_enabled: false\n");
+    assert_eq!(http(g2.api, "GET", "/metrics").0, 404);
+    assert_eq!(http(g2.api, "GET", "/health").0, 200);
+    drop(g);
+}
