@@ -92,6 +92,7 @@ fn transaction(c: &mut Criterion) {
         domains: vec!["example.test".into()],
         limits: Limits::default(),
         starttls: false,
+        check_sender: false,
     });
     let mut script = b"EHLO client.example.org\r\nMAIL FROM:<sender@example.org>\r\nRCPT TO:<rcpt@example.test>\r\nDATA\r\n".to_vec();
     script.extend_from_slice(&message_4k());

@@ -7,6 +7,7 @@
 //! - [`tls`]: TLS policy, certificates, self-signed fallback.
 //! - [`server`]: shards wired to sessions, spool, store and TLS.
 //! - [`control`]: the control plane: health and Prometheus metrics over HTTP.
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod server;

@@ -22,6 +22,8 @@ use rustls::ServerConfig;
 use serde::Serialize;
 use shards::{PoolConfig, ShardContext, ShardPool, Snapshot};
 
+use crate::auth::dns::DnsRuntime;
+use crate::auth::{AuthSettings, ShardAuth};
 use crate::config::Config;
 use crate::smtp::{Limits, SessionConfig};
 use crate::spool::Spool;
@@ -44,6 +46,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The DNS runtime for the authentication checks could not start.
+    #[error("DNS for SPF/DKIM/DMARC: {0}")]
+    Dns(std::io::Error),
     /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -77,6 +82,12 @@ pub struct ShardStats {
     pub bytes_accepted: u64,
     /// Messages answered `451` because the spool failed.
     pub spool_failures: u64,
+    /// Messages refused by authentication policy (DMARC) after DATA.
+    pub messages_refused_by_policy: u64,
+    /// Per-shard DNS cache hits (authentication checks).
+    pub dns_cache_hits: u64,
+    /// Per-shard DNS cache misses (authentication checks).
+    pub dns_cache_misses: u64,
     /// Messages written to the JSON store.
     pub messages_stored: u64,
     /// Store batches that failed (retried).
@@ -146,6 +157,8 @@ pub(crate) struct ShardState {
     pub(crate) max_connections: u64,
     /// The current TLS configuration, if TLS is enabled.
     pub(crate) tls: Option<Snapshot<Arc<ServerConfig>>>,
+    /// SPF/DKIM/DMARC on this shard, if any check is on.
+    pub(crate) auth: Option<ShardAuth>,
     /// Closed (all senders dropped) when the shard starts shutting down.
     pub(crate) shutdown: async_channel::Receiver<()>,
 }
@@ -156,6 +169,8 @@ pub struct Server {
     smtp_addrs: Vec<SocketAddr>,
     smtps_addrs: Vec<SocketAddr>,
     tls: Option<Snapshot<Arc<ServerConfig>>>,
+    /// Kept alive for the shards' DNS lookups.
+    _dns: Option<Arc<DnsRuntime>>,
     _lock: File,
 }
 
@@ -185,6 +200,14 @@ impl Server {
         } else {
             None
         };
+        let auth = Arc::new(AuthSettings::from_config(cfg));
+        let dns = if auth.any() {
+            Some(Arc::new(
+                DnsRuntime::start(&cfg.dns_servers, cfg.dns_timeout).map_err(ServerError::Dns)?,
+            ))
+        } else {
+            None
+        };
         let plain = shards::probe_addresses(&cfg.smtp_listen)?;
         let implicit = if tls.is_some() {
             shards::probe_addresses(&cfg.smtps_listen)?
@@ -205,6 +228,7 @@ impl Server {
                 ..Limits::default()
             },
             starttls: tls.is_some() && cfg.starttls_enabled,
+            check_sender: auth.spf,
         });
         let count = cfg.shards;
         let per_shard = (cfg.max_total_connections as u64)
@@ -214,6 +238,7 @@ impl Server {
         let data_dir = cfg.data_dir.clone();
         let hostname = cfg.mail_hostname.clone();
         let shard_tls = tls.clone();
+        let shard_dns = dns.clone();
         let pool = ShardPool::spawn(
             &PoolConfig {
                 shards: count,
@@ -227,6 +252,8 @@ impl Server {
                 let listen = listen.clone();
                 let ready = ready_tx.clone();
                 let tls = shard_tls.clone();
+                let dns = shard_dns.clone();
+                let auth = auth.clone();
                 async move {
                     let setup = ShardSetup {
                         session,
@@ -235,6 +262,8 @@ impl Server {
                         listen,
                         max_connections: per_shard,
                         tls,
+                        dns,
+                        auth,
                     };
                     run_shard(ctx, setup, ready).await;
                 }
@@ -261,6 +290,7 @@ impl Server {
             smtp_addrs: plain,
             smtps_addrs: implicit,
             tls,
+            _dns: dns,
             _lock: lock,
         };
         if let Some(e) = failure {
@@ -366,6 +396,8 @@ struct ShardSetup {
     listen: Vec<(SocketAddr, bool)>,
     max_connections: u64,
     tls: Option<Snapshot<Arc<ServerConfig>>>,
+    dns: Option<Arc<DnsRuntime>>,
+    auth: Arc<AuthSettings>,
 }
 
 async fn run_shard(
@@ -380,8 +412,24 @@ async fn run_shard(
         listen,
         max_connections,
         tls,
+        dns,
+        auth,
     } = setup;
     let id = ctx.id;
+    // The shard polls DNS lookups itself, inside the DNS runtime's context
+    // (held for the shard's whole life); see src/auth/dns.rs.
+    let dns_handle = dns.as_ref().map(|d| d.handle());
+    let _dns_context = dns_handle.as_ref().map(|h| h.enter());
+    let shard_auth = match &dns {
+        Some(d) => match d.authenticator() {
+            Ok(r) => Some(ShardAuth::new(r, auth)),
+            Err(e) => {
+                let _ = ready.send((id, Err(format!("DNS resolver: {e}")))).await;
+                return;
+            }
+        },
+        None => None,
+    };
     let (spool, recovered) = match Spool::open(&data_dir, id, ctx.count).await {
         Ok(x) => x,
         Err(e) => {
@@ -415,6 +463,7 @@ async fn run_shard(
         active: Cell::new(0),
         max_connections,
         tls,
+        auth: shard_auth,
         shutdown: shutdown_rx,
     });
     for msg in recovered {
@@ -437,6 +486,9 @@ async fn run_shard(
                 let mut s = state.stats.borrow().clone();
                 s.connections_active = state.active.get();
                 s.store_backlog = state.spool.outstanding() as u64;
+                if let Some(a) = &state.auth {
+                    (s.dns_cache_hits, s.dns_cache_misses) = a.cache_counts();
+                }
                 let _ = reply.send(s).await;
             }
             Control::Shutdown(reply) => {

@@ -270,6 +270,10 @@ pub struct Config {
     pub metrics_path: String,
     /// `http_timeouts.read`.
     pub http_read_timeout: std::time::Duration,
+    /// Resolvers for the authentication checks (empty: the system's).
+    pub dns_servers: Vec<SocketAddr>,
+    /// Time allowed for one DNS query.
+    pub dns_timeout: std::time::Duration,
     settings: BTreeMap<&'static str, (Value, Origin)>,
 }
 
@@ -535,13 +539,16 @@ fn resolve(
             format!("`{metrics_path}` must start with / and not be /health"),
         ));
     }
+    let mut dns_servers = Vec::new();
     for a in list("dns_servers") {
-        if parse_listen(&a).is_none() {
-            return Err(invalid(
-                "dns_servers",
-                format!("`{a}` is not an ip:port address"),
-            ));
-        }
+        let addr = parse_listen(&a)
+            .or_else(|| {
+                a.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            })
+            .ok_or_else(|| invalid("dns_servers", format!("`{a}` is not an ip:port address")))?;
+        dns_servers.push(addr);
     }
     for suite in list("tls_cipher_suites") {
         if !ALLOWED_SUITES.contains(&suite.as_str()) {
@@ -603,6 +610,9 @@ fn resolve(
         metrics_path,
         http_read_timeout: keys::parse_duration(&get("http_timeouts.read"))
             .unwrap_or(std::time::Duration::from_secs(30)),
+        dns_servers,
+        dns_timeout: keys::parse_duration(&get("dns_timeout"))
+            .unwrap_or(std::time::Duration::from_secs(5)),
         settings,
     })
 }

@@ -16,6 +16,7 @@ use futures_rustls::server::TlsStream;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::ShardState;
+use crate::auth::{MessageVerdict, SenderCheck};
 use crate::smtp::{trace, Action, Completion, Reply, Session, TlsInfo, Transaction};
 use crate::spool::{Envelope, Spooled};
 
@@ -191,6 +192,7 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
     let mut held: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut rbuf = vec![0u8; READ_CHUNK];
     let mut shutdown_seen = false;
+    let mut sender: Option<SenderCheck> = None;
     loop {
         let mut start_tls = false;
         loop {
@@ -199,8 +201,43 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
             let mut progressed = false;
             while let Some(action) = session.poll_action() {
                 match action {
+                    Action::CheckSender { mail_from, helo } => {
+                        let verdict = match &state.auth {
+                            Some(auth) => {
+                                let check = auth.check_sender(peer.ip(), &helo, &mail_from).await;
+                                let refusal = check.refusal.clone();
+                                sender = Some(check);
+                                refusal
+                            }
+                            None => None,
+                        };
+                        session.handle_completion(
+                            Completion::Sender(verdict),
+                            Instant::now(),
+                            &mut out,
+                        );
+                        progressed = true;
+                    }
                     Action::Spool(tx) => {
-                        let c = accept_message(state, &tx, peer).await;
+                        let c = match &state.auth {
+                            Some(auth) => {
+                                let check = match sender.take() {
+                                    Some(c) => c,
+                                    None => {
+                                        auth.check_sender(peer.ip(), &tx.helo, &tx.mail_from).await
+                                    }
+                                };
+                                let verdict = auth.verify_message(&tx.body, &check).await;
+                                match verdict.refusal {
+                                    Some(reply) => {
+                                        state.stats.borrow_mut().messages_refused_by_policy += 1;
+                                        Completion::Refused(reply)
+                                    }
+                                    None => accept_message(state, &tx, peer, Some(verdict)).await,
+                                }
+                            }
+                            None => accept_message(state, &tx, peer, None).await,
+                        };
                         session.handle_completion(c, Instant::now(), &mut out);
                         progressed = true;
                     }
@@ -271,10 +308,21 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
 }
 
 /// Spools one message; the answer becomes the session's completion.
-async fn accept_message(state: &Rc<ShardState>, tx: &Transaction, peer: SocketAddr) -> Completion {
+async fn accept_message(
+    state: &Rc<ShardState>,
+    tx: &Transaction,
+    peer: SocketAddr,
+    auth: Option<MessageVerdict>,
+) -> Completion {
     let now = chrono::Utc::now();
     let id = format!("{:016x}", fastrand::u64(..));
     let mut received = trace::return_path_header(&tx.mail_from);
+    if let Some(v) = &auth {
+        received.push_str(&v.header);
+        if v.quarantine {
+            received.push_str("X-Gomail-Quarantine: yes (DMARC p=quarantine)\r\n");
+        }
+    }
     received.push_str(&trace::received_header(
         tx,
         peer.ip(),
@@ -298,6 +346,7 @@ async fn accept_message(state: &Rc<ShardState>, tx: &Transaction, peer: SocketAd
         tls_cipher: tx.tls.as_ref().map(|t| t.cipher.clone()),
         tls_sni: tx.tls.as_ref().and_then(|t| t.sni.clone()),
         require_tls: tx.require_tls,
+        authentication: auth.map(|v| v.json),
         spool_us: 0,
     };
     let started = Instant::now();

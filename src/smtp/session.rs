@@ -42,6 +42,8 @@ pub struct SessionConfig {
     pub limits: Limits,
     /// Offer STARTTLS on plaintext sessions (a TLS configuration exists).
     pub starttls: bool,
+    /// Ask the driver to check each sender (SPF) before answering MAIL.
+    pub check_sender: bool,
 }
 
 /// What was negotiated on a TLS session (recorded, never interpreted here).
@@ -95,6 +97,14 @@ pub enum Action {
     /// STARTTLS command (never replay them), run the TLS handshake, then
     /// call [`Session::handle_tls_established`] (or close on failure).
     StartTls,
+    /// Check the sender (SPF) before MAIL FROM is answered; feed back
+    /// [`Completion::Sender`]. No input is used meanwhile.
+    CheckSender {
+        /// The reverse-path (empty for `<>`).
+        mail_from: String,
+        /// The EHLO/HELO name.
+        helo: String,
+    },
     /// Flush pending replies and close the connection.
     Close,
 }
@@ -109,6 +119,12 @@ pub enum Completion {
     },
     /// The spool could not make the message durable.
     SpoolFailed,
+    /// The message was refused by policy (DMARC, ...) before spooling:
+    /// this reply is sent instead of `250`.
+    Refused(Reply),
+    /// The result of [`Action::CheckSender`]: `None` accepts the sender,
+    /// `Some(reply)` refuses MAIL FROM with that reply.
+    Sender(Option<Reply>),
 }
 
 #[derive(Debug)]
@@ -145,6 +161,8 @@ enum State {
     Spooling,
     /// STARTTLS was accepted; no input is used until the handshake is done.
     StartingTls,
+    /// MAIL FROM waits for the sender check; the envelope starts on success.
+    CheckingSender(Box<Envelope>),
     Closed,
 }
 
@@ -230,7 +248,7 @@ impl Session {
     /// When [`Session::handle_timeout`] should be called, if at all.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Spooling | State::StartingTls | State::Closed => None,
+            State::Spooling | State::StartingTls | State::CheckingSender(_) | State::Closed => None,
             _ => Some(self.deadline),
         }
     }
@@ -253,6 +271,21 @@ impl Session {
 
     /// Feeds back the result of an [`Action::Spool`].
     pub fn handle_completion(&mut self, completion: Completion, now: Instant, out: &mut Vec<u8>) {
+        if let Completion::Sender(verdict) = completion {
+            let State::CheckingSender(env) = std::mem::replace(&mut self.state, State::Command)
+            else {
+                return;
+            };
+            self.deadline = now + self.cfg.limits.command_timeout;
+            match verdict {
+                None => {
+                    self.envelope = Some(*env);
+                    self.reply(Reply::SENDER_OK, out);
+                }
+                Some(reply) => self.reply(reply, out),
+            }
+            return;
+        }
         if !matches!(self.state, State::Spooling) {
             return;
         }
@@ -263,6 +296,8 @@ impl Session {
                 Reply::new(250, "2.0.0", format!("Ok: queued as {id}")).write_to(out)
             }
             Completion::SpoolFailed => Reply::SPOOL_FAILED.write_to(out),
+            Completion::Refused(reply) => self.reply(reply, out),
+            Completion::Sender(_) => unreachable!("handled above"),
         }
     }
 
@@ -273,7 +308,7 @@ impl Session {
             let rest = &input[pos..];
             match &mut self.state {
                 State::Closed => return input.len(),
-                State::Spooling | State::StartingTls => return pos,
+                State::Spooling | State::StartingTls | State::CheckingSender(_) => return pos,
                 State::Command => {
                     // Only CRLF ends a command line: a bare LF or CR inside
                     // makes the whole line up to the CRLF one bad line.
@@ -429,7 +464,7 @@ impl Session {
                     // Not advertised without TLS (RFC 8689 section 4).
                     Reply::UNSUPPORTED_PARAM
                 } else {
-                    self.envelope = Some(Envelope {
+                    let env = Envelope {
                         mail_from: path.address.to_string(),
                         params,
                         recipients: Vec::new(),
@@ -437,7 +472,21 @@ impl Session {
                         chunked: false,
                         bdat_size: 0,
                         bdat_text: TextCheck::default(),
-                    });
+                    };
+                    if self.cfg.check_sender {
+                        let helo = self
+                            .helo
+                            .as_ref()
+                            .map(|(h, _)| h.clone())
+                            .unwrap_or_default();
+                        self.actions.push_back(Action::CheckSender {
+                            mail_from: env.mail_from.clone(),
+                            helo,
+                        });
+                        self.state = State::CheckingSender(Box::new(env));
+                        return;
+                    }
+                    self.envelope = Some(env);
                     Reply::SENDER_OK
                 };
                 self.reply(reply, out);

@@ -15,6 +15,7 @@ fn cfg() -> Arc<SessionConfig> {
             ..Limits::default()
         },
         starttls: true,
+        check_sender: false,
     })
 }
 

@@ -53,6 +53,9 @@ pub struct Envelope {
     /// `REQUIRETLS` was given (RFC 8689).
     #[serde(default)]
     pub require_tls: bool,
+    /// GoMail's `authentication` object (SPF, DKIM, DMARC), if checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<serde_json::Value>,
     /// Microseconds from the end of the message to the end of its fdatasync;
     /// 0 in the record itself (it is only known afterwards).
     #[serde(default)]
@@ -153,6 +156,7 @@ pub(crate) fn test_envelope(id: &str) -> Envelope {
         tls_cipher: None,
         tls_sni: None,
         require_tls: false,
+        authentication: None,
         spool_us: 0,
     }
 }

@@ -83,6 +83,7 @@ pub fn payload(env: &Envelope, message: &[u8]) -> Value {
         "message_id": headers.message_id.unwrap_or_default(),
         "from_header": headers.from.unwrap_or_default(),
         "to_header": headers.to.unwrap_or_default(),
+        "authentication": env.authentication,
         "metadata": metadata,
     })
 }

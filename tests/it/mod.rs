@@ -1,5 +1,8 @@
 pub(crate) mod harness;
 
+mod auth;
+mod dns;
+
 mod cli;
 mod control;
 mod crash;

@@ -1,0 +1,453 @@
+//! Inline sender authentication: SPF at MAIL FROM, DKIM and DMARC after the
+//! message, on the shard that holds the connection, while the client waits.
+//!
+//! Results become an `Authentication-Results` header (RFC 8601, authserv-id
+//! `mail_hostname`), GoMail's `authentication` JSON object, and, when the
+//! enforcement settings say so, the SMTP reply. A DNS failure that a
+//! decision depends on is a temporary error (`451`), never a silent pass.
+//! This module never touches a socket: the driver calls it and turns its
+//! verdicts into session completions.
+
+pub mod dns;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::dmarc::{Alignment, Policy};
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult,
+    MessageAuthenticator, ReceivedSpf, SpfOutput, SpfResult,
+};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::smtp::Reply;
+use dns::ShardDns;
+
+/// `spf_enforcement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpfEnforcement {
+    /// Check and record only.
+    None,
+    /// Record failures and accept.
+    Soft,
+    /// Refuse SPF `fail` with `550 5.7.23`.
+    Strict,
+}
+
+/// `dmarc_enforcement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmarcEnforcement {
+    /// Monitor only.
+    None,
+    /// Apply the published policy with the domain's own alignment modes.
+    Relaxed,
+    /// Apply the published policy, requiring exact domain alignment.
+    Strict,
+}
+
+/// What to check and what to enforce (from the configuration).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `spf_enabled`.
+    pub spf: bool,
+    /// `spf_enforcement`.
+    pub spf_enforcement: SpfEnforcement,
+    /// `dkim_enabled`.
+    pub dkim: bool,
+    /// `dmarc_enabled`.
+    pub dmarc: bool,
+    /// `dmarc_enforcement`.
+    pub dmarc_enforcement: DmarcEnforcement,
+    /// `mail_hostname`: the authserv-id.
+    pub hostname: String,
+}
+
+impl AuthSettings {
+    /// Reads the settings from the configuration.
+    pub fn from_config(cfg: &Config) -> AuthSettings {
+        let get = |k: &str| cfg.get(k).unwrap_or_default();
+        AuthSettings {
+            spf: get("spf_enabled") == "true",
+            spf_enforcement: match get("spf_enforcement").as_str() {
+                "strict" => SpfEnforcement::Strict,
+                "soft" => SpfEnforcement::Soft,
+                _ => SpfEnforcement::None,
+            },
+            dkim: get("dkim_enabled") == "true",
+            dmarc: get("dmarc_enabled") == "true",
+            dmarc_enforcement: match get("dmarc_enforcement").as_str() {
+                "strict" => DmarcEnforcement::Strict,
+                "relaxed" => DmarcEnforcement::Relaxed,
+                _ => DmarcEnforcement::None,
+            },
+            hostname: cfg.mail_hostname.clone(),
+        }
+    }
+
+    /// True when any check is on.
+    pub fn any(&self) -> bool {
+        self.spf || self.dkim || self.dmarc
+    }
+}
+
+/// The result of the MAIL FROM check, kept for the rest of the transaction.
+#[derive(Debug, Clone)]
+pub struct SenderCheck {
+    ip: IpAddr,
+    helo: String,
+    mail_from: String,
+    spf: Option<SpfOutput>,
+    /// The reply that refuses MAIL FROM, if enforcement says so.
+    pub refusal: Option<Reply>,
+}
+
+/// What the checks after DATA decided.
+#[derive(Debug, Clone)]
+pub struct MessageVerdict {
+    /// The reply that refuses the message, if enforcement says so.
+    pub refusal: Option<Reply>,
+    /// DMARC `p=quarantine` applied: accepted and marked.
+    pub quarantine: bool,
+    /// The `Authentication-Results` header (CRLF-terminated) to prepend.
+    pub header: String,
+    /// GoMail's `authentication` object.
+    pub json: Value,
+}
+
+/// One shard's checker: its own resolver sockets and caches.
+pub struct ShardAuth {
+    resolver: MessageAuthenticator,
+    dns: ShardDns,
+    settings: Arc<AuthSettings>,
+}
+
+fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+fn spf_word(r: SpfResult) -> &'static str {
+    match r {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    }
+}
+
+fn dkim_word(r: &DkimResult) -> &'static str {
+    match r {
+        DkimResult::Pass => "pass",
+        DkimResult::Neutral(_) => "neutral",
+        DkimResult::Fail(_) => "fail",
+        DkimResult::PermError(_) => "permerror",
+        DkimResult::TempError(_) => "temperror",
+        DkimResult::None => "none",
+    }
+}
+
+fn dmarc_word(r: &DmarcResult) -> &'static str {
+    match r {
+        DmarcResult::Pass => "pass",
+        DmarcResult::Fail(_) => "fail",
+        DmarcResult::TempError(_) => "temperror",
+        DmarcResult::PermError(_) => "permerror",
+        DmarcResult::None => "none",
+    }
+}
+
+fn policy_word(p: Policy) -> &'static str {
+    match p {
+        Policy::Reject => "reject",
+        Policy::Quarantine => "quarantine",
+        _ => "none",
+    }
+}
+
+impl ShardAuth {
+    /// A checker using `resolver` (one per shard) and fresh caches.
+    pub fn new(resolver: MessageAuthenticator, settings: Arc<AuthSettings>) -> ShardAuth {
+        ShardAuth {
+            resolver,
+            dns: ShardDns::default(),
+            settings,
+        }
+    }
+
+    /// DNS cache (hits, misses) on this shard.
+    pub fn cache_counts(&self) -> (u64, u64) {
+        self.dns.counts()
+    }
+
+    /// SPF for the MAIL FROM identity (the HELO identity for `<>`).
+    pub async fn check_sender(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SenderCheck {
+        let mut check = SenderCheck {
+            ip,
+            helo: helo.to_string(),
+            mail_from: mail_from.to_string(),
+            spf: None,
+            refusal: None,
+        };
+        if !self.settings.spf {
+            return check;
+        }
+        let host = self.settings.hostname.as_str();
+        let params = if mail_from.is_empty() {
+            SpfParameters::verify_ehlo(ip, helo, host)
+        } else {
+            SpfParameters::verify_mail_from(ip, helo, host, mail_from)
+        };
+        let out = self.resolver.verify_spf(self.dns.params(params)).await;
+        if self.settings.spf_enforcement == SpfEnforcement::Strict {
+            check.refusal = match out.result() {
+                SpfResult::Fail => Some(Reply::new(
+                    550,
+                    "5.7.23",
+                    format!(
+                        "SPF validation failed: {} does not permit {ip} to send",
+                        out.domain()
+                    ),
+                )),
+                SpfResult::TempError => Some(Reply::new(
+                    451,
+                    "4.7.24",
+                    format!(
+                        "SPF validation error (DNS) for {}, try again later",
+                        out.domain()
+                    ),
+                )),
+                _ => None,
+            };
+        }
+        check.spf = Some(out);
+        check
+    }
+
+    /// DKIM and DMARC for a complete message, then enforcement.
+    pub async fn verify_message(&self, message: &[u8], sender: &SenderCheck) -> MessageVerdict {
+        let s = &*self.settings;
+        let helo_domain = sender.helo.as_str();
+        let mail_from_domain = match domain_of(&sender.mail_from) {
+            "" => helo_domain,
+            d => d,
+        };
+        let spf_none = SpfOutput::new(mail_from_domain.to_string());
+        let spf = sender.spf.as_ref().unwrap_or(&spf_none);
+        let parsed = AuthenticatedMessage::parse(message);
+        let from_header = parsed
+            .as_ref()
+            .map(|m| m.from().to_string())
+            .unwrap_or_default();
+        let from_domain = domain_of(&from_header).to_ascii_lowercase();
+        let dkim: Vec<DkimOutput<'_>> = match (&parsed, s.dkim || s.dmarc) {
+            (Some(m), true) => self.resolver.verify_dkim(self.dns.params(m)).await,
+            _ => Vec::new(),
+        };
+        let dmarc: Option<DmarcOutput> = match (&parsed, s.dmarc) {
+            (Some(m), true) => Some(
+                self.resolver
+                    .verify_dmarc(self.dns.params(DmarcParameters::new(
+                        m,
+                        &dkim,
+                        mail_from_domain,
+                        spf,
+                    )))
+                    .await,
+            ),
+            _ => None,
+        };
+
+        let mut ar = AuthenticationResults::new(&s.hostname);
+        if s.dkim {
+            ar = ar.with_dkim_results(&dkim, &from_header);
+        }
+        if let Some(out) = &sender.spf {
+            ar = if sender.mail_from.is_empty() {
+                ar.with_spf_ehlo_result(out, sender.ip, helo_domain)
+            } else {
+                ar.with_spf_mailfrom_result(out, sender.ip, &sender.mail_from, helo_domain)
+            };
+        }
+        if let Some(d) = &dmarc {
+            ar = ar.with_dmarc_result(d);
+        }
+        let header = ar.to_header();
+
+        let (refusal, quarantine) = self.enforce_dmarc(dmarc.as_ref(), &dkim, spf, &from_domain);
+        let json = self.json(
+            sender,
+            spf,
+            &dkim,
+            dmarc.as_ref(),
+            &from_header,
+            &from_domain,
+            &header,
+            quarantine,
+        );
+        MessageVerdict {
+            refusal,
+            quarantine,
+            header,
+            json,
+        }
+    }
+
+    /// Applies `dmarc_enforcement` to a DMARC result.
+    fn enforce_dmarc(
+        &self,
+        dmarc: Option<&DmarcOutput>,
+        dkim: &[DkimOutput<'_>],
+        spf: &SpfOutput,
+        from_domain: &str,
+    ) -> (Option<Reply>, bool) {
+        let Some(d) = dmarc else { return (None, false) };
+        let passed = match self.settings.dmarc_enforcement {
+            DmarcEnforcement::None => return (None, false),
+            DmarcEnforcement::Relaxed => match d.result() {
+                DmarcResult::Pass | DmarcResult::None | DmarcResult::PermError(_) => true,
+                DmarcResult::TempError(_) => return (Some(dmarc_temp(d.domain())), false),
+                DmarcResult::Fail(_) => false,
+            },
+            DmarcEnforcement::Strict => {
+                if d.dmarc_record().is_none() {
+                    true
+                } else if matches!(d.result(), DmarcResult::TempError(_)) {
+                    return (Some(dmarc_temp(d.domain())), false);
+                } else {
+                    // Exact domain match, whatever adkim/aspf say.
+                    let spf_ok = spf.result() == SpfResult::Pass
+                        && spf.domain().eq_ignore_ascii_case(from_domain);
+                    let dkim_ok = dkim.iter().any(|o| {
+                        o.result() == &DkimResult::Pass
+                            && o.signature()
+                                .is_some_and(|sig| sig.d.eq_ignore_ascii_case(from_domain))
+                    });
+                    spf_ok || dkim_ok
+                }
+            }
+        };
+        if passed {
+            return (None, false);
+        }
+        match d.policy() {
+            Policy::Reject => (
+                Some(Reply::new(
+                    550,
+                    "5.7.1",
+                    format!(
+                        "Message rejected: DMARC policy of {} (p=reject) is not met",
+                        d.domain()
+                    ),
+                )),
+                false,
+            ),
+            Policy::Quarantine => (None, true),
+            _ => (None, false),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn json(
+        &self,
+        sender: &SenderCheck,
+        spf: &SpfOutput,
+        dkim: &[DkimOutput<'_>],
+        dmarc: Option<&DmarcOutput>,
+        from_header: &str,
+        from_domain: &str,
+        header: &str,
+        quarantine: bool,
+    ) -> Value {
+        let s = &*self.settings;
+        let spf_json = sender.spf.as_ref().map(|out| {
+            json!({
+                "result": spf_word(out.result()),
+                "domain": out.domain(),
+                "client_ip": sender.ip.to_string(),
+                "mail_from": sender.mail_from,
+                "helo_domain": sender.helo,
+                "received_spf_header": ReceivedSpf::new(out, sender.ip, &sender.helo, &sender.mail_from, &s.hostname)
+                    .to_header()
+                    .trim_end()
+                    .trim_start_matches("Received-SPF: "),
+            })
+        });
+        let signatures: Vec<Value> = dkim
+            .iter()
+            .filter_map(|o| {
+                let sig = o.signature()?;
+                Some(json!({
+                    "domain": sig.d,
+                    "selector": sig.s,
+                    "algorithm": match sig.a {
+                        mail_auth::common::crypto::Algorithm::RsaSha1 => "rsa-sha1",
+                        mail_auth::common::crypto::Algorithm::RsaSha256 => "rsa-sha256",
+                        mail_auth::common::crypto::Algorithm::Ed25519Sha256 => "ed25519-sha256",
+                    },
+                    "valid": o.result() == &DkimResult::Pass,
+                    "result": dkim_word(o.result()),
+                }))
+            })
+            .collect();
+        let dkim_result = if dkim.iter().any(|o| o.result() == &DkimResult::Pass) {
+            "pass"
+        } else {
+            dkim.first().map_or("none", |o| dkim_word(o.result()))
+        };
+        let signed_by: Vec<&str> = dkim
+            .iter()
+            .filter(|o| o.result() == &DkimResult::Pass)
+            .filter_map(|o| o.signature().map(|sig| sig.d.as_str()))
+            .collect();
+        let dkim_json = s.dkim.then(|| {
+            json!({
+                "result": dkim_result,
+                "signatures": signatures,
+                "from_domain": from_domain,
+                "signed_by": signed_by,
+            })
+        });
+        let strict = s.dmarc_enforcement == DmarcEnforcement::Strict;
+        let align = |a: Option<&Alignment>| match (strict, a) {
+            (true, _) | (false, Some(Alignment::Strict)) => "strict",
+            _ => "relaxed",
+        };
+        let dmarc_json = dmarc.map(|d| {
+            let rec = d.dmarc_record();
+            json!({
+                "result": dmarc_word(&d.result()),
+                "policy": policy_word(d.policy()),
+                "domain": d.domain(),
+                "from_header": from_header,
+                "return_path": sender.mail_from,
+                "spf_alignment": align(rec.map(|r| &r.aspf)),
+                "dkim_alignment": align(rec.map(|r| &r.adkim)),
+                "spf_aligned": dmarc_word(d.spf_result()),
+                "dkim_aligned": dmarc_word(d.dkim_result()),
+                "authentication_results": header.trim_end().trim_start_matches("Authentication-Results: "),
+            })
+        });
+        let _ = spf;
+        json!({
+            "spf": spf_json,
+            "dkim": dkim_json,
+            "dmarc": dmarc_json,
+            "quarantine": quarantine,
+            "arc": Value::Null,
+        })
+    }
+}
+
+fn dmarc_temp(domain: &str) -> Reply {
+    Reply::new(
+        451,
+        "4.7.5",
+        format!("Temporary error evaluating DMARC for {domain} (DNS), try again later"),
+    )
+}

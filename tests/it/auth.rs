@@ -1,0 +1,272 @@
+//! SPF, DKIM and DMARC against a real DNS server on loopback, with mail
+//! signed by mail-auth's signer and sent from different loopback addresses
+//! (127.0.0.1 is permitted by the test domains' SPF records, 127.0.0.2 is not).
+
+use std::net::IpAddr;
+
+use mail_auth::common::crypto::Ed25519Key;
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::DkimSigner;
+
+use super::dns::{serve, txt, TestDns};
+use super::harness::{queue_id, stored, Client, Gomail};
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                T[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// The test world: DNS zones with SPF, DKIM (Ed25519) and DMARC records.
+struct World {
+    dns: TestDns,
+    pkcs8: Vec<u8>,
+}
+
+fn world() -> World {
+    let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
+    let public = Ed25519Key::from_pkcs8_der(&pkcs8).unwrap().public_key();
+    let dkim = txt(&format!("v=DKIM1; k=ed25519; p={}", b64(&public)));
+    let spf = txt("v=spf1 ip4:127.0.0.1 -all");
+    let mut lookups = String::from("v=spf1");
+    for i in 0..11 {
+        lookups.push_str(&format!(" include:i{i}.lookups.test"));
+    }
+    lookups.push_str(" -all");
+    let mut lookup_zone = format!("@ IN TXT {}\n", txt(&lookups));
+    for i in 0..11 {
+        lookup_zone.push_str(&format!("i{i} IN TXT \"v=spf1 ?all\"\n"));
+    }
+    let dns = serve(&[
+        ("pass.test.", format!("@ IN TXT {spf}\nsel._domainkey IN TXT {dkim}\n_dmarc IN TXT \"v=DMARC1; p=reject\"\nmail IN TXT {spf}\n")),
+        ("quar.test.", format!("@ IN TXT {spf}\nsel._domainkey IN TXT {dkim}\n_dmarc IN TXT \"v=DMARC1; p=quarantine\"\n")),
+        ("none.test.", "@ IN TXT \"v=spf1 ip4:127.0.0.1 ~all\"\n_dmarc IN TXT \"v=DMARC1; p=none\"\n".to_string()),
+        ("lookups.test.", lookup_zone),
+    ]);
+    World { dns, pkcs8 }
+}
+
+impl World {
+    fn gomail(&self, extra: &str) -> Gomail {
+        Gomail::start(&format!(
+            "dns_servers: [\"{}\"]\ndns_timeout: 2s\n{extra}",
+            self.dns.addr
+        ))
+    }
+
+    /// A message From `from`, DKIM-signed for `d=domain` when given.
+    fn message(&self, from: &str, sign_as: Option<&str>, body: &str) -> String {
+        let raw = format!("From: <{from}>\r\nTo: <r@example.test>\r\nSubject: auth test\r\nMessage-ID: <{}@t>\r\n\r\n{body}\r\n", fastrand::u64(..));
+        match sign_as {
+            None => raw,
+            Some(d) => {
+                let key = Ed25519Key::from_pkcs8_der(&self.pkcs8).unwrap();
+                let sig = DkimSigner::from_key(key)
+                    .domain(d)
+                    .selector("sel")
+                    .headers(["From", "To", "Subject", "Message-ID"])
+                    .sign(raw.as_bytes())
+                    .unwrap();
+                format!("{}{}", sig.to_header(), raw)
+            }
+        }
+    }
+}
+
+/// Sends a message from `src`; returns the reply to MAIL FROM (if refused)
+/// or to the end of data.
+fn send(g: &Gomail, src: &str, mail_from: &str, message: &str) -> String {
+    let ip: IpAddr = src.parse().unwrap();
+    let mut c = Client::connect_from(g.addr, Some(ip));
+    c.cmd("EHLO client.pass.test");
+    let r = c.cmd(&format!("MAIL FROM:<{mail_from}>"));
+    if !r.starts_with("250") {
+        return r;
+    }
+    assert!(c.cmd("RCPT TO:<r@example.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(message.as_bytes());
+    c.send(b".\r\n");
+    c.reply()
+}
+
+fn stored_auth(g: &Gomail, id: &str) -> serde_json::Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some((_, v)) = stored(&g.data_dir).into_iter().find(|(i, _)| i == id) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "{id} never stored"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn spf_strict_refuses_fail_and_records_pass() {
+    let w = world();
+    let g = w.gomail("spf_enforcement: strict\n");
+    let r = send(
+        &g,
+        "127.0.0.2",
+        "a@pass.test",
+        &w.message("a@pass.test", None, "x"),
+    );
+    assert!(
+        r.starts_with("550 5.7.23 SPF validation failed: pass.test does not permit 127.0.0.2"),
+        "{r}"
+    );
+    let r = send(
+        &g,
+        "127.0.0.1",
+        "a@pass.test",
+        &w.message("a@pass.test", Some("pass.test"), "x"),
+    );
+    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let v = stored_auth(&g, &id);
+    let a = &v["authentication"];
+    assert_eq!(a["spf"]["result"], "pass");
+    assert_eq!(a["spf"]["client_ip"], "127.0.0.1");
+    assert_eq!(a["spf"]["mail_from"], "a@pass.test");
+    assert_eq!(a["dkim"]["result"], "pass");
+    assert_eq!(a["dkim"]["signatures"][0]["domain"], "pass.test");
+    assert_eq!(a["dkim"]["signatures"][0]["algorithm"], "ed25519-sha256");
+    assert_eq!(a["dkim"]["signatures"][0]["valid"], true);
+    assert_eq!(a["dmarc"]["result"], "pass");
+    assert_eq!(a["dmarc"]["policy"], "reject");
+    let raw = v["raw"].as_str().unwrap();
+    assert!(
+        raw.contains("Authentication-Results: mx.example.test;"),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("dkim=pass") && raw.contains("spf=pass") && raw.contains("dmarc=pass"),
+        "{raw}"
+    );
+}
+
+#[test]
+fn spf_soft_and_none_accept_and_record_failures() {
+    let w = world();
+    for level in ["soft", "none"] {
+        let g = w.gomail(&format!("spf_enforcement: {level}\n"));
+        let r = send(
+            &g,
+            "127.0.0.2",
+            "a@none.test",
+            &w.message("a@none.test", None, "x"),
+        );
+        let id = queue_id(&r).unwrap_or_else(|| panic!("{level}: {r}"));
+        let v = stored_auth(&g, &id);
+        assert_eq!(v["authentication"]["spf"]["result"], "softfail", "{level}");
+        let r = send(
+            &g,
+            "127.0.0.2",
+            "a@pass.test",
+            &w.message("a@pass.test", None, "x"),
+        );
+        assert!(queue_id(&r).is_some(), "{level}: {r}");
+    }
+}
+
+#[test]
+fn dmarc_relaxed_enforces_the_published_policy() {
+    let w = world();
+    let g = w.gomail("dmarc_enforcement: relaxed\n");
+    // SPF fails (127.0.0.2) and the body was tampered after signing: reject.
+    let signed = w.message("a@pass.test", Some("pass.test"), "original");
+    let tampered = signed.replace("original", "tampered");
+    let r = send(&g, "127.0.0.2", "a@pass.test", &tampered);
+    assert!(
+        r.starts_with("550 5.7.1 Message rejected: DMARC policy of pass.test (p=reject)"),
+        "{r}"
+    );
+    // The untampered message passes DKIM, so DMARC passes despite SPF.
+    let r = send(&g, "127.0.0.2", "a@pass.test", &signed);
+    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let v = stored_auth(&g, &id);
+    assert_eq!(v["authentication"]["spf"]["result"], "fail");
+    assert_eq!(v["authentication"]["dmarc"]["result"], "pass");
+    // p=quarantine: accepted and marked.
+    let r = send(
+        &g,
+        "127.0.0.2",
+        "a@quar.test",
+        &w.message("a@quar.test", None, "q"),
+    );
+    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let v = stored_auth(&g, &id);
+    assert_eq!(v["authentication"]["quarantine"], true);
+    assert!(v["raw"]
+        .as_str()
+        .unwrap()
+        .contains("X-Gomail-Quarantine: yes"));
+    // dmarc_enforcement none would have accepted the tampered one.
+    let g2 = w.gomail("dmarc_enforcement: none\n");
+    let r = send(&g2, "127.0.0.2", "a@pass.test", &tampered);
+    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let v = stored_auth(&g2, &id);
+    assert_ne!(v["authentication"]["dkim"]["result"], "pass");
+    assert_eq!(v["authentication"]["dmarc"]["result"], "fail");
+}
+
+#[test]
+fn strict_alignment_refuses_what_relaxed_alignment_accepts() {
+    let w = world();
+    // From a subdomain, signed by the organizational domain, SPF failing:
+    // relaxed alignment passes via DKIM, strict alignment does not.
+    let msg = w.message("a@mail.pass.test", Some("pass.test"), "sub");
+    let relaxed = w.gomail("dmarc_enforcement: relaxed\n");
+    let r = send(&relaxed, "127.0.0.2", "a@mail.pass.test", &msg);
+    assert!(queue_id(&r).is_some(), "relaxed: {r}");
+    let strict = w.gomail("dmarc_enforcement: strict\n");
+    let r = send(&strict, "127.0.0.2", "a@mail.pass.test", &msg);
+    assert!(r.starts_with("550 5.7.1 "), "strict: {r}");
+}
+
+#[test]
+fn spf_lookup_limit_gives_permerror() {
+    let w = world();
+    let g = w.gomail("");
+    let r = send(
+        &g,
+        "127.0.0.1",
+        "a@lookups.test",
+        &w.message("a@lookups.test", None, "x"),
+    );
+    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(
+        stored_auth(&g, &id)["authentication"]["spf"]["result"],
+        "permerror"
+    );
+}
+
+#[test]
+fn a_dns_server_that_does_not_answer_gives_451() {
+    // A UDP socket that never answers, and no TCP listener.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let g = Gomail::start(&format!(
+        "dns_servers: [\"{}\"]\ndns_timeout: 1s\nspf_enforcement: strict\n",
+        silent.local_addr().unwrap()
+    ));
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO client.pass.test");
+    let r = c.cmd("MAIL FROM:<a@pass.test>");
+    assert!(r.starts_with("451 4.7.24 "), "{r}");
+    // Everyone else is still served.
+    assert_eq!(c.cmd("NOOP"), "250 2.0.0 OK\r\n");
+}
