@@ -4,7 +4,8 @@
 #
 # Tests use real tools and fail loudly when one is missing; this script is
 # what puts them there: swaks (an independent SMTP client) with
-# libnet-ssleay-perl for its --tls, and openssl's s_client. They also mount
+# libnet-ssleay-perl for its --tls, openssl (s_client, key generation), and
+# Python's dkimpy (an independent DKIM signer, from PyPI). They also mount
 # a small tmpfs (disk-full test), so run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,10 @@ if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import dkim' 2>/dev/null; then
+    python3 -m pip install --quiet dkimpy || { echo "scripts/test.sh: could not install dkimpy from PyPI" >&2; exit 1; }
 fi
 
 # glommio (io_uring) needs at least 512 KiB of lockable memory per process.

@@ -29,13 +29,71 @@ fn b64(data: &[u8]) -> String {
     out
 }
 
-/// The test world: DNS zones with SPF, DKIM (Ed25519) and DMARC records.
+/// The test world: DNS zones with SPF, DKIM (Ed25519 `sel`, RSA-2048
+/// `rsa`) and DMARC records.
 struct World {
     dns: TestDns,
     pkcs8: Vec<u8>,
+    /// RSA-2048 private key (PEM) for the independent signer.
+    rsa_key: std::path::PathBuf,
+    _keys: tempfile::TempDir,
+}
+
+/// Makes an RSA-2048 key with openssl; returns its PEM path and the
+/// base64 SubjectPublicKeyInfo for the DKIM record.
+fn rsa_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let openssl = super::harness::require_tool("openssl");
+    let key = dir.join("rsa.pem");
+    let ok = std::process::Command::new(&openssl)
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "openssl genrsa failed");
+    let der = std::process::Command::new(&openssl)
+        .args(["rsa", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(der.status.success());
+    (key, b64(&der.stdout))
+}
+
+/// Signs `message` with Python's dkimpy (an implementation independent of
+/// gomail's), RSA-SHA256, relaxed/simple canonicalization.
+fn dkimpy_sign(key: &std::path::Path, domain: &str, message: &str) -> String {
+    let script = format!(
+        "import dkim,sys\nm=sys.stdin.buffer.read()\nsig=dkim.sign(m,b'rsa',b'{domain}',open('{}','rb').read(),canonicalize=(b'relaxed',b'simple'),include_headers=[b'From',b'To',b'Subject',b'Message-ID'])\nsys.stdout.buffer.write(sig+m)\n",
+        key.display()
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "dkimpy is needed (scripts/test.sh installs it: pip install dkimpy): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn world() -> World {
+    let keys = tempfile::tempdir().unwrap();
+    let (rsa_path, rsa_public) = rsa_key(keys.path());
+    let rsa_dkim = txt(&format!("v=DKIM1; k=rsa; p={rsa_public}"));
     let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
     let public = Ed25519Key::from_pkcs8_der(&pkcs8).unwrap().public_key();
     let dkim = txt(&format!("v=DKIM1; k=ed25519; p={}", b64(&public)));
@@ -50,12 +108,17 @@ fn world() -> World {
         lookup_zone.push_str(&format!("i{i} IN TXT \"v=spf1 ?all\"\n"));
     }
     let dns = serve(&[
-        ("pass.test.", format!("@ IN TXT {spf}\nsel._domainkey IN TXT {dkim}\n_dmarc IN TXT \"v=DMARC1; p=reject\"\nmail IN TXT {spf}\n")),
+        ("pass.test.", format!("@ IN TXT {spf}\nsel._domainkey IN TXT {dkim}\nrsa._domainkey IN TXT {rsa_dkim}\n_dmarc IN TXT \"v=DMARC1; p=reject\"\nmail IN TXT {spf}\n")),
         ("quar.test.", format!("@ IN TXT {spf}\nsel._domainkey IN TXT {dkim}\n_dmarc IN TXT \"v=DMARC1; p=quarantine\"\n")),
         ("none.test.", "@ IN TXT \"v=spf1 ip4:127.0.0.1 ~all\"\n_dmarc IN TXT \"v=DMARC1; p=none\"\n".to_string()),
         ("lookups.test.", lookup_zone),
     ]);
-    World { dns, pkcs8 }
+    World {
+        dns,
+        pkcs8,
+        rsa_key: rsa_path,
+        _keys: keys,
+    }
 }
 
 impl World {
@@ -269,4 +332,32 @@ fn a_dns_server_that_does_not_answer_gives_451() {
     assert!(r.starts_with("451 4.7.24 "), "{r}");
     // Everyone else is still served.
     assert_eq!(c.cmd("NOOP"), "250 2.0.0 OK\r\n");
+}
+
+#[test]
+fn independent_signer_rsa_2048_passes_and_tampering_fails() {
+    let w = world();
+    let g = w.gomail("dmarc_enforcement: relaxed\n");
+    let signed = dkimpy_sign(
+        &w.rsa_key,
+        "pass.test",
+        &w.message("a@pass.test", None, "from dkimpy"),
+    );
+    // SPF fails from 127.0.0.2, so DMARC rests on the dkimpy signature.
+    let r = send(&g, "127.0.0.2", "a@pass.test", &signed);
+    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let v = stored_auth(&g, &id);
+    let sig = &v["authentication"]["dkim"]["signatures"][0];
+    assert_eq!(sig["algorithm"], "rsa-sha256");
+    assert_eq!(sig["selector"], "rsa");
+    assert_eq!(sig["valid"], true);
+    assert_eq!(v["authentication"]["dkim"]["signed_by"][0], "pass.test");
+    assert_eq!(v["authentication"]["dmarc"]["result"], "pass");
+    let r = send(
+        &g,
+        "127.0.0.2",
+        "a@pass.test",
+        &signed.replace("from dkimpy", "from someone else"),
+    );
+    assert!(r.starts_with("550 5.7.1 "), "{r}");
 }
