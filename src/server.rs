@@ -84,6 +84,8 @@ pub struct ShardStats {
     pub spool_failures: u64,
     /// Messages refused by authentication policy (DMARC) after DATA.
     pub messages_refused_by_policy: u64,
+    /// Connections refused because DNS blocklists listed the client.
+    pub connections_blocked: u64,
     /// Per-shard DNS cache hits (authentication checks).
     pub dns_cache_hits: u64,
     /// Per-shard DNS cache misses (authentication checks).
@@ -102,6 +104,9 @@ pub struct ShardStats {
     pub tls_by_suite: BTreeMap<String, u64>,
     /// Time from the end of a message to its fdatasync (the wait before `250`).
     pub commit_latency: LatencyHistogram,
+    /// Time spent in authentication checks (SPF at MAIL; DKIM and DMARC
+    /// after DATA), DNS included.
+    pub auth_latency: LatencyHistogram,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: u64,
 }

@@ -174,6 +174,11 @@ impl ShardDns {
             .with_ptr_cache(&self.ptr)
     }
 
+    /// The A-record cache (DNS blocklists use it directly).
+    pub fn ipv4(&self) -> &TtlCache<Box<str>, RecordSet<Ipv4Addr>> {
+        &self.ipv4
+    }
+
     /// (hits, misses) over all record types.
     pub fn counts(&self) -> (u64, u64) {
         let h = self.txt.hits.get()

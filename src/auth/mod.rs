@@ -64,6 +64,12 @@ pub struct AuthSettings {
     pub dmarc_enforcement: DmarcEnforcement,
     /// `mail_hostname`: the authserv-id.
     pub hostname: String,
+    /// `dnsbl`: zones and weights (negative: allow-list).
+    pub dnsbl: Vec<(String, i64)>,
+    /// `dnsbl_threshold`: refuse at or above this score.
+    pub dnsbl_threshold: i64,
+    /// `dnsbl_timeout`: the most a connection waits for blocklists.
+    pub dnsbl_timeout: std::time::Duration,
 }
 
 impl AuthSettings {
@@ -85,12 +91,21 @@ impl AuthSettings {
                 _ => DmarcEnforcement::None,
             },
             hostname: cfg.mail_hostname.clone(),
+            dnsbl: cfg
+                .get("dnsbl")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(crate::config::parse_dnsbl)
+                .collect(),
+            dnsbl_threshold: get("dnsbl_threshold").parse().unwrap_or(1),
+            dnsbl_timeout: crate::config::keys::parse_duration(&get("dnsbl_timeout"))
+                .unwrap_or(std::time::Duration::from_secs(2)),
         }
     }
 
-    /// True when any check is on.
+    /// True when any check is on (so a DNS resolver is needed).
     pub fn any(&self) -> bool {
-        self.spf || self.dkim || self.dmarc
+        self.spf || self.dkim || self.dmarc || !self.dnsbl.is_empty()
     }
 }
 
@@ -183,6 +198,49 @@ impl ShardAuth {
     /// DNS cache (hits, misses) on this shard.
     pub fn cache_counts(&self) -> (u64, u64) {
         self.dns.counts()
+    }
+
+    /// DNS blocklists, postscreen-style: each zone that lists `ip` (an A
+    /// record in 127.0.0.0/8 for the reversed address) adds its weight;
+    /// at or above `dnsbl_threshold` the client is refused. Zones are asked
+    /// in turn, each within what is left of `dnsbl_timeout`: a zone that
+    /// does not answer in time counts as not listing the client. Returns the
+    /// zones that listed it when the score reaches the threshold.
+    pub async fn dnsbl(&self, ip: IpAddr) -> Option<Vec<String>> {
+        let s = &*self.settings;
+        if s.dnsbl.is_empty() {
+            return None;
+        }
+        let reversed = reverse_name(ip);
+        let deadline = std::time::Instant::now() + s.dnsbl_timeout;
+        let mut score = 0;
+        let mut listed = Vec::new();
+        for (zone, weight) in &s.dnsbl {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::debug!(%ip, %zone, "DNSBL deadline reached; remaining zones skipped");
+                break;
+            }
+            let name = format!("{reversed}.{zone}.");
+            let lookup = async {
+                self.resolver
+                    .ipv4_lookup(name.as_str(), Some(self.dns.ipv4()))
+                    .await
+                    .ok()
+                    .is_some_and(|set| set.rrset.iter().any(|a| a.octets()[0] == 127))
+            };
+            let timer = async {
+                glommio::timer::sleep(left).await;
+                false
+            };
+            if futures_lite::future::or(lookup, timer).await {
+                score += weight;
+                if *weight > 0 {
+                    listed.push(zone.clone());
+                }
+            }
+        }
+        (score >= s.dnsbl_threshold && !listed.is_empty()).then_some(listed)
     }
 
     /// SPF for the MAIL FROM identity (the HELO identity for `<>`).
@@ -441,6 +499,25 @@ impl ShardAuth {
             "quarantine": quarantine,
             "arc": Value::Null,
         })
+    }
+}
+
+/// The DNSBL query label for an address: reversed octets (IPv4) or
+/// nibbles (IPv6).
+fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => v6
+            .octets()
+            .iter()
+            .rev()
+            .flat_map(|b| [b & 0x0f, b >> 4])
+            .map(|n| format!("{n:x}"))
+            .collect::<Vec<_>>()
+            .join("."),
     }
 }
 

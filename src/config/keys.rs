@@ -133,6 +133,9 @@ pub const KEYS: &[Key] = &[
     ),
     k("dns_servers", List, Some(""), Active),
     k("dns_timeout", Duration, Some("5s"), Active),
+    k("dnsbl", List, Some(""), Active),
+    k("dnsbl_threshold", Int, Some("1"), Active),
+    k("dnsbl_timeout", Duration, Some("2s"), Active),
     // admission
     k("rate_limit_per_minute", Int, Some("60"), Pending),
     k("rate_limit_burst", Int, Some("10"), Pending),

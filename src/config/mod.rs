@@ -550,6 +550,14 @@ fn resolve(
             .ok_or_else(|| invalid("dns_servers", format!("`{a}` is not an ip:port address")))?;
         dns_servers.push(addr);
     }
+    for entry in list("dnsbl") {
+        if parse_dnsbl(&entry).is_none() {
+            return Err(invalid(
+                "dnsbl",
+                format!("`{entry}` is not `zone` or `zone*weight` (weight a whole number, negative for an allow-list)"),
+            ));
+        }
+    }
     for suite in list("tls_cipher_suites") {
         if !ALLOWED_SUITES.contains(&suite.as_str()) {
             return Err(invalid(
@@ -630,6 +638,16 @@ pub const ALLOWED_SUITES: &[&str] = &[
     "TLS_AES_256_GCM_SHA384",
     "TLS_CHACHA20_POLY1305_SHA256",
 ];
+
+/// Parses a `dnsbl` entry: `zone` (weight 1) or `zone*weight`.
+pub fn parse_dnsbl(entry: &str) -> Option<(String, i64)> {
+    let (zone, weight) = match entry.split_once('*') {
+        Some((z, w)) => (z.trim(), w.trim().parse().ok()?),
+        None => (entry.trim(), 1),
+    };
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+    is_domain(&zone).then_some((zone, weight))
+}
 
 fn parse_listen(s: &str) -> Option<SocketAddr> {
     let s = s.trim();

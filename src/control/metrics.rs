@@ -83,6 +83,30 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
         "TLS handshakes that failed or timed out.",
         &|s| s.tls_handshake_failures,
     );
+    family(
+        "gomail_connections_blocked_total",
+        "counter",
+        "Connections refused because DNS blocklists listed the client (554).",
+        &|s| s.connections_blocked,
+    );
+    family(
+        "gomail_messages_refused_policy_total",
+        "counter",
+        "Messages refused by authentication policy (DMARC) after DATA.",
+        &|s| s.messages_refused_by_policy,
+    );
+    family(
+        "gomail_dns_cache_hits_total",
+        "counter",
+        "DNS answers served from the shard's cache.",
+        &|s| s.dns_cache_hits,
+    );
+    family(
+        "gomail_dns_cache_misses_total",
+        "counter",
+        "DNS lookups that went to the resolver.",
+        &|s| s.dns_cache_misses,
+    );
 
     let _ = writeln!(
         out,
@@ -100,22 +124,54 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
         }
     }
 
-    let name = "gomail_spool_commit_seconds";
+    histogram(
+        &mut out,
+        stats,
+        "gomail_spool_commit_seconds",
+        "Time from the end of a message to its fdatasync: the wait before 250.",
+        |s| &s.commit_latency,
+    );
+    histogram(
+        &mut out,
+        stats,
+        "gomail_auth_check_seconds",
+        "Time in SPF, DKIM and DMARC checks (DNS included), per check.",
+        |s| &s.auth_latency,
+    );
     let _ = writeln!(
         out,
-        "# HELP {name} Time from the end of a message to its fdatasync: the wait before 250."
+        "# HELP gomail_shards Number of shards.\n# TYPE gomail_shards gauge\ngomail_shards {}",
+        stats.len()
     );
+    let _ = writeln!(out, "# HELP gomail_uptime_seconds Seconds since start.\n# TYPE gomail_uptime_seconds gauge\ngomail_uptime_seconds {uptime_s}");
+    let _ = writeln!(
+        out,
+        "# HELP gomail_build_info Version of the running gomail.\n# TYPE gomail_build_info gauge\ngomail_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    out
+}
+
+/// Writes one histogram family (cumulative buckets, sum, count) per shard.
+fn histogram(
+    out: &mut String,
+    stats: &[ShardStats],
+    name: &str,
+    help: &str,
+    get: impl Fn(&ShardStats) -> &crate::server::LatencyHistogram,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} histogram");
     for s in stats {
-        let h = &s.commit_latency;
+        let h = get(s);
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BOUNDS_US.iter().enumerate() {
             cumulative += h.buckets[i];
+            let le = *bound as f64 / 1e6;
             let _ = writeln!(
                 out,
-                "{name}_bucket{{shard=\"{}\",le=\"{}\"}} {cumulative}",
-                s.shard,
-                *bound as f64 / 1e6
+                "{name}_bucket{{shard=\"{}\",le=\"{le}\"}} {cumulative}",
+                s.shard
             );
         }
         let _ = writeln!(
@@ -131,18 +187,6 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
         );
         let _ = writeln!(out, "{name}_count{{shard=\"{}\"}} {}", s.shard, h.count);
     }
-    let _ = writeln!(
-        out,
-        "# HELP gomail_shards Number of shards.\n# TYPE gomail_shards gauge\ngomail_shards {}",
-        stats.len()
-    );
-    let _ = writeln!(out, "# HELP gomail_uptime_seconds Seconds since start.\n# TYPE gomail_uptime_seconds gauge\ngomail_uptime_seconds {uptime_s}");
-    let _ = writeln!(
-        out,
-        "# HELP gomail_build_info Version of the running gomail.\n# TYPE gomail_build_info gauge\ngomail_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    out
 }
 
 #[cfg(test)]

@@ -126,7 +126,7 @@ async fn handshake(
 
 pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, implicit_tls: bool) {
     loop {
-        let stream = match listener.accept().await {
+        let mut stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -160,6 +160,26 @@ pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, im
         let st = state.clone();
         glommio::spawn_local(async move {
             let _ = stream.set_nodelay(true);
+            if let Some(zones) = match &st.auth {
+                Some(auth) => auth.dnsbl(peer.ip()).await,
+                None => None,
+            } {
+                st.stats.borrow_mut().connections_blocked += 1;
+                tracing::info!(shard = st.id, client = %peer.ip(), zones = %zones.join(","), "client refused: listed by DNS blocklists");
+                if !implicit_tls {
+                    let mut out = Vec::new();
+                    Reply::new(
+                        554,
+                        "5.7.1",
+                        format!("Service unavailable; client [{}] blocked using {}", peer.ip(), zones.join(", ")),
+                    )
+                    .write_to(&mut out);
+                    let _ = stream.write_all(&out).await;
+                }
+                let _ = stream.close().await;
+                st.active.set(st.active.get() - 1);
+                return;
+            }
             let conn = if implicit_tls {
                 handshake(&st, stream, peer).await.map(|(tls, info)| {
                     let s = Session::new_tls(st.session.clone(), Instant::now(), info);
@@ -204,7 +224,13 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                     Action::CheckSender { mail_from, helo } => {
                         let verdict = match &state.auth {
                             Some(auth) => {
+                                let t0 = Instant::now();
                                 let check = auth.check_sender(peer.ip(), &helo, &mail_from).await;
+                                state
+                                    .stats
+                                    .borrow_mut()
+                                    .auth_latency
+                                    .observe(t0.elapsed().as_micros() as u64);
                                 let refusal = check.refusal.clone();
                                 sender = Some(check);
                                 refusal
@@ -227,7 +253,13 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                                         auth.check_sender(peer.ip(), &tx.helo, &tx.mail_from).await
                                     }
                                 };
+                                let t0 = Instant::now();
                                 let verdict = auth.verify_message(&tx.body, &check).await;
+                                state
+                                    .stats
+                                    .borrow_mut()
+                                    .auth_latency
+                                    .observe(t0.elapsed().as_micros() as u64);
                                 match verdict.refusal {
                                     Some(reply) => {
                                         state.stats.borrow_mut().messages_refused_by_policy += 1;

@@ -112,6 +112,10 @@ fn world() -> World {
         ("quar.test.", format!("@ IN TXT {spf}\nsel._domainkey IN TXT {dkim}\n_dmarc IN TXT \"v=DMARC1; p=quarantine\"\n")),
         ("none.test.", "@ IN TXT \"v=spf1 ip4:127.0.0.1 ~all\"\n_dmarc IN TXT \"v=DMARC1; p=none\"\n".to_string()),
         ("lookups.test.", lookup_zone),
+        // 127.0.0.2 and 127.0.0.3 are on the blocklist; 127.0.0.3 is also
+        // on the allow-list.
+        ("bl.test.", "2.0.0.127 IN A 127.0.0.2\n3.0.0.127 IN A 127.0.0.2\n".to_string()),
+        ("allow.test.", "3.0.0.127 IN A 127.0.0.5\n".to_string()),
     ]);
     World {
         dns,
@@ -360,4 +364,55 @@ fn independent_signer_rsa_2048_passes_and_tampering_fails() {
         &signed.replace("from dkimpy", "from someone else"),
     );
     assert!(r.starts_with("550 5.7.1 "), "{r}");
+}
+
+/// Connects from `src` and returns the server's first line.
+fn first_line(addr: std::net::SocketAddr, src: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let ip: IpAddr = src.parse().unwrap();
+    sock.bind(&std::net::SocketAddr::new(ip, 0).into()).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn dns_blocklists_refuse_listed_clients_at_connect() {
+    let w = world();
+    let g = w.gomail("dnsbl: [\"bl.test*2\", \"allow.test*-5\"]\ndnsbl_threshold: 2\n");
+    assert_eq!(
+        first_line(g.addr, "127.0.0.2"),
+        "554 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test\r\n"
+    );
+    assert!(
+        first_line(g.addr, "127.0.0.1").starts_with("220 "),
+        "unlisted"
+    );
+    assert!(
+        first_line(g.addr, "127.0.0.3").starts_with("220 "),
+        "allow-listed"
+    );
+}
+
+#[test]
+fn a_blocklist_that_never_answers_costs_at_most_the_deadline() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let g = Gomail::start(&format!(
+        "dns_servers: [\"{}\"]\ndns_timeout: 20s\ndnsbl: [\"bl.test\"]\ndnsbl_timeout: 1s\nspf_enabled: false\ndkim_enabled: false\ndmarc_enabled: false\n",
+        silent.local_addr().unwrap()
+    ));
+    let t0 = std::time::Instant::now();
+    assert!(first_line(g.addr, "127.0.0.2").starts_with("220 "));
+    // Bounded by dnsbl_timeout (1 s), not by the 20 s DNS timeout; the
+    // margin is wide on purpose: this is a bound, not a benchmark.
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        t0.elapsed()
+    );
 }
