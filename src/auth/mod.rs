@@ -307,6 +307,12 @@ impl ShardAuth {
             (Some(m), true) => self.resolver.verify_dkim(self.dns.params(m)).await,
             _ => Vec::new(),
         };
+        // ARC (RFC 8617) and iprev (RFC 8601 section 3) are reported, never enforced.
+        let arc = match (&parsed, s.dkim) {
+            (Some(m), true) => Some(self.resolver.verify_arc(self.dns.params(m)).await),
+            _ => None,
+        };
+        let iprev = self.resolver.verify_iprev(self.dns.params(sender.ip)).await;
         let dmarc: Option<DmarcOutput> = match (&parsed, s.dmarc) {
             (Some(m), true) => Some(
                 self.resolver
@@ -335,10 +341,14 @@ impl ShardAuth {
         if let Some(d) = &dmarc {
             ar = ar.with_dmarc_result(d);
         }
+        if let Some(a) = &arc {
+            ar = ar.with_arc_result(a, sender.ip);
+        }
+        ar = ar.with_iprev_result(&iprev, sender.ip);
         let header = ar.to_header();
 
         let (refusal, quarantine) = self.enforce_dmarc(dmarc.as_ref(), &dkim, spf, &from_domain);
-        let json = self.json(
+        let mut json = self.json(
             sender,
             spf,
             &dkim,
@@ -348,6 +358,24 @@ impl ShardAuth {
             &header,
             quarantine,
         );
+        json["arc"] = match &arc {
+            Some(a) => json!({
+                "result": dkim_word(a.result()),
+                "chain_length": a.sets().len(),
+            }),
+            None => Value::Null,
+        };
+        json["iprev"] = json!({
+            "result": match &iprev.result {
+                mail_auth::IprevResult::Pass => "pass",
+                mail_auth::IprevResult::Fail(_) => "fail",
+                mail_auth::IprevResult::TempError(_) => "temperror",
+                mail_auth::IprevResult::PermError(_) => "permerror",
+                mail_auth::IprevResult::None => "none",
+            },
+            "client_ip": sender.ip.to_string(),
+            "ptr": iprev.ptr.as_ref().map(|p| p.iter().map(|h| h.to_string()).collect::<Vec<_>>()),
+        });
         MessageVerdict {
             refusal,
             quarantine,
@@ -497,7 +525,6 @@ impl ShardAuth {
             "dkim": dkim_json,
             "dmarc": dmarc_json,
             "quarantine": quarantine,
-            "arc": Value::Null,
         })
     }
 }

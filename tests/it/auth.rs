@@ -112,6 +112,10 @@ fn world() -> World {
         ("quar.test.", format!("@ IN TXT {spf}\nsel._domainkey IN TXT {dkim}\n_dmarc IN TXT \"v=DMARC1; p=quarantine\"\n")),
         ("none.test.", "@ IN TXT \"v=spf1 ip4:127.0.0.1 ~all\"\n_dmarc IN TXT \"v=DMARC1; p=none\"\n".to_string()),
         ("lookups.test.", lookup_zone),
+        ("neutral.test.", "@ IN TXT \"v=spf1 ?all\"\n".to_string()),
+        ("inc.test.", "@ IN TXT \"v=spf1 include:pass.test -all\"\n".to_string()),
+        ("redir.test.", "@ IN TXT \"v=spf1 redirect=pass.test\"\n".to_string()),
+        ("nospf.test.", "www IN A 127.0.0.9\n".to_string()),
         // 127.0.0.2 and 127.0.0.3 are on the blocklist; 127.0.0.3 is also
         // on the allow-list.
         ("bl.test.", "2.0.0.127 IN A 127.0.0.2\n3.0.0.127 IN A 127.0.0.2\n".to_string()),
@@ -215,6 +219,15 @@ fn spf_strict_refuses_fail_and_records_pass() {
     assert_eq!(a["dkim"]["signatures"][0]["valid"], true);
     assert_eq!(a["dmarc"]["result"], "pass");
     assert_eq!(a["dmarc"]["policy"], "reject");
+    assert_eq!(a["iprev"]["result"], "pass");
+    // On loopback the resolver answers the PTR itself (RFC 6761:
+    // 127.in-addr.arpa is special), so the name is `localhost.`.
+    assert!(
+        a["iprev"]["ptr"][0].as_str().is_some_and(|p| !p.is_empty()),
+        "{a}"
+    );
+    assert_eq!(a["arc"]["result"], "none");
+    assert_eq!(a["arc"]["chain_length"], 0);
     let raw = v["raw"].as_str().unwrap();
     assert!(
         raw.contains("Authentication-Results: mx.example.test;"),
@@ -222,6 +235,10 @@ fn spf_strict_refuses_fail_and_records_pass() {
     );
     assert!(
         raw.contains("dkim=pass") && raw.contains("spf=pass") && raw.contains("dmarc=pass"),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("iprev=pass") && raw.contains("arc=none"),
         "{raw}"
     );
 }
@@ -414,5 +431,59 @@ fn a_blocklist_that_never_answers_costs_at_most_the_deadline() {
         t0.elapsed() < std::time::Duration::from_secs(10),
         "{:?}",
         t0.elapsed()
+    );
+}
+
+#[test]
+fn spf_results_land_in_the_json() {
+    let w = world();
+    let g = w.gomail("");
+    for (src, from, want) in [
+        ("127.0.0.1", "a@inc.test", "pass"),
+        ("127.0.0.2", "a@inc.test", "fail"),
+        ("127.0.0.2", "a@redir.test", "fail"),
+        ("127.0.0.1", "a@redir.test", "pass"),
+        ("127.0.0.1", "a@neutral.test", "neutral"),
+        ("127.0.0.1", "a@nospf.test", "none"),
+    ] {
+        let r = send(&g, src, from, &w.message(from, None, "m"));
+        let id = queue_id(&r).unwrap_or_else(|| panic!("{from}: {r}"));
+        let spf = &stored_auth(&g, &id)["authentication"]["spf"];
+        assert_eq!(spf["result"], want, "{src} {from}: {spf}");
+    }
+    // The null sender is checked with the HELO identity.
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO pass.test");
+    let r = c.mail(
+        "",
+        &["r@example.test"],
+        &w.message("postmaster@pass.test", None, "bounce"),
+    );
+    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let spf = &stored_auth(&g, &id)["authentication"]["spf"];
+    assert_eq!(
+        (
+            spf["result"].as_str(),
+            spf["helo_domain"].as_str(),
+            spf["mail_from"].as_str()
+        ),
+        (Some("pass"), Some("pass.test"), Some(""))
+    );
+    // A resolver that never answers: temperror, recorded, accepted (enforcement none).
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let g = Gomail::start(&format!(
+        "dns_servers: [\"{}\"]\ndns_timeout: 1s\ndkim_enabled: false\ndmarc_enabled: false\n",
+        silent.local_addr().unwrap()
+    ));
+    let r = send(
+        &g,
+        "127.0.0.1",
+        "a@pass.test",
+        &w.message("a@pass.test", None, "m"),
+    );
+    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(
+        stored_auth(&g, &id)["authentication"]["spf"]["result"],
+        "temperror"
     );
 }
