@@ -113,6 +113,10 @@ fn world() -> World {
         ("none.test.", "@ IN TXT \"v=spf1 ip4:127.0.0.1 ~all\"\n_dmarc IN TXT \"v=DMARC1; p=none\"\n".to_string()),
         ("lookups.test.", lookup_zone),
         ("neutral.test.", "@ IN TXT \"v=spf1 ?all\"\n".to_string()),
+        // Publishes strict alignment itself.
+        ("strictalign.test.", format!("@ IN TXT {spf}\nsel._domainkey IN TXT {dkim}\n_dmarc IN TXT \"v=DMARC1; p=reject; adkim=s; aspf=s\"\n")),
+        // Three includes of names that do not exist: over RFC 7208's limit of two void lookups.
+        ("void.test.", "@ IN TXT \"v=spf1 include:n1.void.test include:n2.void.test include:n3.void.test -all\"\n".to_string()),
         ("inc.test.", "@ IN TXT \"v=spf1 include:pass.test -all\"\n".to_string()),
         ("redir.test.", "@ IN TXT \"v=spf1 redirect=pass.test\"\n".to_string()),
         ("nospf.test.", "www IN A 127.0.0.9\n".to_string()),
@@ -485,5 +489,42 @@ fn spf_results_land_in_the_json() {
     assert_eq!(
         stored_auth(&g, &id)["authentication"]["spf"]["result"],
         "temperror"
+    );
+}
+
+#[test]
+fn a_domain_publishing_strict_alignment_is_held_to_it_under_relaxed_enforcement() {
+    let w = world();
+    let g = w.gomail("dmarc_enforcement: relaxed\n");
+    // From a subdomain, signed by the organizational domain, SPF failing:
+    // the domain's own adkim=s makes this unaligned, so p=reject applies.
+    let msg = w.message("a@mail.strictalign.test", Some("strictalign.test"), "s");
+    let r = send(&g, "127.0.0.2", "a@mail.strictalign.test", &msg);
+    assert!(r.starts_with("550 5.7.1 "), "{r}");
+    // Exact alignment passes.
+    let msg = w.message("a@strictalign.test", Some("strictalign.test"), "s");
+    let r = send(&g, "127.0.0.2", "a@strictalign.test", &msg);
+    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let d = &stored_auth(&g, &id)["authentication"]["dmarc"];
+    assert_eq!(
+        (d["result"].as_str(), d["dkim_alignment"].as_str()),
+        (Some("pass"), Some("strict"))
+    );
+}
+
+#[test]
+fn spf_void_lookup_limit_gives_permerror() {
+    let w = world();
+    let g = w.gomail("");
+    let r = send(
+        &g,
+        "127.0.0.1",
+        "a@void.test",
+        &w.message("a@void.test", None, "v"),
+    );
+    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(
+        stored_auth(&g, &id)["authentication"]["spf"]["result"],
+        "permerror"
     );
 }
