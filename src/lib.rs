@@ -7,9 +7,11 @@
 //! - [`tls`]: TLS policy, certificates, self-signed fallback.
 //! - [`server`]: shards wired to sessions, spool, store and TLS.
 //! - [`control`]: the control plane: health and Prometheus metrics over HTTP.
+//! - [`delivery`]: webhook signing, retry policy and the HTTP client.
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod delivery;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -7,6 +7,9 @@
 
 mod conn;
 mod delivery;
+mod outbox;
+
+pub use outbox::StoreMode;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -46,6 +49,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The webhook settings are unusable.
+    #[error("webhook: {0}")]
+    Webhook(String),
     /// The DNS runtime for the authentication checks could not start.
     #[error("DNS for SPF/DKIM/DMARC: {0}")]
     Dns(std::io::Error),
@@ -96,6 +102,14 @@ pub struct ShardStats {
     pub store_failures: u64,
     /// Messages recovered from the spool at start-up.
     pub messages_recovered: u64,
+    /// Webhook POSTs made (every attempt).
+    pub webhook_attempts: u64,
+    /// Messages delivered to the webhook (2xx).
+    pub webhook_delivered: u64,
+    /// Messages moved to the dead-letter folder.
+    pub webhook_dead_letters: u64,
+    /// Webhook request latency.
+    pub webhook_latency: LatencyHistogram,
     /// Messages spooled and not yet in the store.
     pub store_backlog: u64,
     /// TLS handshakes completed (STARTTLS and implicit TLS).
@@ -157,6 +171,8 @@ pub(crate) struct ShardState {
     pub(crate) data_dir: PathBuf,
     pub(crate) spool: Spool,
     pub(crate) delivery: delivery::Queue,
+    /// Webhook delivery, when `api_endpoint` is set.
+    pub(crate) outbox: Option<outbox::Outbox>,
     pub(crate) stats: RefCell<ShardStats>,
     pub(crate) active: Cell<u64>,
     pub(crate) max_connections: u64,
@@ -168,6 +184,17 @@ pub(crate) struct ShardState {
     pub(crate) shutdown: async_channel::Receiver<()>,
 }
 
+impl ShardState {
+    /// Hands an accepted (or recovered) message to delivery: the webhook
+    /// when `api_endpoint` is set, else the JSON store.
+    pub(crate) fn deliver(&self, msg: crate::spool::Spooled) {
+        match &self.outbox {
+            Some(o) => o.push(msg),
+            None => self.delivery.push(msg),
+        }
+    }
+}
+
 /// A running server.
 pub struct Server {
     pool: ShardPool<Control>,
@@ -177,6 +204,84 @@ pub struct Server {
     /// Kept alive for the shards' DNS lookups.
     _dns: Option<Arc<DnsRuntime>>,
     _lock: File,
+}
+
+/// Webhook settings prepared once, from which each shard makes its client.
+#[derive(Clone)]
+struct WebhookSettings {
+    endpoint: crate::delivery::webhook::Endpoint,
+    bearer: Option<String>,
+    secrets: Vec<crate::delivery::sign::Secret>,
+    timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    retries: u32,
+    retry_delay: Duration,
+    store_mode: StoreMode,
+}
+
+impl WebhookSettings {
+    fn from_config(cfg: &Config) -> Result<Option<WebhookSettings>, ServerError> {
+        let Some(url) = cfg.get("api_endpoint").filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let bad = |m: String| ServerError::Webhook(m);
+        let endpoint = crate::delivery::webhook::Endpoint::parse(&url).ok_or_else(|| {
+            bad(format!(
+                "api_endpoint `{url}` is not an http:// or https:// URL"
+            ))
+        })?;
+        let secrets = match cfg.get("webhook_secret").filter(|s| !s.is_empty()) {
+            Some(s) => crate::delivery::sign::Secret::parse_all(&s)
+                .ok_or_else(|| bad("webhook_secret is not a whsec_<base64> secret".into()))?,
+            None => Vec::new(),
+        };
+        let tls = if endpoint.tls {
+            let ca = cfg
+                .get("webhook_ca_file")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from);
+            Some(crate::delivery::webhook::tls_config(ca.as_deref()).map_err(bad)?)
+        } else {
+            None
+        };
+        let dur = |k: &str, d: u64| {
+            cfg.get(k)
+                .and_then(|v| crate::config::keys::parse_duration(&v))
+                .unwrap_or(Duration::from_secs(d))
+        };
+        Ok(Some(WebhookSettings {
+            endpoint,
+            bearer: cfg.get("bearer_token").filter(|s| !s.is_empty()),
+            secrets,
+            timeout: dur("webhook_timeout", 30),
+            tls,
+            retries: cfg
+                .get("webhook_retries")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3),
+            retry_delay: dur("webhook_retry_delay", 5),
+            store_mode: match cfg.get("store_mode").as_deref() {
+                Some("never") => StoreMode::Never,
+                Some("on_failure") => StoreMode::OnFailure,
+                _ => StoreMode::Always,
+            },
+        }))
+    }
+
+    fn outbox(&self) -> outbox::OutboxConfig {
+        outbox::OutboxConfig {
+            client: crate::delivery::webhook::Webhook::new(
+                self.endpoint.clone(),
+                self.bearer.clone(),
+                self.secrets.clone(),
+                self.timeout,
+                self.tls.clone(),
+            ),
+            retries: self.retries,
+            retry_delay: self.retry_delay,
+            store_mode: self.store_mode,
+        }
+    }
 }
 
 /// Builds the TLS configuration and logs where its certificate came from.
@@ -205,6 +310,7 @@ impl Server {
         } else {
             None
         };
+        let webhook = WebhookSettings::from_config(cfg)?;
         let auth = Arc::new(AuthSettings::from_config(cfg));
         let dns = if auth.any() {
             Some(Arc::new(
@@ -244,6 +350,7 @@ impl Server {
         let hostname = cfg.mail_hostname.clone();
         let shard_tls = tls.clone();
         let shard_dns = dns.clone();
+        let shard_webhook = webhook.clone();
         let pool = ShardPool::spawn(
             &PoolConfig {
                 shards: count,
@@ -259,6 +366,7 @@ impl Server {
                 let tls = shard_tls.clone();
                 let dns = shard_dns.clone();
                 let auth = auth.clone();
+                let webhook = shard_webhook.clone();
                 async move {
                     let setup = ShardSetup {
                         session,
@@ -269,6 +377,7 @@ impl Server {
                         tls,
                         dns,
                         auth,
+                        webhook,
                     };
                     run_shard(ctx, setup, ready).await;
                 }
@@ -403,6 +512,7 @@ struct ShardSetup {
     tls: Option<Snapshot<Arc<ServerConfig>>>,
     dns: Option<Arc<DnsRuntime>>,
     auth: Arc<AuthSettings>,
+    webhook: Option<WebhookSettings>,
 }
 
 async fn run_shard(
@@ -419,7 +529,9 @@ async fn run_shard(
         tls,
         dns,
         auth,
+        webhook,
     } = setup;
+    let webhook = webhook.map(|w| w.outbox());
     let id = ctx.id;
     // The shard polls DNS lookups itself, inside the DNS runtime's context
     // (held for the shard's whole life); see src/auth/dns.rs.
@@ -460,6 +572,7 @@ async fn run_shard(
         data_dir,
         spool,
         delivery: delivery::Queue::default(),
+        outbox: webhook.map(outbox::Outbox::new),
         stats: RefCell::new(ShardStats {
             shard: id,
             messages_recovered: recovered.len() as u64,
@@ -472,9 +585,10 @@ async fn run_shard(
         shutdown: shutdown_rx,
     });
     for msg in recovered {
-        state.delivery.push(msg);
+        state.deliver(msg);
     }
     let deliverer = glommio::spawn_local(delivery::run(state.clone()));
+    let sender = glommio::spawn_local(outbox::run(state.clone()));
     let mut acceptors = Vec::new();
     for (l, implicit) in listeners {
         acceptors.push(glommio::spawn_local(conn::accept_loop(
@@ -502,12 +616,18 @@ async fn run_shard(
                     a.cancel().await;
                 }
                 let start = std::time::Instant::now();
-                while (state.active.get() > 0 || !state.delivery.is_idle())
+                while (state.active.get() > 0
+                    || !state.delivery.is_idle()
+                    || state.outbox.as_ref().is_some_and(|o| !o.is_idle()))
                     && start.elapsed() < SHUTDOWN_GRACE
                 {
                     glommio::timer::sleep(Duration::from_millis(20)).await;
                 }
                 state.delivery.close();
+                if let Some(o) = &state.outbox {
+                    o.close();
+                }
+                sender.cancel().await;
                 deliverer.cancel().await;
                 let _ = reply.send(()).await;
                 break;

@@ -21,6 +21,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 pub use glommio;
 
+pub mod http;
+
 /// glommio refuses to start an executor below this much lockable memory.
 pub const MIN_MEMLOCK: u64 = 512 * 1024;
 
@@ -138,6 +140,10 @@ pub fn check_memlock() -> Result<(), ShardsError> {
     Ok(())
 }
 
+/// How long the start-up probe waits for an address held by a process
+/// that has just exited.
+pub const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Backlog of each listening socket (the kernel caps it at `net.core.somaxconn`).
 pub const LISTEN_BACKLOG: i32 = 4096;
 
@@ -176,7 +182,19 @@ pub fn probe_addresses(addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, ShardsEr
         .iter()
         .map(|&addr| {
             let err = |source| ShardsError::Bind { addr, source };
-            let sock = listen_socket(addr, false).map_err(err)?;
+            // A listener of a process that just exited can outlive it for a
+            // moment: the kernel tears io_uring rings (and the sockets they
+            // hold) down asynchronously. A quick restart retries for up to
+            // PROBE_PATIENCE before calling the address taken.
+            let deadline = std::time::Instant::now() + PROBE_PATIENCE;
+            let sock = loop {
+                match listen_socket(addr, false) {
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    other => break other.map_err(err)?,
+                }
+            };
             let local = sock.local_addr().map_err(err)?;
             local
                 .as_socket()

@@ -86,7 +86,7 @@ pub const KEYS: &[Key] = &[
     // control plane
     k("port", Int, Some("3000"), Active),
     k("api_host", Str, Some("127.0.0.1"), Active),
-    k("bearer_token", Secret, None, Pending),
+    k("bearer_token", Secret, None, Active),
     k("metrics_enabled", Bool, Some("true"), Active),
     k("metrics_port", Int, Some("0"), Active),
     k("metrics_path", Str, Some("/metrics"), Active),
@@ -96,11 +96,18 @@ pub const KEYS: &[Key] = &[
     k("http_timeouts.idle", Duration, Some("120s"), Pending),
     k("http_timeouts.shutdown", Duration, Some("30s"), Pending),
     // webhook delivery
-    k("api_endpoint", Str, None, Pending),
-    k("webhook_timeout", Duration, Some("30s"), Pending),
-    k("webhook_retries", Int, Some("3"), Pending),
-    k("webhook_retry_delay", Duration, Some("5s"), Pending),
-    k("webhook_secret", Secret, None, Pending),
+    k("api_endpoint", Str, None, Active),
+    k("webhook_timeout", Duration, Some("30s"), Active),
+    k("webhook_retries", Int, Some("3"), Active),
+    k("webhook_retry_delay", Duration, Some("5s"), Active),
+    k("webhook_secret", Secret, None, Active),
+    k("webhook_ca_file", Str, None, Active),
+    k(
+        "store_mode",
+        Enum(&["always", "on_failure", "never"]),
+        Some("always"),
+        Active,
+    ),
     // TLS
     k("tls_enabled", Bool, Some("true"), Active),
     k("starttls_enabled", Bool, Some("true"), Active),

@@ -585,6 +585,26 @@ fn resolve(
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
     };
+    let endpoint = get("api_endpoint");
+    if !endpoint.is_empty() && crate::delivery::webhook::Endpoint::parse(&endpoint).is_none() {
+        return Err(invalid(
+            "api_endpoint",
+            format!("`{endpoint}` is not an http:// or https:// URL"),
+        ));
+    }
+    let secret = get("webhook_secret");
+    if !secret.is_empty() && crate::delivery::sign::Secret::parse_all(&secret).is_none() {
+        return Err(invalid(
+            "webhook_secret",
+            "expected whsec_<base64> secrets, separated by spaces (value not shown)".into(),
+        ));
+    }
+    if get("store_mode") == "never" && endpoint.is_empty() {
+        return Err(invalid(
+            "store_mode",
+            "`never` needs api_endpoint, or mail would go nowhere".into(),
+        ));
+    }
     let data_dir = PathBuf::from(get("data_dir"));
     if data_dir.as_os_str().is_empty() {
         return Err(invalid("data_dir", "must not be empty".into()));

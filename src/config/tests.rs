@@ -60,7 +60,8 @@ fn gomail_example_file_loads() {
         .map(|(k, _, _)| k)
         .collect();
     assert!(inactive.contains(&"mode".to_string()));
-    assert!(inactive.contains(&"api_endpoint".to_string()));
+    assert!(inactive.contains(&"http_timeouts.shutdown".to_string()));
+    assert!(!inactive.contains(&"api_endpoint".to_string()));
 }
 
 #[test]

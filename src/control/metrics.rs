@@ -107,6 +107,24 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
         "DNS lookups that went to the resolver.",
         &|s| s.dns_cache_misses,
     );
+    family(
+        "gomail_webhook_attempts_total",
+        "counter",
+        "Webhook requests made (every attempt).",
+        &|s| s.webhook_attempts,
+    );
+    family(
+        "gomail_webhook_delivered_total",
+        "counter",
+        "Messages delivered to the webhook (2xx).",
+        &|s| s.webhook_delivered,
+    );
+    family(
+        "gomail_webhook_dead_letters_total",
+        "counter",
+        "Messages moved to the dead-letter folder.",
+        &|s| s.webhook_dead_letters,
+    );
 
     let _ = writeln!(
         out,
@@ -130,6 +148,13 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
         "gomail_spool_commit_seconds",
         "Time from the end of a message to its fdatasync: the wait before 250.",
         |s| &s.commit_latency,
+    );
+    histogram(
+        &mut out,
+        stats,
+        "gomail_webhook_request_seconds",
+        "Webhook request latency (connect to the end of the answer).",
+        |s| &s.webhook_latency,
     );
     histogram(
         &mut out,

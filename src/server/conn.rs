@@ -403,7 +403,7 @@ async fn accept_message(
                 s.bytes_accepted += message.len() as u64;
             }
             tracing::debug!(shard = state.id, id = %id, from = %tx.mail_from, rcpts = tx.recipients.len(), size = message.len(), "accepted");
-            state.delivery.push(Spooled {
+            state.deliver(Spooled {
                 envelope,
                 message,
                 segment,

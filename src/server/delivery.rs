@@ -24,7 +24,8 @@ const SYNC_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Shard-local queue of messages waiting for the store.
 pub(crate) struct Queue {
-    items: RefCell<VecDeque<Spooled>>,
+    /// Messages, each with whether it gets a JSON file (`store_mode`).
+    items: RefCell<VecDeque<(Spooled, bool)>>,
     wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
     busy: Cell<bool>,
 }
@@ -40,8 +41,15 @@ impl Default for Queue {
 }
 
 impl Queue {
+    /// Queues a message for the store, then its done record.
     pub(crate) fn push(&self, msg: Spooled) {
-        self.items.borrow_mut().push_back(msg);
+        self.push_with(msg, true);
+    }
+
+    /// Queues a message; `store: false` only records it as done (it was
+    /// delivered by webhook and `store_mode` does not keep a copy).
+    pub(crate) fn push_with(&self, msg: Spooled, store: bool) {
+        self.items.borrow_mut().push_back((msg, store));
         let _ = self.wake.0.try_send(());
     }
 
@@ -63,7 +71,7 @@ pub(super) async fn run(state: Rc<ShardState>) {
         if since < SYNC_INTERVAL && !state.shutdown.is_closed() {
             glommio::timer::sleep(SYNC_INTERVAL - since).await;
         }
-        let batch: Vec<Spooled> = {
+        let batch: Vec<(Spooled, bool)> = {
             let mut items = state.delivery.items.borrow_mut();
             let n = items.len().min(BATCH);
             items.drain(..n).collect()
@@ -81,7 +89,8 @@ pub(super) async fn run(state: Rc<ShardState>) {
             .spawn_blocking(move || {
                 let refs: Vec<_> = batch
                     .iter()
-                    .map(|m| (&m.envelope, m.message.as_slice()))
+                    .filter(|(_, store)| *store)
+                    .map(|(m, _)| (&m.envelope, m.message.as_slice()))
                     .collect();
                 let r = store::write_batch(&dir, &refs);
                 (r, batch)
@@ -91,10 +100,13 @@ pub(super) async fn run(state: Rc<ShardState>) {
         match result {
             (Ok(()), batch) => {
                 backoff = Duration::from_millis(100);
-                state
-                    .spool
-                    .mark_done(batch.iter().map(|m| (m.segment, m.envelope.id.as_str())));
-                state.stats.borrow_mut().messages_stored += batch.len() as u64;
+                state.spool.mark_done(
+                    batch
+                        .iter()
+                        .map(|(m, _)| (m.segment, m.envelope.id.as_str())),
+                );
+                state.stats.borrow_mut().messages_stored +=
+                    batch.iter().filter(|(_, s)| *s).count() as u64;
             }
             (Err(e), batch) => {
                 state.stats.borrow_mut().store_failures += 1;

@@ -10,3 +10,4 @@ mod disk_full;
 mod shards;
 mod smtp;
 mod tls;
+mod webhook;

@@ -1,0 +1,302 @@
+//! The webhook client: one per shard, HTTP/1.1 with keep-alive, over plain
+//! TCP or TLS (rustls with the system's roots plus `webhook_ca_file`).
+//!
+//! It sends one POST and reports what happened; retry policy, dead letters
+//! and bookkeeping belong to the delivery engine.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use shards::http::HyperIo;
+
+use super::sign::{signature_header, Secret};
+
+/// Where and how to deliver.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `https` or not.
+    pub tls: bool,
+    /// Host name or address, as written in the URL.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Path and query.
+    pub path: String,
+}
+
+impl Endpoint {
+    /// Parses `http://host[:port]/path` or `https://…`.
+    pub fn parse(url: &str) -> Option<Endpoint> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else {
+            (false, url.strip_prefix("http://")?)
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse().ok()?,
+            ),
+            _ => (authority, if tls { 443 } else { 80 }),
+        };
+        (!host.is_empty()).then(|| Endpoint {
+            tls,
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+        })
+    }
+}
+
+/// What one attempt produced.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// When it started (Unix milliseconds).
+    pub at_ms: i64,
+    /// The HTTP status, if the receiver answered.
+    pub status: Option<u16>,
+    /// `Retry-After`, in seconds form.
+    pub retry_after: Option<Duration>,
+    /// How long the attempt took.
+    pub latency: Duration,
+    /// Why there was no answer, or the start of the receiver's error body.
+    pub detail: String,
+}
+
+/// A shard's webhook client.
+pub struct Webhook {
+    endpoint: Endpoint,
+    bearer: Option<String>,
+    secrets: Vec<Secret>,
+    timeout: Duration,
+    tls: Option<futures_rustls::TlsConnector>,
+    idle: RefCell<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+impl Webhook {
+    /// A client for `endpoint`.
+    pub fn new(
+        endpoint: Endpoint,
+        bearer: Option<String>,
+        secrets: Vec<Secret>,
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Webhook {
+        Webhook {
+            endpoint,
+            bearer,
+            secrets,
+            timeout,
+            tls: tls.map(futures_rustls::TlsConnector::from),
+            idle: RefCell::new(Vec::new()),
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let (host, port) = (self.endpoint.host.clone(), self.endpoint.port);
+        // Name resolution is blocking in std: done off the shard's loop.
+        let addrs: Vec<SocketAddr> = glommio::executor()
+            .spawn_blocking(move || {
+                use std::net::ToSocketAddrs;
+                (host.as_str(), port).to_socket_addrs().map(|a| a.collect())
+            })
+            .await
+            .map_err(|e| format!("resolving {}: {e}", self.endpoint.host))?;
+        let addr = *addrs.first().ok_or("no address for the webhook host")?;
+        let tcp = glommio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        // The timeout is applied around the whole exchange (see `post`).
+        let builder = hyper::client::conn::http1::Builder::new();
+        match &self.tls {
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from(self.endpoint.host.clone())
+                    .map_err(|e| format!("TLS server name: {e}"))?;
+                let stream = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+                let (sender, conn) = builder
+                    .handshake(HyperIo(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                glommio::spawn_local(async move {
+                    let _ = conn.await;
+                })
+                .detach();
+                Ok(sender)
+            }
+            None => {
+                let (sender, conn) = builder
+                    .handshake(HyperIo(tcp))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                glommio::spawn_local(async move {
+                    let _ = conn.await;
+                })
+                .detach();
+                Ok(sender)
+            }
+        }
+    }
+
+    /// POSTs `body` once, signed, with `id` as `webhook-id`.
+    pub async fn post(&self, id: &str, body: Bytes) -> Attempt {
+        let started = Instant::now();
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        let outcome = future::or(self.exchange(id, body), async {
+            glommio::timer::sleep(self.timeout).await;
+            Err(format!("no answer within {:?}", self.timeout))
+        })
+        .await;
+        let latency = started.elapsed();
+        match outcome {
+            Ok((status, retry_after, detail)) => Attempt {
+                at_ms,
+                status: Some(status),
+                retry_after,
+                latency,
+                detail,
+            },
+            Err(detail) => Attempt {
+                at_ms,
+                status: None,
+                retry_after: None,
+                latency,
+                detail,
+            },
+        }
+    }
+
+    async fn exchange(
+        &self,
+        id: &str,
+        body: Bytes,
+    ) -> Result<(u16, Option<Duration>, String), String> {
+        let reused = loop {
+            let candidate = self.idle.borrow_mut().pop();
+            match candidate {
+                Some(s) if !s.is_closed() => break Some(s),
+                Some(_) => continue,
+                None => break None,
+            }
+        };
+        let mut sender = match reused {
+            Some(s) => s,
+            None => self.connect().await?,
+        };
+        future::poll_fn(|cx| sender.poll_ready(cx))
+            .await
+            .map_err(|e| format!("connection: {e}"))?;
+        let ts = chrono::Utc::now().timestamp();
+        let mut req = hyper::Request::post(self.endpoint.path.as_str())
+            .header("host", self.host_header())
+            .header("content-type", "application/json")
+            .header("user-agent", concat!("gomail/", env!("CARGO_PKG_VERSION")))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts)
+            .header("x-request-id", id);
+        if !self.secrets.is_empty() {
+            req = req.header(
+                "webhook-signature",
+                signature_header(&self.secrets, id, ts, &body),
+            );
+        }
+        if let Some(token) = &self.bearer {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::retry::parse_retry_after);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let detail = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+        if !sender.is_closed() {
+            self.idle.borrow_mut().push(sender);
+        }
+        Ok((status, retry_after, detail))
+    }
+
+    fn host_header(&self) -> String {
+        let default = if self.endpoint.tls { 443 } else { 80 };
+        if self.endpoint.port == default {
+            self.endpoint.host.clone()
+        } else {
+            format!("{}:{}", self.endpoint.host, self.endpoint.port)
+        }
+    }
+}
+
+/// The TLS client configuration for HTTPS webhooks: the system's roots,
+/// plus the certificates in `ca_file` if given.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("webhook_ca_file {}: {e}", path.display()))?;
+        for c in certs {
+            let c = c.map_err(|e| format!("webhook_ca_file {}: {e}", path.display()))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("webhook_ca_file {}: {e}", path.display()))?;
+        }
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        let e = Endpoint::parse("http://127.0.0.1:8080/hook?x=1").unwrap();
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.path.as_str()),
+            (false, "127.0.0.1", 8080, "/hook?x=1")
+        );
+        let e = Endpoint::parse("https://app.example/webhook").unwrap();
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.path.as_str()),
+            (true, "app.example", 443, "/webhook")
+        );
+        let e = Endpoint::parse("http://[::1]:9000").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("::1", 9000, "/")
+        );
+        assert!(Endpoint::parse("ftp://x/").is_none());
+        assert!(Endpoint::parse("http://:80/").is_none());
+    }
+}

@@ -1,0 +1,238 @@
+//! The shard's webhook outbox: every accepted message is POSTed to
+//! `api_endpoint` from the shard that accepted it (no central queue).
+//!
+//! A message leaves the outbox only delivered (2xx) or dead-lettered (a
+//! permanent 4xx, or retries used up), and only then is it recorded as done
+//! in the spool: a crash at any point means it is delivered again after the
+//! restart, with the same `webhook-id` (its queue id), so receivers can drop
+//! duplicates. At-least-once, never lost.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use hyper::body::Bytes;
+use serde_json::json;
+
+use super::ShardState;
+use crate::delivery::retry::{self, Verdict};
+use crate::delivery::webhook::{Attempt, Webhook};
+use crate::spool::{store, Spooled};
+
+/// Deliveries in flight per shard.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// `store_mode`: when the JSON store is written as well as the webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    /// Every message is stored too.
+    Always,
+    /// Only messages that could not be delivered (dead letters).
+    OnFailure,
+    /// Never (the webhook is the only delivery).
+    Never,
+}
+
+/// The webhook settings a shard needs.
+pub(crate) struct OutboxConfig {
+    pub(crate) client: Webhook,
+    pub(crate) retries: u32,
+    pub(crate) retry_delay: Duration,
+    pub(crate) store_mode: StoreMode,
+}
+
+struct Pending {
+    msg: Spooled,
+    attempts: Vec<Attempt>,
+    due: Instant,
+}
+
+/// Messages waiting for (another) delivery attempt.
+pub(crate) struct Outbox {
+    cfg: OutboxConfig,
+    waiting: RefCell<VecDeque<Pending>>,
+    in_flight: Cell<usize>,
+    wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
+}
+
+impl Outbox {
+    pub(crate) fn new(cfg: OutboxConfig) -> Outbox {
+        Outbox {
+            cfg,
+            waiting: RefCell::new(VecDeque::new()),
+            in_flight: Cell::new(0),
+            wake: async_channel::bounded(1),
+        }
+    }
+
+    pub(crate) fn push(&self, msg: Spooled) {
+        self.waiting.borrow_mut().push_back(Pending {
+            msg,
+            attempts: Vec::new(),
+            due: Instant::now(),
+        });
+        let _ = self.wake.0.try_send(());
+    }
+
+    /// Nothing being sent and nothing due now (retries waiting for later
+    /// are safe in the spool).
+    pub(crate) fn is_idle(&self) -> bool {
+        let now = Instant::now();
+        self.in_flight.get() == 0 && !self.waiting.borrow().iter().any(|p| p.due <= now)
+    }
+
+    pub(crate) fn close(&self) {
+        self.wake.0.close();
+    }
+}
+
+/// The outbox loop: starts due deliveries, at most [`MAX_IN_FLIGHT`] at once.
+pub(super) async fn run(state: Rc<ShardState>) {
+    let Some(outbox) = state.outbox.as_ref() else {
+        return;
+    };
+    loop {
+        let now = Instant::now();
+        let mut next_due: Option<Instant> = None;
+        loop {
+            if outbox.in_flight.get() >= MAX_IN_FLIGHT {
+                break;
+            }
+            let pos = outbox.waiting.borrow().iter().position(|p| p.due <= now);
+            let Some(pos) = pos else { break };
+            let pending = outbox
+                .waiting
+                .borrow_mut()
+                .remove(pos)
+                .expect("position is valid");
+            outbox.in_flight.set(outbox.in_flight.get() + 1);
+            let st = state.clone();
+            glommio::spawn_local(async move {
+                attempt(&st, pending).await;
+                if let Some(o) = st.outbox.as_ref() {
+                    o.in_flight.set(o.in_flight.get() - 1);
+                    let _ = o.wake.0.try_send(());
+                }
+            })
+            .detach();
+        }
+        for p in outbox.waiting.borrow().iter() {
+            if p.due > now {
+                next_due = Some(next_due.map_or(p.due, |d| d.min(p.due)));
+            }
+        }
+        let wait = next_due.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+        let woke = future::or(async { outbox.wake.1.recv().await.is_ok() }, async {
+            glommio::timer::sleep(wait).await;
+            true
+        })
+        .await;
+        if !woke {
+            return;
+        }
+    }
+}
+
+async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
+    let Some(outbox) = state.outbox.as_ref() else {
+        return;
+    };
+    let cfg = &outbox.cfg;
+    let id = p.msg.envelope.id.clone();
+    let body = Bytes::from(
+        serde_json::to_vec(&store::payload(&p.msg.envelope, &p.msg.message))
+            .expect("payload serializes"),
+    );
+    let a = cfg.client.post(&id, body).await;
+    let verdict = retry::classify(a.status);
+    {
+        let mut s = state.stats.borrow_mut();
+        s.webhook_attempts += 1;
+        s.webhook_latency.observe(a.latency.as_micros() as u64);
+    }
+    let retry_after = a.retry_after;
+    let status = a.status;
+    p.attempts.push(a);
+    match verdict {
+        Verdict::Delivered => {
+            state.stats.borrow_mut().webhook_delivered += 1;
+            tracing::debug!(shard = state.id, %id, attempts = p.attempts.len(), "webhook delivered");
+            state
+                .delivery
+                .push_with(p.msg, cfg.store_mode == StoreMode::Always);
+        }
+        Verdict::Retry if (p.attempts.len() as u32) <= cfg.retries => {
+            let n = p.attempts.len() as u32;
+            let wait = retry::delay(cfg.retry_delay, n, retry_after, fastrand::f64());
+            tracing::info!(shard = state.id, %id, status = ?status, retry_in = ?wait, attempt = n, "webhook delivery failed; will retry");
+            p.due = Instant::now() + wait;
+            outbox.waiting.borrow_mut().push_back(p);
+            let _ = outbox.wake.0.try_send(());
+        }
+        _ => dead_letter(state, p, verdict).await,
+    }
+}
+
+/// Writes the message and its attempt log to `data_dir/dead/` (durably),
+/// then lets the spool forget it.
+async fn dead_letter(state: &Rc<ShardState>, p: Pending, verdict: Verdict) {
+    let Some(outbox) = state.outbox.as_ref() else {
+        return;
+    };
+    let last = p.attempts.last();
+    let reason = match (verdict, last.and_then(|a| a.status)) {
+        (Verdict::Permanent, Some(s)) => format!("receiver refused the message with HTTP {s}"),
+        (_, Some(s)) => format!(
+            "retries exhausted ({} attempts); last answer HTTP {s}",
+            p.attempts.len()
+        ),
+        (_, None) => format!(
+            "retries exhausted ({} attempts); last error: {}",
+            p.attempts.len(),
+            last.map_or("", |a| a.detail.as_str())
+        ),
+    };
+    let mut doc = store::payload(&p.msg.envelope, &p.msg.message);
+    doc["dead_letter"] = json!({
+        "reason": reason,
+        "attempts": p.attempts.iter().map(|a| json!({
+            "at": chrono::DateTime::from_timestamp_millis(a.at_ms).unwrap_or_default().to_rfc3339(),
+            "status": a.status,
+            "latency_ms": a.latency.as_millis() as u64,
+            "detail": a.detail,
+        })).collect::<Vec<_>>(),
+    });
+    let dir = state.data_dir.join("dead");
+    let path = dir.join(
+        store::path_for(&state.data_dir, &p.msg.envelope)
+            .file_name()
+            .expect("store paths have a file name"),
+    );
+    let written = glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let mut bytes = serde_json::to_vec_pretty(&doc)?;
+            bytes.push(b'\n');
+            crate::tls::write_file(&path, &bytes, 0o640)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await;
+    let id = &p.msg.envelope.id;
+    match written {
+        Ok(()) => {
+            state.stats.borrow_mut().webhook_dead_letters += 1;
+            tracing::warn!(shard = state.id, %id, %reason, "message moved to the dead-letter folder");
+            let store = outbox.cfg.store_mode != StoreMode::Never;
+            state.delivery.push_with(p.msg, store);
+        }
+        Err(e) => {
+            // Cannot record it as dead: keep it and try the webhook again later.
+            tracing::error!(shard = state.id, %id, error = %e, "cannot write the dead letter; keeping the message queued");
+            let mut p = p;
+            p.due = Instant::now() + Duration::from_secs(60);
+            outbox.waiting.borrow_mut().push_back(p);
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Webhook delivery to a real HTTP receiver that verifies Standard Webhooks
+//! signatures with an independent implementation (RustCrypto HMAC) and can
+//! fail on demand; crashes are real `kill -9`s.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+
+use super::harness::{queue_id, stored, Client, Gomail};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// How the receiver answers.
+#[derive(Clone)]
+enum Mode {
+    /// These statuses (with an optional Retry-After), then 200.
+    Script(VecDeque<(u16, Option<u64>)>),
+    /// Fails (500) this share of requests at random.
+    Flaky(f64),
+    /// Always this status.
+    Fixed(u16),
+}
+
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    signature_ok: bool,
+    authorization: Option<String>,
+    body: serde_json::Value,
+    at: Instant,
+    answered: u16,
+}
+
+struct Receiver {
+    addr: SocketAddr,
+    mode: Arc<Mutex<Mode>>,
+    log: Arc<Mutex<Vec<Received>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+/// Verifies a Standard Webhooks signature header, independently of gomail.
+fn verify(secret: &str, id: &str, ts: &str, body: &[u8], header: &str) -> bool {
+    let key = b64decode(secret.trim_start_matches("whsec_"));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    header.split(' ').any(|sig| {
+        sig.strip_prefix("v1,")
+            .map(b64decode)
+            .is_some_and(|bytes| mac.clone().verify_slice(&bytes).is_ok())
+    })
+}
+
+fn b64decode(s: &str) -> Vec<u8> {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut acc, mut bits, mut out) = (0u32, 0, Vec::new());
+    for c in s.bytes().filter(|&c| c != b'=') {
+        acc = (acc << 6) | T.iter().position(|&b| b == c).unwrap() as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+fn receiver(mode: Mode) -> Receiver {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mode = Arc::new(Mutex::new(mode));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (m, l) = (mode.clone(), log.clone());
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (m, l) = (m.clone(), l.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (m, l) = (m.clone(), l.clone());
+                        async move {
+                            let h = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string)
+                            };
+                            let (id, ts, sig, auth) = (
+                                h("webhook-id"),
+                                h("webhook-timestamp"),
+                                h("webhook-signature"),
+                                h("authorization"),
+                            );
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let signature_ok = match (&id, &ts, &sig) {
+                                (Some(i), Some(t), Some(s)) => verify(SECRET, i, t, &body, s),
+                                _ => false,
+                            };
+                            let (status, retry_after) = match &mut *m.lock().unwrap() {
+                                Mode::Script(q) => q.pop_front().unwrap_or((200, None)),
+                                Mode::Flaky(p) => {
+                                    (if fastrand::f64() < *p { 500 } else { 200 }, None)
+                                }
+                                Mode::Fixed(s) => (*s, None),
+                            };
+                            l.lock().unwrap().push(Received {
+                                id: id.unwrap_or_default(),
+                                signature_ok,
+                                authorization: auth,
+                                body: serde_json::from_slice(&body).unwrap_or_default(),
+                                at: Instant::now(),
+                                answered: status,
+                            });
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(format!(
+                                "answer {status}"
+                            ))));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            if let Some(s) = retry_after {
+                                resp.headers_mut()
+                                    .insert("retry-after", s.to_string().parse().unwrap());
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Receiver {
+        addr,
+        mode,
+        log,
+        _rt: rt,
+    }
+}
+
+impl Receiver {
+    fn config(&self, extra: &str) -> String {
+        format!(
+            "api_endpoint: \"http://{}/hook\"\nwebhook_secret: \"{SECRET}\"\nbearer_token: \"tok-123\"\nwebhook_timeout: 2s\n{extra}",
+            self.addr
+        )
+    }
+
+    fn log(&self) -> Vec<Received> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `ids` have each been delivered (answered 2xx).
+    fn wait_delivered(&self, ids: &[String]) {
+        let t0 = Instant::now();
+        loop {
+            let ok: std::collections::HashSet<String> = self
+                .log()
+                .into_iter()
+                .filter(|r| r.answered < 300)
+                .map(|r| r.id)
+                .collect();
+            let missing: Vec<_> = ids.iter().filter(|i| !ok.contains(*i)).collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{} never delivered: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn send(g: &Gomail, n: usize, subject: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO hooks.example");
+    for i in 0..n {
+        let r = c.mail(
+            "s@sender.example",
+            &["r@example.test"],
+            &format!("Subject: {subject} {i}\r\n\r\nbody {i}"),
+        );
+        ids.push(queue_id(&r).unwrap_or_else(|| panic!("{r}")));
+    }
+    ids
+}
+
+#[test]
+fn messages_are_posted_signed_with_a_stable_id() {
+    let rx = receiver(Mode::Fixed(200));
+    let g = Gomail::start(&rx.config(""));
+    let ids = send(&g, 2, "hello");
+    rx.wait_delivered(&ids);
+    let log = rx.log();
+    assert_eq!(log.len(), 2);
+    for r in &log {
+        assert!(r.signature_ok, "signature did not verify");
+        assert_eq!(r.authorization.as_deref(), Some("Bearer tok-123"));
+        assert!(ids.contains(&r.id));
+        assert_eq!(r.body["sender"], "s@sender.example");
+        assert_eq!(r.body["recipient"], "r@example.test");
+        assert_eq!(r.body["metadata"]["queue_id"], r.id.as_str());
+        assert!(r.body["raw"].as_str().unwrap().contains("Subject: hello"));
+    }
+    // store_mode always (default): the JSON store has them too.
+    let t0 = Instant::now();
+    while stored(&g.data_dir).len() < 2 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stored(&g.data_dir).len(), 2);
+}
+
+#[test]
+fn failures_are_retried_with_backoff_and_retry_after() {
+    let rx = receiver(Mode::Script(VecDeque::from([
+        (500, None),
+        (429, Some(1)),
+        (503, None),
+    ])));
+    let g = Gomail::start(&rx.config("webhook_retry_delay: 100ms\nwebhook_retries: 5\n"));
+    let ids = send(&g, 1, "retry");
+    rx.wait_delivered(&ids);
+    let log = rx.log();
+    assert_eq!(
+        log.iter().map(|r| r.answered).collect::<Vec<_>>(),
+        [500, 429, 503, 200]
+    );
+    assert!(
+        log.iter().all(|r| r.id == ids[0] && r.signature_ok),
+        "the same webhook-id on every attempt"
+    );
+    let gap = log[2].at - log[1].at;
+    assert!(
+        gap >= Duration::from_millis(900),
+        "Retry-After: 1 was not honoured: {gap:?}"
+    );
+}
+
+#[test]
+fn permanent_refusals_go_to_the_dead_letter_folder() {
+    let rx = receiver(Mode::Fixed(422));
+    let g = Gomail::start(&rx.config("store_mode: on_failure\n"));
+    let ids = send(&g, 1, "refused");
+    let dead = g.data_dir.join("dead");
+    let t0 = Instant::now();
+    let file = loop {
+        if let Some(e) = std::fs::read_dir(&dead).ok().and_then(|mut d| d.next()) {
+            break e.unwrap().path();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no dead letter");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(v["metadata"]["queue_id"], ids[0].as_str());
+    assert_eq!(
+        v["dead_letter"]["reason"],
+        "receiver refused the message with HTTP 422"
+    );
+    assert_eq!(v["dead_letter"]["attempts"][0]["status"], 422);
+    assert_eq!(v["dead_letter"]["attempts"][0]["detail"], "answer 422");
+    assert_eq!(rx.log().len(), 1, "a permanent refusal is not retried");
+    // store_mode on_failure: the failed message is in the store...
+    let t0 = Instant::now();
+    while stored(&g.data_dir).is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stored(&g.data_dir).len(), 1);
+    // ...and a delivered one is not.
+    *rx.mode.lock().unwrap() = Mode::Fixed(200);
+    let ids = send(&g, 1, "fine");
+    rx.wait_delivered(&ids);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(stored(&g.data_dir).len(), 1);
+}
+
+#[test]
+fn kill_9_with_deliveries_pending_delivers_every_message_after_restart() {
+    let rx = receiver(Mode::Fixed(503));
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = rx.config("webhook_retry_delay: 100ms\nwebhook_retries: 50\nstore_mode: never\n");
+    let mut g = Gomail::start_on(&data, &cfg);
+    let ids = send(&g, 20, "crash");
+    std::thread::sleep(Duration::from_millis(300));
+    g.kill9();
+    assert!(
+        rx.log().iter().all(|r| r.answered == 503),
+        "nothing was delivered before the crash"
+    );
+    *rx.mode.lock().unwrap() = Mode::Fixed(200);
+    let _g = Gomail::start_on(&data, &cfg);
+    rx.wait_delivered(&ids);
+    for r in rx.log() {
+        assert!(ids.contains(&r.id), "unknown webhook-id {}", r.id);
+        assert!(r.signature_ok);
+    }
+}
+
+#[test]
+fn a_thousand_messages_through_a_flaky_receiver_all_arrive() {
+    let rx = receiver(Mode::Flaky(0.3));
+    let g =
+        Gomail::start(&rx.config(
+            "webhook_retry_delay: 50ms\nwebhook_retries: 30\nstore_mode: never\nshards: 2\n",
+        ));
+    let mut ids = Vec::new();
+    for batch in 0..10 {
+        ids.extend(send(&g, 100, &format!("bulk {batch}")));
+    }
+    rx.wait_delivered(&ids);
+    let log = rx.log();
+    let failed = log.iter().filter(|r| r.answered >= 500).count();
+    assert!(failed > 100, "the receiver failed only {failed} requests");
+    let delivered: std::collections::HashSet<_> = log
+        .iter()
+        .filter(|r| r.answered < 300)
+        .map(|r| r.id.clone())
+        .collect();
+    assert_eq!(delivered.len(), 1000);
+}
