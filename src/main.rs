@@ -59,6 +59,79 @@ enum Cmd {
         #[command(subcommand)]
         action: ConfigCmd,
     },
+    /// Dead letters: list, show, re-drive (through the running server), purge.
+    Queue {
+        #[command(subcommand)]
+        action: QueueCmd,
+    },
+}
+
+/// Which dead letters: ids, and/or a time range (RFC 3339 or Unix seconds).
+#[derive(clap::Args, Clone, Default)]
+struct Select {
+    /// Queue ids (as in `250 … queued as <id>`).
+    ids: Vec<String>,
+    /// Received at or after this time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Received at or before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Every dead letter (needed when no id or time is given).
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// List dead letters (oldest first).
+    List {
+        #[command(flatten)]
+        select: Select,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Print one dead letter: payload, reason, attempt log.
+    Show {
+        /// The queue id.
+        id: String,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Deliver dead letters again; needs the server running (and bearer_token).
+    Retry {
+        #[command(flatten)]
+        select: Select,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Delete dead letters.
+    Purge {
+        #[command(flatten)]
+        select: Select,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+}
+
+fn selection(s: &Select, need_some: bool) -> anyhow::Result<gomail::control::queue::Selection> {
+    use gomail::control::queue::{parse_time, Selection};
+    let time = |t: &Option<String>| -> anyhow::Result<Option<i64>> {
+        t.as_deref()
+            .map(|v| {
+                parse_time(v).with_context(|| format!("`{v}` is not RFC 3339 or Unix seconds"))
+            })
+            .transpose()
+    };
+    let sel = Selection {
+        ids: s.ids.clone(),
+        since: time(&s.since)?,
+        until: time(&s.until)?,
+    };
+    if need_some && sel.is_everything() && !s.all {
+        anyhow::bail!("name queue ids, give --since/--until, or say --all");
+    }
+    Ok(sel)
 }
 
 #[derive(Subcommand)]
@@ -160,6 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = config::load(&sources)?;
             serve(config, sources)
         }
+        Cmd::Queue { action } => queue(action),
         Cmd::Config { action } => match action {
             ConfigCmd::Show { cfg } => {
                 print!("{}", config::load(&sources(&cfg, Vec::new()))?.show());
@@ -194,6 +268,105 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
     }
+}
+
+fn queue(action: QueueCmd) -> anyhow::Result<()> {
+    use gomail::control::queue::select;
+    let load = |cfg: &ConfigArg| config::load(&sources(cfg, Vec::new()));
+    match action {
+        QueueCmd::List { select: s, cfg } => {
+            let c = load(&cfg)?;
+            let paths = select(&c.data_dir, &selection(&s, false)?);
+            for p in &paths {
+                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p)?)
+                    .with_context(|| format!("{}", p.display()))?;
+                println!(
+                    "{}  {}  {} -> {}  {}",
+                    v["metadata"]["queue_id"].as_str().unwrap_or("?"),
+                    v["received_at"].as_str().unwrap_or("?"),
+                    v["sender"].as_str().unwrap_or(""),
+                    v["recipient"].as_str().unwrap_or(""),
+                    v["dead_letter"]["reason"].as_str().unwrap_or("")
+                );
+            }
+            eprintln!(
+                "{} dead letter(s) in {}",
+                paths.len(),
+                c.data_dir.join("dead").display()
+            );
+            Ok(())
+        }
+        QueueCmd::Show { id, cfg } => {
+            let c = load(&cfg)?;
+            let sel = gomail::control::queue::Selection {
+                ids: vec![id.clone()],
+                ..Default::default()
+            };
+            let path = select(&c.data_dir, &sel)
+                .pop()
+                .with_context(|| format!("no dead letter with id {id}"))?;
+            print!("{}", std::fs::read_to_string(&path)?);
+            Ok(())
+        }
+        QueueCmd::Purge { select: s, cfg } => {
+            let c = load(&cfg)?;
+            let paths = select(&c.data_dir, &selection(&s, true)?);
+            let mut n = 0;
+            for p in &paths {
+                if std::fs::remove_file(p).is_ok() {
+                    n += 1;
+                }
+            }
+            println!("purged {n} dead letter(s)");
+            Ok(())
+        }
+        QueueCmd::Retry { select: s, cfg } => {
+            let c = load(&cfg)?;
+            let sel = selection(&s, true)?;
+            let token = c
+                .get("bearer_token")
+                .filter(|t| !t.is_empty())
+                .context("bearer_token must be set: retry goes through the running server's API")?;
+            let mut body =
+                serde_json::json!({ "ids": sel.ids, "since": sel.since, "until": sel.until });
+            if s.all {
+                body["all"] = serde_json::Value::Bool(true);
+            }
+            let mut addr = c.api_listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let (status, answer) = api_post(addr, "/queue/retry", &token, &body.to_string())
+                .with_context(|| format!("is gomail running? (API {addr})"))?;
+            if status != 200 {
+                anyhow::bail!("the server answered {status}: {answer}");
+            }
+            println!("{answer}");
+            Ok(())
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 POST to the local control plane.
+fn api_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: gomail\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, answer) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, answer.to_string()))
 }
 
 fn inactive_note(status: Status) -> &'static str {
@@ -293,6 +466,8 @@ fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
             metrics_enabled: cfg.metrics_enabled,
             metrics_path: cfg.metrics_path.clone(),
             read_timeout: cfg.http_read_timeout,
+            bearer_token: cfg.get("bearer_token").filter(|t| !t.is_empty()),
+            data_dir: cfg.data_dir.clone(),
         },
         server.stats_handle(),
     )?;

@@ -161,6 +161,9 @@ pub enum Control {
     Stats(async_channel::Sender<ShardStats>),
     /// Stop accepting, finish open transactions, flush, then reply.
     Shutdown(async_channel::Sender<()>),
+    /// Deliver this dead letter again (`gomail queue retry`); the reply
+    /// says whether the shard took it (it has a webhook configured).
+    Redeliver(PathBuf, async_channel::Sender<bool>),
 }
 
 /// Shard-local state shared by its tasks.
@@ -475,6 +478,23 @@ impl Server {
 pub struct StatsHandle(shards::PoolHandle<Control>);
 
 impl StatsHandle {
+    /// Hands dead letters to the shards, spread evenly, for re-delivery;
+    /// returns how many were taken.
+    pub async fn redeliver(&self, paths: Vec<PathBuf>) -> usize {
+        let mut taken = 0;
+        for (i, path) in paths.into_iter().enumerate() {
+            if self
+                .0
+                .ask_one_async(i, |tx| Control::Redeliver(path, tx))
+                .await
+                == Some(true)
+            {
+                taken += 1;
+            }
+        }
+        taken
+    }
+
     /// Every shard's counters, in shard order; `None` for a shard that did
     /// not answer.
     pub async fn ask(&self) -> Vec<Option<ShardStats>> {
@@ -609,6 +629,19 @@ async fn run_shard(
                     (s.dns_cache_hits, s.dns_cache_misses) = a.cache_counts();
                 }
                 let _ = reply.send(s).await;
+            }
+            Control::Redeliver(path, reply) => {
+                let taken = match (&state.outbox, std::fs::read(&path)) {
+                    (Some(o), Ok(bytes)) => match serde_json::from_slice(&bytes) {
+                        Ok(doc) => {
+                            o.push_dead(path, doc);
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                    _ => false,
+                };
+                let _ = reply.send(taken).await;
             }
             Control::Shutdown(reply) => {
                 drop(shutdown_tx);

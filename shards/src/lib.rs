@@ -189,7 +189,10 @@ pub fn probe_addresses(addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, ShardsEr
             let deadline = std::time::Instant::now() + PROBE_PATIENCE;
             let sock = loop {
                 match listen_socket(addr, false) {
-                    Err(e) if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                    Err(e)
+                        if e.kind() == io::ErrorKind::AddrInUse
+                            && std::time::Instant::now() < deadline =>
+                    {
                         std::thread::sleep(std::time::Duration::from_millis(50));
                     }
                     other => break other.map_err(err)?,
@@ -340,6 +343,18 @@ impl<M: Send + 'static> PoolHandle<M> {
             .into_iter()
             .map(|rx| rx.and_then(|rx| rx.recv_blocking().ok()))
             .collect()
+    }
+
+    /// Asks one shard (`index` modulo the shard count); `None` if it stopped.
+    pub async fn ask_one_async<R: Send + 'static>(
+        &self,
+        index: usize,
+        make: impl FnOnce(async_channel::Sender<R>) -> M,
+    ) -> Option<R> {
+        let s = self.senders.get(index % self.senders.len().max(1))?;
+        let (tx, rx) = async_channel::bounded(1);
+        s.send(make(tx)).await.ok()?;
+        rx.recv().await.ok()
     }
 
     /// Like [`PoolHandle::ask`], for async callers on any runtime.

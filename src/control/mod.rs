@@ -7,6 +7,7 @@
 //! shard's state. The bearer-token API comes later.
 
 pub mod metrics;
+pub mod queue;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,6 +34,10 @@ pub struct ControlConfig {
     pub metrics_path: String,
     /// `http_timeouts.read`: time allowed for a request's headers.
     pub read_timeout: Duration,
+    /// `bearer_token`: required by the API's write endpoints.
+    pub bearer_token: Option<String>,
+    /// `data_dir` (dead letters for `/queue/retry`).
+    pub data_dir: std::path::PathBuf,
 }
 
 struct Ctx {
@@ -172,8 +177,112 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response<Full<Bytes>>
     )
 }
 
+/// `POST /queue/retry`: re-drive dead letters by id or time range.
+async fn queue_retry(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
+    let Some(token) = ctx.cfg.bearer_token.as_deref() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "set bearer_token to use the API",
+        );
+    };
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Constant time: the comparison does not reveal where the token differs.
+    if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), token.as_bytes())
+        .is_err()
+    {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Invalid or missing bearer token",
+        );
+    }
+    use http_body_util::BodyExt;
+    let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body over 64 KiB",
+        );
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&body.to_bytes()) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "validation_error",
+                &format!("body is not JSON: {e}"),
+            )
+        }
+    };
+    let time = |k: &str| -> Result<Option<i64>, String> {
+        match &v[k] {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::String(s) => queue::parse_time(s)
+                .map(Some)
+                .ok_or(format!("`{k}`: not RFC 3339 or Unix seconds")),
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .map(Some)
+                .ok_or(format!("`{k}`: not a whole number")),
+            _ => Err(format!("`{k}`: expected a time")),
+        }
+    };
+    let ids = match &v["ids"] {
+        serde_json::Value::Null => Vec::new(),
+        serde_json::Value::Array(a) if a.iter().all(|x| x.is_string()) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "validation_error",
+                "`ids`: expected a list of queue ids",
+            )
+        }
+    };
+    let (since, until) = match (time("since"), time("until")) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, "validation_error", &e),
+    };
+    let sel = queue::Selection { ids, since, until };
+    if sel.is_everything() && v["all"] != serde_json::Value::Bool(true) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+            "give `ids`, `since`/`until`, or `\"all\": true`",
+        );
+    }
+    let paths = queue::select(&ctx.cfg.data_dir, &sel);
+    let matched = paths.len();
+    let queued = ctx.stats.redeliver(paths).await;
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "matched": matched, "queued": queued }),
+    )
+}
+
 async fn route(req: Request<Incoming>, ctx: &Ctx, metrics_only: bool) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if !metrics_only && path == "/queue/retry" {
+        if req.method() != Method::POST {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST",
+            );
+        }
+        return queue_retry(req, ctx).await;
+    }
     let is_metrics = ctx.cfg.metrics_enabled && path == ctx.cfg.metrics_path;
     let is_health = !metrics_only && path == "/health";
     if !is_metrics && !is_health {

@@ -43,8 +43,20 @@ pub(crate) struct OutboxConfig {
     pub(crate) store_mode: StoreMode,
 }
 
+/// What an outbox entry delivers.
+enum Item {
+    /// A message from the spool.
+    Spooled(Spooled),
+    /// A dead letter re-driven by `gomail queue retry`: its stored payload.
+    Dead {
+        path: std::path::PathBuf,
+        id: String,
+        payload: serde_json::Value,
+    },
+}
+
 struct Pending {
-    msg: Spooled,
+    item: Item,
     attempts: Vec<Attempt>,
     due: Instant,
 }
@@ -68,8 +80,29 @@ impl Outbox {
     }
 
     pub(crate) fn push(&self, msg: Spooled) {
+        self.enqueue(Item::Spooled(msg));
+    }
+
+    /// Re-drives a dead letter: its payload is posted again; delivered, the
+    /// file is deleted; refused again, its attempt log grows.
+    pub(crate) fn push_dead(&self, path: std::path::PathBuf, mut doc: serde_json::Value) {
+        let id = doc["metadata"]["queue_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Some(o) = doc.as_object_mut() {
+            o.remove("dead_letter");
+        }
+        self.enqueue(Item::Dead {
+            path,
+            id,
+            payload: doc,
+        });
+    }
+
+    fn enqueue(&self, item: Item) {
         self.waiting.borrow_mut().push_back(Pending {
-            msg,
+            item,
             attempts: Vec::new(),
             due: Instant::now(),
         });
@@ -140,11 +173,14 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
         return;
     };
     let cfg = &outbox.cfg;
-    let id = p.msg.envelope.id.clone();
-    let body = Bytes::from(
-        serde_json::to_vec(&store::payload(&p.msg.envelope, &p.msg.message))
-            .expect("payload serializes"),
-    );
+    let (id, doc) = match &p.item {
+        Item::Spooled(m) => (
+            m.envelope.id.clone(),
+            store::payload(&m.envelope, &m.message),
+        ),
+        Item::Dead { id, payload, .. } => (id.clone(), payload.clone()),
+    };
+    let body = Bytes::from(serde_json::to_vec(&doc).expect("payload serializes"));
     let a = cfg.client.post(&id, body).await;
     let verdict = retry::classify(a.status);
     {
@@ -159,9 +195,15 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
         Verdict::Delivered => {
             state.stats.borrow_mut().webhook_delivered += 1;
             tracing::debug!(shard = state.id, %id, attempts = p.attempts.len(), "webhook delivered");
-            state
-                .delivery
-                .push_with(p.msg, cfg.store_mode == StoreMode::Always);
+            match p.item {
+                Item::Spooled(msg) => state
+                    .delivery
+                    .push_with(msg, cfg.store_mode == StoreMode::Always),
+                Item::Dead { path, .. } => {
+                    tracing::info!(shard = state.id, %id, "dead letter delivered; removing it");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
         }
         Verdict::Retry if (p.attempts.len() as u32) <= cfg.retries => {
             let n = p.attempts.len() as u32;
@@ -171,13 +213,19 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
             outbox.waiting.borrow_mut().push_back(p);
             let _ = outbox.wake.0.try_send(());
         }
-        _ => dead_letter(state, p, verdict).await,
+        _ => dead_letter(state, p, verdict, doc).await,
     }
 }
 
 /// Writes the message and its attempt log to `data_dir/dead/` (durably),
-/// then lets the spool forget it.
-async fn dead_letter(state: &Rc<ShardState>, p: Pending, verdict: Verdict) {
+/// then lets the spool forget it. A re-driven dead letter keeps its earlier
+/// attempts and gets the new ones appended.
+async fn dead_letter(
+    state: &Rc<ShardState>,
+    p: Pending,
+    verdict: Verdict,
+    payload: serde_json::Value,
+) {
     let Some(outbox) = state.outbox.as_ref() else {
         return;
     };
@@ -194,38 +242,55 @@ async fn dead_letter(state: &Rc<ShardState>, p: Pending, verdict: Verdict) {
             last.map_or("", |a| a.detail.as_str())
         ),
     };
-    let mut doc = store::payload(&p.msg.envelope, &p.msg.message);
-    doc["dead_letter"] = json!({
-        "reason": reason,
-        "attempts": p.attempts.iter().map(|a| json!({
+    let dir = state.data_dir.join("dead");
+    let (id, path, mut attempts) = match &p.item {
+        Item::Spooled(m) => (
+            m.envelope.id.clone(),
+            dir.join(
+                store::path_for(&state.data_dir, &m.envelope)
+                    .file_name()
+                    .expect("store paths have a file name"),
+            ),
+            Vec::new(),
+        ),
+        Item::Dead { path, id, .. } => (
+            id.clone(),
+            path.clone(),
+            std::fs::read(path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["dead_letter"]["attempts"].as_array().cloned())
+                .unwrap_or_default(),
+        ),
+    };
+    attempts.extend(p.attempts.iter().map(|a| {
+        json!({
             "at": chrono::DateTime::from_timestamp_millis(a.at_ms).unwrap_or_default().to_rfc3339(),
             "status": a.status,
             "latency_ms": a.latency.as_millis() as u64,
             "detail": a.detail,
-        })).collect::<Vec<_>>(),
-    });
-    let dir = state.data_dir.join("dead");
-    let path = dir.join(
-        store::path_for(&state.data_dir, &p.msg.envelope)
-            .file_name()
-            .expect("store paths have a file name"),
-    );
+        })
+    }));
+    let mut doc = payload;
+    doc["dead_letter"] = json!({ "reason": reason, "attempts": attempts });
+    let target = path.clone();
     let written = glommio::executor()
         .spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&dir)?;
             let mut bytes = serde_json::to_vec_pretty(&doc)?;
             bytes.push(b'\n');
-            crate::tls::write_file(&path, &bytes, 0o640)?;
+            crate::tls::write_file(&target, &bytes, 0o640)?;
             std::fs::File::open(&dir)?.sync_all()
         })
         .await;
-    let id = &p.msg.envelope.id;
     match written {
         Ok(()) => {
             state.stats.borrow_mut().webhook_dead_letters += 1;
-            tracing::warn!(shard = state.id, %id, %reason, "message moved to the dead-letter folder");
-            let store = outbox.cfg.store_mode != StoreMode::Never;
-            state.delivery.push_with(p.msg, store);
+            tracing::warn!(shard = state.id, %id, %reason, path = %path.display(), "message moved to the dead-letter folder");
+            if let Item::Spooled(msg) = p.item {
+                let store = outbox.cfg.store_mode != StoreMode::Never;
+                state.delivery.push_with(msg, store);
+            }
         }
         Err(e) => {
             // Cannot record it as dead: keep it and try the webhook again later.

@@ -43,8 +43,9 @@ impl Gomail {
             &config,
             format!(
                 "smtp_listen: [\"{listen}\"]\nprimary_domain: example.test\nadditional_domains: [other.test]\n\
-                 mail_hostname: mx.example.test\ndata_dir: \"{}\"\nlog_level: warn\nport: 0\n{auth}{extra}",
+                 mail_hostname: mx.example.test\ndata_dir: \"{}\"\nlog_level: warn\n{port}{auth}{extra}",
                 data_dir.display(),
+                port = if extra.lines().any(|l| l.starts_with("port:")) { "" } else { "port: 0\n" },
                 // Hermetic by default: authentication checks only in the
                 // tests that bring their own DNS server.
                 auth = if extra.contains("dns_servers") {

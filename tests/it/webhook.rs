@@ -338,3 +338,72 @@ fn a_thousand_messages_through_a_flaky_receiver_all_arrive() {
         .collect();
     assert_eq!(delivered.len(), 1000);
 }
+
+fn gomail_cli(g: &Gomail, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gomail"))
+        .args(args)
+        .arg("--config")
+        .arg(&g.config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dead_letters_are_listed_retried_and_purged_while_the_server_runs() {
+    let rx = receiver(Mode::Fixed(422));
+    let g = Gomail::start(&rx.config("port: 21027\nstore_mode: never\n"));
+    let ids = send(&g, 2, "dead");
+    let t0 = Instant::now();
+    while gomail_cli(&g, &["queue", "list"]).1.lines().count() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "dead letters never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, list, _) = gomail_cli(&g, &["queue", "list"]);
+    assert!(ids.iter().all(|id| list.contains(id.as_str())), "{list}");
+    assert!(
+        list.contains("receiver refused the message with HTTP 422"),
+        "{list}"
+    );
+    let (ok, show, _) = gomail_cli(&g, &["queue", "show", &ids[0]]);
+    assert!(ok && show.contains("\"dead_letter\""), "{show}");
+    let (ok, _, err) = gomail_cli(&g, &["queue", "retry"]);
+    assert!(
+        !ok && err.contains("name queue ids, give --since/--until, or say --all"),
+        "{err}"
+    );
+
+    // The receiver is fixed; re-drive the first one only.
+    *rx.mode.lock().unwrap() = Mode::Fixed(200);
+    let (ok, out, err) = gomail_cli(&g, &["queue", "retry", &ids[0]]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), r#"{"matched":1,"queued":1}"#);
+    rx.wait_delivered(&ids[..1]);
+    let t0 = Instant::now();
+    while gomail_cli(&g, &["queue", "list"]).1.lines().count() != 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the delivered dead letter was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, out, _) = gomail_cli(&g, &["queue", "purge", "--all"]);
+    assert!(ok && out.contains("purged 1"), "{out}");
+    assert_eq!(gomail_cli(&g, &["queue", "list"]).1, "");
+
+    // The API refuses a wrong token.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect("127.0.0.1:21027").unwrap();
+    write!(s, "POST /queue/retry HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer wrong\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    assert!(raw.contains("\"error\":\"unauthorized\""), "{raw}");
+}
