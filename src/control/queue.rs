@@ -48,7 +48,7 @@ pub fn select(data_dir: &Path, sel: &Selection) -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .filter_map(|p| {
             let (unix, id) = name_parts(&p)?;
-            let keep = (sel.ids.is_empty() || sel.ids.iter().any(|i| *i == id))
+            let keep = (sel.ids.is_empty() || sel.ids.contains(&id))
                 && sel.since.is_none_or(|s| unix >= s)
                 && sel.until.is_none_or(|u| unix <= u);
             keep.then_some((unix, p))

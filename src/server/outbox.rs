@@ -46,7 +46,7 @@ pub(crate) struct OutboxConfig {
 /// What an outbox entry delivers.
 enum Item {
     /// A message from the spool.
-    Spooled(Spooled),
+    Spooled(Box<Spooled>),
     /// A dead letter re-driven by `gomail queue retry`: its stored payload.
     Dead {
         path: std::path::PathBuf,
@@ -80,7 +80,7 @@ impl Outbox {
     }
 
     pub(crate) fn push(&self, msg: Spooled) {
-        self.enqueue(Item::Spooled(msg));
+        self.enqueue(Item::Spooled(Box::new(msg)));
     }
 
     /// Re-drives a dead letter: its payload is posted again; delivered, the
@@ -198,7 +198,7 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
             match p.item {
                 Item::Spooled(msg) => state
                     .delivery
-                    .push_with(msg, cfg.store_mode == StoreMode::Always),
+                    .push_with(*msg, cfg.store_mode == StoreMode::Always),
                 Item::Dead { path, .. } => {
                     tracing::info!(shard = state.id, %id, "dead letter delivered; removing it");
                     let _ = std::fs::remove_file(&path);
@@ -289,7 +289,7 @@ async fn dead_letter(
             tracing::warn!(shard = state.id, %id, %reason, path = %path.display(), "message moved to the dead-letter folder");
             if let Item::Spooled(msg) = p.item {
                 let store = outbox.cfg.store_mode != StoreMode::Never;
-                state.delivery.push_with(msg, store);
+                state.delivery.push_with(*msg, store);
             }
         }
         Err(e) => {
