@@ -88,6 +88,8 @@ pub struct ShardStats {
     pub bytes_accepted: u64,
     /// Messages answered `451` because the spool failed.
     pub spool_failures: u64,
+    /// Messages deferred with `452 4.3.1` because the backlog was full.
+    pub spool_backlog_refusals: u64,
     /// Messages refused by authentication policy (DMARC) after DATA.
     pub messages_refused_by_policy: u64,
     /// Connections refused because DNS blocklists listed the client.
@@ -110,6 +112,10 @@ pub struct ShardStats {
     pub webhook_dead_letters: u64,
     /// Webhook request latency.
     pub webhook_latency: LatencyHistogram,
+    /// 1 while the circuit breaker holds deliveries back.
+    pub webhook_circuit_open: u64,
+    /// 1 once the receiver answered 410 Gone (until restart).
+    pub webhook_disabled: u64,
     /// Messages spooled and not yet in the store.
     pub store_backlog: u64,
     /// TLS handshakes completed (STARTTLS and implicit TLS).
@@ -179,6 +185,9 @@ pub(crate) struct ShardState {
     pub(crate) stats: RefCell<ShardStats>,
     pub(crate) active: Cell<u64>,
     pub(crate) max_connections: u64,
+    /// `spool_max_backlog` for this shard: undelivered messages past which
+    /// new ones are deferred with `452 4.3.1`.
+    pub(crate) max_backlog: u64,
     /// The current TLS configuration, if TLS is enabled.
     pub(crate) tls: Option<Snapshot<Arc<ServerConfig>>>,
     /// SPF/DKIM/DMARC on this shard, if any check is on.
@@ -348,6 +357,12 @@ impl Server {
         let per_shard = (cfg.max_total_connections as u64)
             .div_ceil(count as u64)
             .max(1);
+        let backlog_per_shard = cfg
+            .get("spool_max_backlog")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(100_000)
+            .div_ceil(count as u64)
+            .max(1);
         let (ready_tx, ready_rx) = async_channel::unbounded::<(usize, Result<(), String>)>();
         let data_dir = cfg.data_dir.clone();
         let hostname = cfg.mail_hostname.clone();
@@ -377,6 +392,7 @@ impl Server {
                         data_dir,
                         listen,
                         max_connections: per_shard,
+                        max_backlog: backlog_per_shard,
                         tls,
                         dns,
                         auth,
@@ -529,6 +545,7 @@ struct ShardSetup {
     /// Addresses to listen on, and whether each is implicit TLS.
     listen: Vec<(SocketAddr, bool)>,
     max_connections: u64,
+    max_backlog: u64,
     tls: Option<Snapshot<Arc<ServerConfig>>>,
     dns: Option<Arc<DnsRuntime>>,
     auth: Arc<AuthSettings>,
@@ -546,6 +563,7 @@ async fn run_shard(
         data_dir,
         listen,
         max_connections,
+        max_backlog,
         tls,
         dns,
         auth,
@@ -600,6 +618,7 @@ async fn run_shard(
         }),
         active: Cell::new(0),
         max_connections,
+        max_backlog,
         tls,
         auth: shard_auth,
         shutdown: shutdown_rx,
@@ -627,6 +646,11 @@ async fn run_shard(
                 s.store_backlog = state.spool.outstanding() as u64;
                 if let Some(a) = &state.auth {
                     (s.dns_cache_hits, s.dns_cache_misses) = a.cache_counts();
+                }
+                if let Some(o) = &state.outbox {
+                    let (open, disabled) = o.health();
+                    s.webhook_circuit_open = u64::from(open);
+                    s.webhook_disabled = u64::from(disabled);
                 }
                 let _ = reply.send(s).await;
             }

@@ -148,6 +148,7 @@ pub const KEYS: &[Key] = &[
     k("rate_limit_burst", Int, Some("10"), Pending),
     k("max_connections_per_ip", Int, Some("10"), Pending),
     k("max_total_connections", Int, Some("1000"), Active),
+    k("spool_max_backlog", Int, Some("100000"), Active),
     k("ban_threshold", Int, Some("5"), Pending),
     k("ban_duration", Duration, Some("1h"), Pending),
     // GoMail keys without meaning here

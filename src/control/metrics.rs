@@ -108,6 +108,24 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
         &|s| s.dns_cache_misses,
     );
     family(
+        "gomail_spool_backlog_refusals_total",
+        "counter",
+        "Messages deferred with 452 4.3.1 because the undelivered backlog was full.",
+        &|s| s.spool_backlog_refusals,
+    );
+    family(
+        "gomail_webhook_circuit_open",
+        "gauge",
+        "1 while the circuit breaker holds webhook deliveries back (receiver failing).",
+        &|s| s.webhook_circuit_open,
+    );
+    family(
+        "gomail_webhook_disabled",
+        "gauge",
+        "1 once the receiver answered 410 Gone: no deliveries until restart.",
+        &|s| s.webhook_disabled,
+    );
+    family(
         "gomail_webhook_attempts_total",
         "counter",
         "Webhook requests made (every attempt).",

@@ -244,6 +244,24 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                         );
                         progressed = true;
                     }
+                    Action::Spool(tx) if state.spool.outstanding() as u64 >= state.max_backlog => {
+                        // Back-pressure: the receiver is slow or down and the
+                        // shard's undelivered backlog is full. The client
+                        // keeps the message and retries later.
+                        state.stats.borrow_mut().spool_backlog_refusals += 1;
+                        tracing::warn!(shard = state.id, backlog = state.spool.outstanding(), client = %peer.ip(), %tx.mail_from, "spool backlog full; message deferred with 452 4.3.1");
+                        let reply = Reply::new(
+                            452,
+                            "4.3.1",
+                            "Insufficient system storage: delivery backlog full, try again later",
+                        );
+                        session.handle_completion(
+                            Completion::Refused(reply),
+                            Instant::now(),
+                            &mut out,
+                        );
+                        progressed = true;
+                    }
                     Action::Spool(tx) => {
                         let c = match &state.auth {
                             Some(auth) => {

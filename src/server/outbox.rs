@@ -24,6 +24,22 @@ use crate::spool::{store, Spooled};
 /// Deliveries in flight per shard.
 const MAX_IN_FLIGHT: usize = 64;
 
+/// Consecutive failures after which the circuit breaker opens.
+const BREAKER_THRESHOLD: u32 = 10;
+/// First and longest wait between probes while the breaker is open.
+const PROBE_FIRST: Duration = Duration::from_secs(1);
+const PROBE_MAX: Duration = Duration::from_secs(300);
+
+/// The circuit breaker: a receiver that keeps failing is not hammered.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    /// Open: no attempt until then, and then one probe at a time.
+    open_until: Option<Instant>,
+    probe_wait: Duration,
+    probing: bool,
+}
+
 /// `store_mode`: when the JSON store is written as well as the webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreMode {
@@ -67,6 +83,9 @@ pub(crate) struct Outbox {
     waiting: RefCell<VecDeque<Pending>>,
     in_flight: Cell<usize>,
     wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    breaker: RefCell<Breaker>,
+    /// The receiver answered `410 Gone`: no more attempts until restart.
+    disabled: Cell<bool>,
 }
 
 impl Outbox {
@@ -76,6 +95,8 @@ impl Outbox {
             waiting: RefCell::new(VecDeque::new()),
             in_flight: Cell::new(0),
             wake: async_channel::bounded(1),
+            breaker: RefCell::new(Breaker::default()),
+            disabled: Cell::new(false),
         }
     }
 
@@ -109,9 +130,20 @@ impl Outbox {
         let _ = self.wake.0.try_send(());
     }
 
+    /// (circuit open, disabled by 410) for the metrics.
+    pub(crate) fn health(&self) -> (bool, bool) {
+        (
+            self.breaker.borrow().open_until.is_some(),
+            self.disabled.get(),
+        )
+    }
+
     /// Nothing being sent and nothing due now (retries waiting for later
     /// are safe in the spool).
     pub(crate) fn is_idle(&self) -> bool {
+        if self.disabled.get() || self.breaker.borrow().open_until.is_some() {
+            return self.in_flight.get() == 0;
+        }
         let now = Instant::now();
         self.in_flight.get() == 0 && !self.waiting.borrow().iter().any(|p| p.due <= now)
     }
@@ -129,12 +161,29 @@ pub(super) async fn run(state: Rc<ShardState>) {
     loop {
         let now = Instant::now();
         let mut next_due: Option<Instant> = None;
+        // While the breaker is open: nothing until `open_until`, then a
+        // single probe. While disabled (410): nothing at all.
+        let (gate, limit) = {
+            let b = outbox.breaker.borrow();
+            match b.open_until {
+                _ if outbox.disabled.get() => (None, 0),
+                Some(t) if now < t => (Some(t), 0),
+                Some(_) if b.probing => (None, 0),
+                Some(_) => (None, 1),
+                None => (None, MAX_IN_FLIGHT),
+            }
+        };
+        let mut started = 0;
         loop {
-            if outbox.in_flight.get() >= MAX_IN_FLIGHT {
+            if outbox.in_flight.get() >= MAX_IN_FLIGHT || started >= limit {
                 break;
             }
             let pos = outbox.waiting.borrow().iter().position(|p| p.due <= now);
             let Some(pos) = pos else { break };
+            started += 1;
+            if limit == 1 {
+                outbox.breaker.borrow_mut().probing = true;
+            }
             let pending = outbox
                 .waiting
                 .borrow_mut()
@@ -155,6 +204,9 @@ pub(super) async fn run(state: Rc<ShardState>) {
             if p.due > now {
                 next_due = Some(next_due.map_or(p.due, |d| d.min(p.due)));
             }
+        }
+        if let Some(t) = gate {
+            next_due = Some(next_due.map_or(t, |d| d.max(t)));
         }
         let wait = next_due.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
         let woke = future::or(async { outbox.wake.1.recv().await.is_ok() }, async {
@@ -191,6 +243,40 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
     let retry_after = a.retry_after;
     let status = a.status;
     p.attempts.push(a);
+    if status == Some(410) {
+        // The receiver says this endpoint is gone for good: stop, keep
+        // every message, and make it loud. A restart re-enables delivery.
+        if !outbox.disabled.replace(true) {
+            tracing::error!(shard = state.id, "webhook receiver answered 410 Gone: delivery disabled on this shard until restart; messages are kept in the spool");
+        }
+        p.due = Instant::now();
+        outbox.waiting.borrow_mut().push_front(p);
+        return;
+    }
+    {
+        let mut b = outbox.breaker.borrow_mut();
+        b.probing = false;
+        if verdict == Verdict::Retry {
+            b.failures += 1;
+            if b.failures >= BREAKER_THRESHOLD {
+                b.probe_wait = if b.open_until.is_some() {
+                    (b.probe_wait * 2).min(PROBE_MAX)
+                } else {
+                    tracing::warn!(shard = state.id, failures = b.failures, "webhook receiver keeps failing: circuit breaker open, probing with backoff");
+                    PROBE_FIRST
+                };
+                b.open_until = Some(Instant::now() + b.probe_wait);
+            }
+        } else if b.open_until.take().is_some() || b.failures > 0 {
+            if b.failures >= BREAKER_THRESHOLD {
+                tracing::info!(
+                    shard = state.id,
+                    "webhook receiver answers again: circuit breaker closed"
+                );
+            }
+            b.failures = 0;
+        }
+    }
     match verdict {
         Verdict::Delivered => {
             state.stats.borrow_mut().webhook_delivered += 1;

@@ -407,3 +407,97 @@ fn dead_letters_are_listed_retried_and_purged_while_the_server_runs() {
     assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
     assert!(raw.contains("\"error\":\"unauthorized\""), "{raw}");
 }
+
+#[test]
+fn a_receiver_that_is_down_leads_to_452_not_unbounded_growth() {
+    let rx = receiver(Mode::Fixed(503));
+    let g = Gomail::start(&rx.config(
+        "shards: 1\nspool_max_backlog: 4\nwebhook_retries: 100\nwebhook_retry_delay: 10s\n",
+    ));
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO backlog.example");
+    for i in 0..4 {
+        let r = c.mail(
+            "s@sender.example",
+            &["r@example.test"],
+            &format!("Subject: {i}\r\n\r\nx"),
+        );
+        assert!(queue_id(&r).is_some(), "{i}: {r}");
+    }
+    let r = c.mail(
+        "s@sender.example",
+        &["r@example.test"],
+        "Subject: 5\r\n\r\nx",
+    );
+    assert_eq!(
+        r,
+        "452 4.3.1 Insufficient system storage: delivery backlog full, try again later\r\n"
+    );
+    assert_eq!(c.cmd("NOOP"), "250 2.0.0 OK\r\n");
+}
+
+fn metric(g: &Gomail, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(g.api).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_410_gone_disables_delivery_and_keeps_the_messages() {
+    let rx = receiver(Mode::Fixed(410));
+    let g = Gomail::start(&rx.config("shards: 1\n"));
+    send(&g, 1, "gone");
+    let t0 = Instant::now();
+    while rx.log().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    send(&g, 2, "after gone");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(rx.log().len(), 1, "no attempts after 410 Gone");
+    assert_eq!(metric(&g, "gomail_webhook_disabled"), 1.0);
+    assert_eq!(
+        metric(&g, "gomail_store_backlog"),
+        3.0,
+        "all three messages are kept"
+    );
+    assert!(
+        !g.data_dir.join("dead").exists(),
+        "410 is not a dead letter"
+    );
+}
+
+#[test]
+fn a_failing_receiver_trips_the_breaker_and_recovery_closes_it() {
+    let rx = receiver(Mode::Fixed(503));
+    let g = Gomail::start(&rx.config(
+        "shards: 1\nwebhook_retry_delay: 10ms\nwebhook_retries: 1000\nstore_mode: never\n",
+    ));
+    let ids = send(&g, 5, "breaker");
+    let t0 = Instant::now();
+    while metric(&g, "gomail_webhook_circuit_open") != 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the breaker never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // While open, the shard only probes: a handful of attempts, not a flood.
+    let before = rx.log().len();
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = rx.log().len() - before;
+    assert!(during <= 3, "{during} attempts while the breaker was open");
+    *rx.mode.lock().unwrap() = Mode::Fixed(200);
+    rx.wait_delivered(&ids);
+    assert_eq!(metric(&g, "gomail_webhook_circuit_open"), 0.0);
+}
