@@ -224,6 +224,7 @@ struct WebhookSettings {
     endpoint: crate::delivery::webhook::Endpoint,
     bearer: Option<String>,
     secrets: Vec<crate::delivery::sign::Secret>,
+    signing_key: Option<Arc<crate::delivery::sign::SigningKey>>,
     timeout: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
     retries: u32,
@@ -247,6 +248,17 @@ impl WebhookSettings {
                 .ok_or_else(|| bad("webhook_secret is not a whsec_<base64> secret".into()))?,
             None => Vec::new(),
         };
+        let signing_key = match cfg.get("webhook_signing_key").filter(|s| !s.is_empty()) {
+            Some(k) => Some(Arc::new(
+                crate::delivery::sign::SigningKey::parse(&k).ok_or_else(|| {
+                    bad("webhook_signing_key is not a whsk_<base64> Ed25519 key".into())
+                })?,
+            )),
+            None => None,
+        };
+        if let Some(k) = &signing_key {
+            tracing::info!(public_key = %k.public(), "webhook Ed25519 signing on: receivers verify v1a signatures with this key");
+        }
         let tls = if endpoint.tls {
             let ca = cfg
                 .get("webhook_ca_file")
@@ -265,6 +277,7 @@ impl WebhookSettings {
             endpoint,
             bearer: cfg.get("bearer_token").filter(|s| !s.is_empty()),
             secrets,
+            signing_key,
             timeout: dur("webhook_timeout", 30),
             tls,
             retries: cfg
@@ -286,6 +299,7 @@ impl WebhookSettings {
                 self.endpoint.clone(),
                 self.bearer.clone(),
                 self.secrets.clone(),
+                self.signing_key.clone(),
                 self.timeout,
                 self.tls.clone(),
             ),

@@ -102,6 +102,7 @@ pub const KEYS: &[Key] = &[
     k("webhook_retry_delay", Duration, Some("5s"), Active),
     k("webhook_secret", Secret, None, Active),
     k("webhook_ca_file", Str, None, Active),
+    k("webhook_signing_key", Secret, None, Active),
     k(
         "store_mode",
         Enum(&["always", "on_failure", "never"]),

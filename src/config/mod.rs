@@ -599,6 +599,13 @@ fn resolve(
             "expected whsec_<base64> secrets, separated by spaces (value not shown)".into(),
         ));
     }
+    let key = get("webhook_signing_key");
+    if !key.is_empty() && crate::delivery::sign::SigningKey::parse(&key).is_none() {
+        return Err(invalid(
+            "webhook_signing_key",
+            "expected whsk_<base64 of a 32-byte Ed25519 seed> (value not shown)".into(),
+        ));
+    }
     if get("store_mode") == "never" && endpoint.is_empty() {
         return Err(invalid(
             "store_mode",

@@ -6,6 +6,11 @@
 //! of each `whsec_…` secret. Several secrets at once let an operator rotate
 //! without downtime: configure the new one beside the old, move receivers
 //! over, then drop the old one.
+//!
+//! With `webhook_signing_key` (`whsk_<base64 seed>`), an Ed25519 signature
+//! of the same content is added as `v1a,<base64>`: receivers then verify
+//! with the public key (logged at start-up as `whpk_…`) and hold no shared
+//! secret.
 
 use aws_lc_rs::hmac;
 
@@ -38,7 +43,57 @@ impl Secret {
     }
 }
 
-/// The `webhook-signature` header value for a delivery.
+/// An Ed25519 webhook signing key (`whsk_<base64 32-byte seed>`).
+pub struct SigningKey(aws_lc_rs::signature::Ed25519KeyPair);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(********)")
+    }
+}
+
+impl SigningKey {
+    /// Parses `whsk_<base64>`: a 32-byte seed (or 64 bytes, seed first).
+    pub fn parse(s: &str) -> Option<SigningKey> {
+        let raw = base64_decode(s.trim().strip_prefix("whsk_")?)?;
+        let seed = raw
+            .get(..32)
+            .filter(|_| raw.len() == 32 || raw.len() == 64)?;
+        aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(seed)
+            .ok()
+            .map(SigningKey)
+    }
+
+    /// The public key, `whpk_<base64>`, for receivers.
+    pub fn public(&self) -> String {
+        use aws_lc_rs::signature::KeyPair;
+        format!("whpk_{}", base64_encode(self.0.public_key().as_ref()))
+    }
+}
+
+/// The `webhook-signature` header value for a delivery: `v1,` per HMAC
+/// secret, then `v1a,` for the Ed25519 key if any.
+pub fn signature_header_all(
+    secrets: &[Secret],
+    key: Option<&SigningKey>,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
+    let mut parts = Vec::new();
+    if !secrets.is_empty() {
+        parts.push(signature_header(secrets, id, timestamp, body));
+    }
+    if let Some(k) = key {
+        let mut signed = Vec::with_capacity(id.len() + 24 + body.len());
+        signed.extend_from_slice(format!("{id}.{timestamp}.").as_bytes());
+        signed.extend_from_slice(body);
+        parts.push(format!("v1a,{}", base64_encode(k.0.sign(&signed).as_ref())));
+    }
+    parts.join(" ")
+}
+
+/// The HMAC (`v1`) part of the `webhook-signature` header.
 pub fn signature_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut signed = Vec::with_capacity(id.len() + 24 + body.len());
     signed.extend_from_slice(id.as_bytes());
@@ -117,5 +172,15 @@ mod tests {
             base64_decode(&base64_encode(b"any bytes\x00\xff")).unwrap(),
             b"any bytes\x00\xff"
         );
+    }
+
+    #[test]
+    fn ed25519_keys_parse_and_sign() {
+        let key = SigningKey::parse(&format!("whsk_{}", base64_encode(&[7u8; 32]))).unwrap();
+        assert!(key.public().starts_with("whpk_"));
+        let h = signature_header_all(&[], Some(&key), "id", 1, b"{}");
+        assert!(h.starts_with("v1a,") && !h.contains(' '), "{h}");
+        assert!(SigningKey::parse("whsk_c2hvcnQ=").is_none());
+        assert!(SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_none());
     }
 }

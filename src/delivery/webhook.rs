@@ -15,7 +15,7 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use shards::http::HyperIo;
 
-use super::sign::{signature_header, Secret};
+use super::sign::{signature_header_all, Secret, SigningKey};
 
 /// Where and how to deliver.
 #[derive(Debug, Clone)]
@@ -78,6 +78,7 @@ pub struct Webhook {
     endpoint: Endpoint,
     bearer: Option<String>,
     secrets: Vec<Secret>,
+    signing_key: Option<Arc<SigningKey>>,
     timeout: Duration,
     tls: Option<futures_rustls::TlsConnector>,
     idle: RefCell<Vec<SendRequest<Full<Bytes>>>>,
@@ -89,6 +90,7 @@ impl Webhook {
         endpoint: Endpoint,
         bearer: Option<String>,
         secrets: Vec<Secret>,
+        signing_key: Option<Arc<SigningKey>>,
         timeout: Duration,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Webhook {
@@ -96,6 +98,7 @@ impl Webhook {
             endpoint,
             bearer,
             secrets,
+            signing_key,
             timeout,
             tls: tls.map(futures_rustls::TlsConnector::from),
             idle: RefCell::new(Vec::new()),
@@ -207,10 +210,10 @@ impl Webhook {
             .header("webhook-id", id)
             .header("webhook-timestamp", ts)
             .header("x-request-id", id);
-        if !self.secrets.is_empty() {
+        if !self.secrets.is_empty() || self.signing_key.is_some() {
             req = req.header(
                 "webhook-signature",
-                signature_header(&self.secrets, id, ts, &body),
+                signature_header_all(&self.secrets, self.signing_key.as_deref(), id, ts, &body),
             );
         }
         if let Some(token) = &self.bearer {

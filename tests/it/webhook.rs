@@ -33,6 +33,9 @@ struct Received {
     signature_ok: bool,
     authorization: Option<String>,
     body: serde_json::Value,
+    raw_body: Vec<u8>,
+    timestamp: String,
+    signature: String,
     at: Instant,
     answered: u16,
 }
@@ -120,6 +123,9 @@ fn receiver(mode: Mode) -> Receiver {
                                 Mode::Fixed(s) => (*s, None),
                             };
                             l.lock().unwrap().push(Received {
+                                raw_body: body.to_vec(),
+                                timestamp: ts.clone().unwrap_or_default(),
+                                signature: sig.clone().unwrap_or_default(),
                                 id: id.unwrap_or_default(),
                                 signature_ok,
                                 authorization: auth,
@@ -500,4 +506,52 @@ fn a_failing_receiver_trips_the_breaker_and_recovery_closes_it() {
     *rx.mode.lock().unwrap() = Mode::Fixed(200);
     rx.wait_delivered(&ids);
     assert_eq!(metric(&g, "gomail_webhook_circuit_open"), 0.0);
+}
+
+#[test]
+fn ed25519_signatures_verify_with_the_public_key() {
+    use ed25519_dalek::Verifier;
+    let seed = [9u8; 32];
+    let rx = receiver(Mode::Fixed(200));
+    let key = format!("whsk_{}", b64encode(&seed));
+    let g = Gomail::start(&rx.config(&format!("webhook_signing_key: \"{key}\"\n")));
+    let ids = send(&g, 1, "asymmetric");
+    rx.wait_delivered(&ids);
+    let r = &rx.log()[0];
+    assert!(r.signature_ok, "the v1 HMAC signature is still there");
+    let v1a = r
+        .signature
+        .split(' ')
+        .find_map(|p| p.strip_prefix("v1a,"))
+        .expect("a v1a signature");
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+    let sig = ed25519_dalek::Signature::from_slice(&b64decode(v1a)).unwrap();
+    let mut signed = format!("{}.{}.", r.id, r.timestamp).into_bytes();
+    signed.extend_from_slice(&r.raw_body);
+    public
+        .verify(&signed, &sig)
+        .expect("v1a verifies with the public key");
+    signed.push(b' ');
+    assert!(
+        public.verify(&signed, &sig).is_err(),
+        "and not for other bytes"
+    );
+}
+
+fn b64encode(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                T[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
 }
