@@ -59,10 +59,25 @@ pub(crate) struct OutboxConfig {
     pub(crate) store_mode: StoreMode,
 }
 
+/// A spooled message shared by its recipients' deliveries: it is done in
+/// the spool when every recipient's delivery is (delivered or dead).
+struct Share {
+    msg: RefCell<Option<Spooled>>,
+    remaining: Cell<usize>,
+    any_dead: Cell<bool>,
+}
+
 /// What an outbox entry delivers.
 enum Item {
-    /// A message from the spool.
-    Spooled(Box<Spooled>),
+    /// One recipient of a message from the spool. gomail POSTs once per
+    /// recipient, as GoMail did behind Postfix: `recipient` is that
+    /// address, `recipients` lists all, and a message with several
+    /// recipients uses webhook ids `<queue id>.<n>`.
+    Recipient {
+        share: Rc<Share>,
+        index: usize,
+        id: String,
+    },
     /// A dead letter re-driven by `gomail queue retry`: its stored payload.
     Dead {
         path: std::path::PathBuf,
@@ -101,14 +116,33 @@ impl Outbox {
     }
 
     pub(crate) fn push(&self, msg: Spooled) {
-        self.enqueue(Item::Spooled(Box::new(msg)));
+        let n = msg.envelope.recipients.len().max(1);
+        let queue_id = msg.envelope.id.clone();
+        let share = Rc::new(Share {
+            msg: RefCell::new(Some(msg)),
+            remaining: Cell::new(n),
+            any_dead: Cell::new(false),
+        });
+        for index in 0..n {
+            let id = if n == 1 {
+                queue_id.clone()
+            } else {
+                format!("{queue_id}.{index}")
+            };
+            self.enqueue(Item::Recipient {
+                share: share.clone(),
+                index,
+                id,
+            });
+        }
     }
 
     /// Re-drives a dead letter: its payload is posted again; delivered, the
     /// file is deleted; refused again, its attempt log grows.
     pub(crate) fn push_dead(&self, path: std::path::PathBuf, mut doc: serde_json::Value) {
-        let id = doc["metadata"]["queue_id"]
+        let id = doc["dead_letter"]["webhook_id"]
             .as_str()
+            .or(doc["metadata"]["queue_id"].as_str())
             .unwrap_or_default()
             .to_string();
         if let Some(o) = doc.as_object_mut() {
@@ -226,10 +260,7 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
     };
     let cfg = &outbox.cfg;
     let (id, doc) = match &p.item {
-        Item::Spooled(m) => (
-            m.envelope.id.clone(),
-            store::payload(&m.envelope, &m.message),
-        ),
+        Item::Recipient { share, index, id } => (id.clone(), recipient_payload(share, *index)),
         Item::Dead { id, payload, .. } => (id.clone(), payload.clone()),
     };
     let body = Bytes::from(serde_json::to_vec(&doc).expect("payload serializes"));
@@ -282,9 +313,7 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
             state.stats.borrow_mut().webhook_delivered += 1;
             tracing::debug!(shard = state.id, %id, attempts = p.attempts.len(), "webhook delivered");
             match p.item {
-                Item::Spooled(msg) => state
-                    .delivery
-                    .push_with(*msg, cfg.store_mode == StoreMode::Always),
+                Item::Recipient { share, .. } => finish(state, &share, false),
                 Item::Dead { path, .. } => {
                     tracing::info!(shard = state.id, %id, "dead letter delivered; removing it");
                     let _ = std::fs::remove_file(&path);
@@ -330,15 +359,21 @@ async fn dead_letter(
     };
     let dir = state.data_dir.join("dead");
     let (id, path, mut attempts) = match &p.item {
-        Item::Spooled(m) => (
-            m.envelope.id.clone(),
-            dir.join(
-                store::path_for(&state.data_dir, &m.envelope)
-                    .file_name()
-                    .expect("store paths have a file name"),
-            ),
-            Vec::new(),
-        ),
+        Item::Recipient { share, id, .. } => {
+            let name = share
+                .msg
+                .borrow()
+                .as_ref()
+                .map(|m| store::path_for(&state.data_dir, &m.envelope))
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            // msg_<unix>_<id>.json, or msg_<unix>_<id>.<n>.json per recipient.
+            let name = match id.rsplit_once('.') {
+                Some((_, n)) => name.replace(".json", &format!(".{n}.json")),
+                None => name,
+            };
+            (id.clone(), dir.join(name), Vec::new())
+        }
         Item::Dead { path, id, .. } => (
             id.clone(),
             path.clone(),
@@ -358,7 +393,7 @@ async fn dead_letter(
         })
     }));
     let mut doc = payload;
-    doc["dead_letter"] = json!({ "reason": reason, "attempts": attempts });
+    doc["dead_letter"] = json!({ "reason": reason, "webhook_id": id, "attempts": attempts });
     let target = path.clone();
     let written = glommio::executor()
         .spawn_blocking(move || -> std::io::Result<()> {
@@ -373,9 +408,8 @@ async fn dead_letter(
         Ok(()) => {
             state.stats.borrow_mut().webhook_dead_letters += 1;
             tracing::warn!(shard = state.id, %id, %reason, path = %path.display(), "message moved to the dead-letter folder");
-            if let Item::Spooled(msg) = p.item {
-                let store = outbox.cfg.store_mode != StoreMode::Never;
-                state.delivery.push_with(*msg, store);
+            if let Item::Recipient { share, .. } = &p.item {
+                finish(state, share, true);
             }
         }
         Err(e) => {
@@ -386,4 +420,42 @@ async fn dead_letter(
             outbox.waiting.borrow_mut().push_back(p);
         }
     }
+}
+
+/// The JSON posted for recipient `index` of a shared message.
+fn recipient_payload(share: &Share, index: usize) -> serde_json::Value {
+    let msg = share.msg.borrow();
+    let Some(m) = msg.as_ref() else {
+        return serde_json::Value::Null;
+    };
+    let mut doc = store::payload(&m.envelope, &m.message);
+    if let Some(r) = m.envelope.recipients.get(index) {
+        doc["recipient"] = serde_json::Value::String(r.clone());
+    }
+    doc
+}
+
+/// One recipient's delivery is over; when it was the last, the message goes
+/// on to the store (per `store_mode`) and its done record.
+fn finish(state: &Rc<ShardState>, share: &Share, dead: bool) {
+    if dead {
+        share.any_dead.set(true);
+    }
+    let left = share.remaining.get().saturating_sub(1);
+    share.remaining.set(left);
+    if left > 0 {
+        return;
+    }
+    let Some(msg) = share.msg.borrow_mut().take() else {
+        return;
+    };
+    let Some(outbox) = state.outbox.as_ref() else {
+        return;
+    };
+    let store = match outbox.cfg.store_mode {
+        StoreMode::Always => true,
+        StoreMode::OnFailure => share.any_dead.get(),
+        StoreMode::Never => false,
+    };
+    state.delivery.push_with(msg, store);
 }

@@ -555,3 +555,42 @@ fn b64encode(data: &[u8]) -> String {
     }
     out
 }
+
+#[test]
+fn a_message_for_two_recipients_is_posted_once_per_recipient() {
+    let rx = receiver(Mode::Fixed(200));
+    let g = Gomail::start(&rx.config(""));
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO fanout.example");
+    let r = c.mail(
+        "s@sender.example",
+        &["ann@example.test", "bob@other.test"],
+        "Subject: both\r\n\r\nhi",
+    );
+    let id = queue_id(&r).unwrap();
+    let ids = [format!("{id}.0"), format!("{id}.1")];
+    rx.wait_delivered(&ids);
+    let mut log = rx.log();
+    log.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].body["recipient"], "ann@example.test");
+    assert_eq!(log[1].body["recipient"], "bob@other.test");
+    for r in &log {
+        assert!(r.signature_ok);
+        assert_eq!(
+            r.body["recipients"],
+            serde_json::json!(["ann@example.test", "bob@other.test"])
+        );
+        assert_eq!(r.body["metadata"]["queue_id"], id.as_str());
+    }
+    let t0 = Instant::now();
+    while stored(&g.data_dir).is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        stored(&g.data_dir).len(),
+        1,
+        "stored once, after both deliveries"
+    );
+}
