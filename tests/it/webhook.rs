@@ -75,6 +75,11 @@ fn b64decode(s: &str) -> Vec<u8> {
 }
 
 fn receiver(mode: Mode) -> Receiver {
+    receiver_with(mode, None)
+}
+
+/// A receiver that speaks HTTPS with `tls`.
+fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -93,6 +98,7 @@ fn receiver(mode: Mode) -> Receiver {
                 continue;
             };
             let (m, l) = (m.clone(), l.clone());
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
@@ -145,9 +151,22 @@ fn receiver(mode: Mode) -> Receiver {
                         }
                     },
                 );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+                match tls {
+                    Some(cfg) => {
+                        let Ok(stream) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
+                        else {
+                            return;
+                        };
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    }
+                    None => {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    }
+                }
             });
         }
     });
@@ -593,4 +612,40 @@ fn a_message_for_two_recipients_is_posted_once_per_recipient() {
         1,
         "stored once, after both deliveries"
     );
+}
+
+#[test]
+fn https_endpoints_are_verified_against_the_configured_ca() {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("receiver.pem");
+    std::fs::write(&ca, made.cert.pem()).unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(made.cert.pem().as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(made.signing_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let rx = receiver_with(Mode::Fixed(200), Some(Arc::new(cfg)));
+    let https = format!(
+        "api_endpoint: \"https://{}/hook\"\nwebhook_secret: \"{SECRET}\"\nwebhook_ca_file: \"{}\"\n",
+        rx.addr,
+        ca.display()
+    );
+    let g = Gomail::start(&https);
+    let ids = send(&g, 1, "over https");
+    rx.wait_delivered(&ids);
+    assert!(rx.log()[0].signature_ok);
+    // Without the CA the receiver's certificate is not trusted: no delivery.
+    let untrusted = https.replace(
+        &format!("webhook_ca_file: \"{}\"\n", ca.display()),
+        "webhook_retry_delay: 10s\n",
+    );
+    let g2 = Gomail::start(&untrusted);
+    let before = rx.log().len();
+    send(&g2, 1, "untrusted");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(rx.log().len(), before, "a TLS failure must not deliver");
 }
