@@ -9,7 +9,7 @@ mod conn;
 mod delivery;
 mod outbox;
 
-pub use outbox::StoreMode;
+pub use outbox::{StoreMode, WebhookMode};
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -230,6 +230,7 @@ struct WebhookSettings {
     retries: u32,
     retry_delay: Duration,
     store_mode: StoreMode,
+    mode: WebhookMode,
 }
 
 impl WebhookSettings {
@@ -285,6 +286,11 @@ impl WebhookSettings {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(3),
             retry_delay: dur("webhook_retry_delay", 5),
+            mode: match cfg.get("webhook_mode").as_deref() {
+                Some("sync") => WebhookMode::Sync,
+                Some("hybrid") => WebhookMode::Hybrid(dur("webhook_sync_deadline", 5)),
+                _ => WebhookMode::Async,
+            },
             store_mode: match cfg.get("store_mode").as_deref() {
                 Some("never") => StoreMode::Never,
                 Some("on_failure") => StoreMode::OnFailure,
@@ -306,6 +312,7 @@ impl WebhookSettings {
             retries: self.retries,
             retry_delay: self.retry_delay,
             store_mode: self.store_mode,
+            mode: self.mode,
         }
     }
 }

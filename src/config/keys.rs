@@ -104,6 +104,13 @@ pub const KEYS: &[Key] = &[
     k("webhook_ca_file", Str, None, Active),
     k("webhook_signing_key", Secret, None, Active),
     k(
+        "webhook_mode",
+        Enum(&["async", "sync", "hybrid"]),
+        Some("async"),
+        Active,
+    ),
+    k("webhook_sync_deadline", Duration, Some("5s"), Active),
+    k(
         "store_mode",
         Enum(&["always", "on_failure", "never"]),
         Some("always"),

@@ -421,12 +421,18 @@ async fn accept_message(
                 s.bytes_accepted += message.len() as u64;
             }
             tracing::debug!(shard = state.id, id = %id, from = %tx.mail_from, rcpts = tx.recipients.len(), size = message.len(), "accepted");
-            state.deliver(Spooled {
+            let spooled = Spooled {
                 envelope,
                 message,
                 segment,
-            });
-            Completion::Spooled { id }
+            };
+            match state.outbox.as_ref() {
+                Some(o) if o.answers_inline(&spooled) => o.deliver_inline(state, spooled).await,
+                _ => {
+                    state.deliver(spooled);
+                    Completion::Spooled { id }
+                }
+            }
         }
         Err(e) => {
             state.stats.borrow_mut().spool_failures += 1;

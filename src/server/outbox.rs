@@ -51,12 +51,25 @@ pub enum StoreMode {
     Never,
 }
 
+/// `webhook_mode`: whether the client waits for the receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookMode {
+    /// `250` once spooled; delivery afterwards (GoMail's behaviour).
+    Async,
+    /// The receiver's answer is the SMTP reply.
+    Sync,
+    /// Like `Sync`, but past `webhook_sync_deadline` the client gets `250`
+    /// and delivery goes on asynchronously.
+    Hybrid(Duration),
+}
+
 /// The webhook settings a shard needs.
 pub(crate) struct OutboxConfig {
     pub(crate) client: Webhook,
     pub(crate) retries: u32,
     pub(crate) retry_delay: Duration,
     pub(crate) store_mode: StoreMode,
+    pub(crate) mode: WebhookMode,
 }
 
 /// A spooled message shared by its recipients' deliveries: it is done in
@@ -162,6 +175,100 @@ impl Outbox {
             due: Instant::now(),
         });
         let _ = self.wake.0.try_send(());
+    }
+
+    /// True when the client should wait for the receiver's answer: sync or
+    /// hybrid mode, one recipient (one answer cannot speak for several),
+    /// and the receiver neither disabled nor behind an open breaker.
+    pub(crate) fn answers_inline(&self, msg: &Spooled) -> bool {
+        self.cfg.mode != WebhookMode::Async
+            && msg.envelope.recipients.len() == 1
+            && !self.disabled.get()
+            && self.breaker.borrow().open_until.is_none()
+    }
+
+    /// Posts a just-spooled message while the client waits and turns the
+    /// answer into the SMTP completion. The message is already durable:
+    /// whatever the answer, the spool's bookkeeping stays exact.
+    pub(crate) async fn deliver_inline(
+        &self,
+        state: &Rc<ShardState>,
+        msg: Spooled,
+    ) -> crate::smtp::Completion {
+        use crate::smtp::{Completion, Reply};
+        let id = msg.envelope.id.clone();
+        let body = Bytes::from(
+            serde_json::to_vec(&store::payload(&msg.envelope, &msg.message))
+                .expect("payload serializes"),
+        );
+        let post = self.cfg.client.post(&id, body);
+        let answer = match self.cfg.mode {
+            WebhookMode::Hybrid(deadline) => {
+                future::or(async { Some(post.await) }, async {
+                    glommio::timer::sleep(deadline).await;
+                    None
+                })
+                .await
+            }
+            _ => Some(post.await),
+        };
+        let Some(a) = answer else {
+            // Hybrid, no answer in time: accept now, deliver in the background.
+            tracing::debug!(shard = state.id, %id, "receiver slower than webhook_sync_deadline; accepted, delivering asynchronously");
+            self.push(msg);
+            return Completion::Spooled { id };
+        };
+        {
+            let mut s = state.stats.borrow_mut();
+            s.webhook_attempts += 1;
+            s.webhook_latency.observe(a.latency.as_micros() as u64);
+        }
+        let reason: String = a
+            .detail
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    ' '
+                }
+            })
+            .take(200)
+            .collect();
+        match (retry::classify(a.status), a.status) {
+            (Verdict::Delivered, _) => {
+                state.stats.borrow_mut().webhook_delivered += 1;
+                state
+                    .delivery
+                    .push_with(msg, self.cfg.store_mode == StoreMode::Always);
+                Completion::Spooled { id }
+            }
+            (Verdict::Permanent, Some(status)) => {
+                // Refused by the application: the client bounces it, so the
+                // spool forgets it (it was never acknowledged).
+                state.delivery.push_with(msg, false);
+                Completion::Refused(Reply::new(
+                    550,
+                    "5.7.1",
+                    format!(
+                        "Rejected by the receiving application (HTTP {status}): {}",
+                        reason.trim()
+                    ),
+                ))
+            }
+            _ => {
+                // Temporary: the client retries, so the spool forgets this copy.
+                state.delivery.push_with(msg, false);
+                let what = a
+                    .status
+                    .map_or_else(|| reason.trim().to_string(), |s| format!("HTTP {s}"));
+                Completion::Refused(Reply::new(
+                    451,
+                    "4.3.0",
+                    format!("Receiving application unavailable ({what}), try again later"),
+                ))
+            }
+        }
     }
 
     /// (circuit open, disabled by 410) for the metrics.

@@ -25,6 +25,8 @@ enum Mode {
     Flaky(f64),
     /// Always this status.
     Fixed(u16),
+    /// Waits this long, then answers 200.
+    Slow(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -127,7 +129,15 @@ fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver
                                     (if fastrand::f64() < *p { 500 } else { 200 }, None)
                                 }
                                 Mode::Fixed(s) => (*s, None),
+                                Mode::Slow(_) => (200, None),
                             };
+                            let slow = match &*m.lock().unwrap() {
+                                Mode::Slow(d) => Some(*d),
+                                _ => None,
+                            };
+                            if let Some(d) = slow {
+                                tokio::time::sleep(d).await;
+                            }
                             l.lock().unwrap().push(Received {
                                 raw_body: body.to_vec(),
                                 timestamp: ts.clone().unwrap_or_default(),
@@ -648,4 +658,64 @@ fn https_endpoints_are_verified_against_the_configured_ca() {
     send(&g2, 1, "untrusted");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(rx.log().len(), before, "a TLS failure must not deliver");
+}
+
+#[test]
+fn sync_mode_makes_the_receivers_answer_the_smtp_reply() {
+    let rx = receiver(Mode::Script(VecDeque::from([
+        (200, None),
+        (422, None),
+        (503, None),
+    ])));
+    let g = Gomail::start(&rx.config("webhook_mode: sync\nshards: 1\n"));
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO sync.example");
+    let ok = c.mail(
+        "s@sender.example",
+        &["r@example.test"],
+        "Subject: 1\r\n\r\nx",
+    );
+    assert!(queue_id(&ok).is_some(), "{ok}");
+    let refused = c.mail(
+        "s@sender.example",
+        &["r@example.test"],
+        "Subject: 2\r\n\r\nx",
+    );
+    assert_eq!(
+        refused,
+        "550 5.7.1 Rejected by the receiving application (HTTP 422): answer 422\r\n"
+    );
+    let later = c.mail(
+        "s@sender.example",
+        &["r@example.test"],
+        "Subject: 3\r\n\r\nx",
+    );
+    assert_eq!(
+        later,
+        "451 4.3.0 Receiving application unavailable (HTTP 503), try again later\r\n"
+    );
+    // Each message was posted exactly once, and nothing is left to retry.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rx.log().len(), 3);
+}
+
+#[test]
+fn hybrid_mode_accepts_at_the_deadline_and_delivers_later() {
+    let rx = receiver(Mode::Slow(Duration::from_millis(1500)));
+    let g = Gomail::start(
+        &rx.config("webhook_mode: hybrid\nwebhook_sync_deadline: 200ms\n"),
+    );
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO hybrid.example");
+    let t0 = Instant::now();
+    let r = c.mail(
+        "s@sender.example",
+        &["r@example.test"],
+        "Subject: h\r\n\r\nx",
+    );
+    let waited = t0.elapsed();
+    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    // A bound, not a benchmark: the client did not wait for the slow receiver.
+    assert!(waited < Duration::from_millis(1400), "{waited:?}");
+    rx.wait_delivered(&[id]);
 }
