@@ -112,6 +112,8 @@ pub struct ShardStats {
     pub webhook_dead_letters: u64,
     /// Webhook request latency.
     pub webhook_latency: LatencyHistogram,
+    /// From acceptance (`250`) to the receiver's 2xx, retries included.
+    pub webhook_delivery_delay: LatencyHistogram,
     /// 1 while the circuit breaker holds deliveries back.
     pub webhook_circuit_open: u64,
     /// 1 once the receiver answered 410 Gone (until restart).

@@ -177,6 +177,13 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
     histogram(
         &mut out,
         stats,
+        "gomail_webhook_delivery_seconds",
+        "From acceptance (250) to the receiver's 2xx, retries included.",
+        |s| &s.webhook_delivery_delay,
+    );
+    histogram(
+        &mut out,
+        stats,
         "gomail_auth_check_seconds",
         "Time in SPF, DKIM and DMARC checks (DNS included), per check.",
         |s| &s.auth_latency,

@@ -237,7 +237,11 @@ impl Outbox {
             .collect();
         match (retry::classify(a.status), a.status) {
             (Verdict::Delivered, _) => {
-                state.stats.borrow_mut().webhook_delivered += 1;
+                let ms = chrono::Utc::now().timestamp_millis() - msg.envelope.received_at_ms;
+                let mut st = state.stats.borrow_mut();
+                st.webhook_delivered += 1;
+                st.webhook_delivery_delay.observe(ms.max(0) as u64 * 1000);
+                drop(st);
                 state
                     .delivery
                     .push_with(msg, self.cfg.store_mode == StoreMode::Always);
@@ -418,6 +422,16 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
     match verdict {
         Verdict::Delivered => {
             state.stats.borrow_mut().webhook_delivered += 1;
+            if let Item::Recipient { share, .. } = &p.item {
+                if let Some(m) = share.msg.borrow().as_ref() {
+                    let ms = chrono::Utc::now().timestamp_millis() - m.envelope.received_at_ms;
+                    state
+                        .stats
+                        .borrow_mut()
+                        .webhook_delivery_delay
+                        .observe(ms.max(0) as u64 * 1000);
+                }
+            }
             tracing::debug!(shard = state.id, %id, attempts = p.attempts.len(), "webhook delivered");
             match p.item {
                 Item::Recipient { share, .. } => finish(state, &share, false),
