@@ -702,9 +702,7 @@ fn sync_mode_makes_the_receivers_answer_the_smtp_reply() {
 #[test]
 fn hybrid_mode_accepts_at_the_deadline_and_delivers_later() {
     let rx = receiver(Mode::Slow(Duration::from_millis(1500)));
-    let g = Gomail::start(
-        &rx.config("webhook_mode: hybrid\nwebhook_sync_deadline: 200ms\n"),
-    );
+    let g = Gomail::start(&rx.config("webhook_mode: hybrid\nwebhook_sync_deadline: 200ms\n"));
     let mut c = Client::connect(g.addr);
     c.cmd("EHLO hybrid.example");
     let t0 = Instant::now();
