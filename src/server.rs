@@ -8,11 +8,13 @@
 mod conn;
 mod delivery;
 mod outbox;
+mod stats;
+
+pub use stats::{LatencyHistogram, ShardStats, LATENCY_BOUNDS_US};
 
 pub use outbox::{StoreMode, WebhookMode};
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -22,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use serde::Serialize;
 use shards::{PoolConfig, ShardContext, ShardPool, Snapshot};
 
 use crate::auth::dns::DnsRuntime;
@@ -69,98 +70,6 @@ pub enum ServerError {
         /// What went wrong.
         reason: String,
     },
-}
-
-/// Counters one shard keeps (answered on request; never shared memory).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct ShardStats {
-    /// The shard index.
-    pub shard: usize,
-    /// TCP connections accepted.
-    pub connections_accepted: u64,
-    /// Connections open now.
-    pub connections_active: u64,
-    /// Connections turned away at the connection limit.
-    pub connections_refused: u64,
-    /// Messages made durable and acknowledged with `250`.
-    pub messages_accepted: u64,
-    /// Octets of accepted messages.
-    pub bytes_accepted: u64,
-    /// Messages answered `451` because the spool failed.
-    pub spool_failures: u64,
-    /// Messages deferred with `452 4.3.1` because the backlog was full.
-    pub spool_backlog_refusals: u64,
-    /// Messages refused by authentication policy (DMARC) after DATA.
-    pub messages_refused_by_policy: u64,
-    /// Connections refused because DNS blocklists listed the client.
-    pub connections_blocked: u64,
-    /// Per-shard DNS cache hits (authentication checks).
-    pub dns_cache_hits: u64,
-    /// Per-shard DNS cache misses (authentication checks).
-    pub dns_cache_misses: u64,
-    /// Messages written to the JSON store.
-    pub messages_stored: u64,
-    /// Store batches that failed (retried).
-    pub store_failures: u64,
-    /// Messages recovered from the spool at start-up.
-    pub messages_recovered: u64,
-    /// Webhook POSTs made (every attempt).
-    pub webhook_attempts: u64,
-    /// Messages delivered to the webhook (2xx).
-    pub webhook_delivered: u64,
-    /// Messages moved to the dead-letter folder.
-    pub webhook_dead_letters: u64,
-    /// Webhook request latency.
-    pub webhook_latency: LatencyHistogram,
-    /// From acceptance (`250`) to the receiver's 2xx, retries included.
-    pub webhook_delivery_delay: LatencyHistogram,
-    /// 1 while the circuit breaker holds deliveries back.
-    pub webhook_circuit_open: u64,
-    /// 1 once the receiver answered 410 Gone (until restart).
-    pub webhook_disabled: u64,
-    /// Messages spooled and not yet in the store.
-    pub store_backlog: u64,
-    /// TLS handshakes completed (STARTTLS and implicit TLS).
-    pub tls_handshakes: u64,
-    /// Completed handshakes by `"<version> <cipher>"`.
-    pub tls_by_suite: BTreeMap<String, u64>,
-    /// Time from the end of a message to its fdatasync (the wait before `250`).
-    pub commit_latency: LatencyHistogram,
-    /// Time spent in authentication checks (SPF at MAIL; DKIM and DMARC
-    /// after DATA), DNS included.
-    pub auth_latency: LatencyHistogram,
-    /// TLS handshakes that failed or timed out.
-    pub tls_handshake_failures: u64,
-}
-
-/// Upper bounds (µs) of [`LatencyHistogram`]'s buckets; a last, unbounded
-/// bucket catches the rest.
-pub const LATENCY_BOUNDS_US: [u64; 11] = [
-    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
-];
-
-/// A cumulative-at-read latency histogram with fixed buckets (Prometheus style).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct LatencyHistogram {
-    /// Observations per bucket (not cumulative); the last is `+Inf`.
-    pub buckets: [u64; LATENCY_BOUNDS_US.len() + 1],
-    /// Number of observations.
-    pub count: u64,
-    /// Sum of observations, µs.
-    pub sum_us: u64,
-}
-
-impl LatencyHistogram {
-    /// Records one observation.
-    pub fn observe(&mut self, us: u64) {
-        let i = LATENCY_BOUNDS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(LATENCY_BOUNDS_US.len());
-        self.buckets[i] += 1;
-        self.count += 1;
-        self.sum_us += us;
-    }
 }
 
 /// Messages the main thread sends to shards.

@@ -130,27 +130,9 @@ impl Webhook {
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
-                let (sender, conn) = builder
-                    .handshake(HyperIo(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                glommio::spawn_local(async move {
-                    let _ = conn.await;
-                })
-                .detach();
-                Ok(sender)
+                start_connection(builder, stream).await
             }
-            None => {
-                let (sender, conn) = builder
-                    .handshake(HyperIo(tcp))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                glommio::spawn_local(async move {
-                    let _ = conn.await;
-                })
-                .detach();
-                Ok(sender)
-            }
+            None => start_connection(builder, tcp).await,
         }
     }
 
@@ -251,6 +233,26 @@ impl Webhook {
             format!("{}:{}", self.endpoint.host, self.endpoint.port)
         }
     }
+}
+
+/// Runs the HTTP/1.1 handshake on `io` and drives the connection on the
+/// shard in the background.
+async fn start_connection<T>(
+    builder: hyper::client::conn::http1::Builder,
+    io: T,
+) -> Result<SendRequest<Full<Bytes>>, String>
+where
+    T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    let (sender, conn) = builder
+        .handshake(HyperIo(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    glommio::spawn_local(async move {
+        let _ = conn.await;
+    })
+    .detach();
+    Ok(sender)
 }
 
 /// The TLS client configuration for HTTPS webhooks: the system's roots,

@@ -71,7 +71,7 @@ pub fn payload(env: &Envelope, message: &[u8]) -> Value {
     if !exact {
         // `raw` is a JSON string: octets that are not UTF-8 cannot be in it
         // unchanged, so the exact message travels base64-encoded too.
-        metadata["raw_base64"] = Value::String(base64(message));
+        metadata["raw_base64"] = Value::String(crate::delivery::sign::base64_encode(message));
     }
     json!({
         "sender": env.mail_from,
@@ -131,24 +131,6 @@ impl HeaderFields {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Writes one message's JSON file so that readers only ever see it whole.

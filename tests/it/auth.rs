@@ -11,24 +11,6 @@ use mail_auth::dkim::DkimSigner;
 use super::dns::{serve, txt, TestDns};
 use super::harness::{queue_id, stored, Client, Gomail};
 
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                T[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
-}
-
 /// The test world: DNS zones with SPF, DKIM (Ed25519 `sel`, RSA-2048
 /// `rsa`) and DMARC records.
 struct World {
@@ -57,7 +39,7 @@ fn rsa_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
         .output()
         .unwrap();
     assert!(der.status.success());
-    (key, b64(&der.stdout))
+    (key, super::harness::b64encode(&der.stdout))
 }
 
 /// Signs `message` with Python's dkimpy (an implementation independent of
@@ -96,7 +78,10 @@ fn world() -> World {
     let rsa_dkim = txt(&format!("v=DKIM1; k=rsa; p={rsa_public}"));
     let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
     let public = Ed25519Key::from_pkcs8_der(&pkcs8).unwrap().public_key();
-    let dkim = txt(&format!("v=DKIM1; k=ed25519; p={}", b64(&public)));
+    let dkim = txt(&format!(
+        "v=DKIM1; k=ed25519; p={}",
+        super::harness::b64encode(&public)
+    ));
     let spf = txt("v=spf1 ip4:127.0.0.1 -all");
     let mut lookups = String::from("v=spf1");
     for i in 0..11 {

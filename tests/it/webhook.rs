@@ -542,7 +542,7 @@ fn ed25519_signatures_verify_with_the_public_key() {
     use ed25519_dalek::Verifier;
     let seed = [9u8; 32];
     let rx = receiver(Mode::Fixed(200));
-    let key = format!("whsk_{}", b64encode(&seed));
+    let key = format!("whsk_{}", super::harness::b64encode(&seed));
     let g = Gomail::start(&rx.config(&format!("webhook_signing_key: \"{key}\"\n")));
     let ids = send(&g, 1, "asymmetric");
     rx.wait_delivered(&ids);
@@ -565,24 +565,6 @@ fn ed25519_signatures_verify_with_the_public_key() {
         public.verify(&signed, &sig).is_err(),
         "and not for other bytes"
     );
-}
-
-fn b64encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                T[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
 }
 
 #[test]
