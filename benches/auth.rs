@@ -1,33 +1,28 @@
-//! Cost of the inline authentication checks on a shard, with a warm DNS
+//! Cost of the inline authentication checks on a shard with a warm DNS
 //! cache: what every message pays once its sender's records are cached.
 //!
-//! An authoritative DNS server (hickory-server, in-process, on 127.0.0.1)
-//! serves `bench.test`: SPF `v=spf1 ip4:127.0.0.0/8 -all`, an Ed25519 DKIM
-//! key (selector `ed`), an RSA-2048 one (`rsa`, made with `openssl genrsa`)
-//! and DMARC `p=reject`. A 4 KiB message from `sender@bench.test` is signed
-//! once with each key by mail-auth's `DkimSigner` (relaxed/relaxed).
-//!
-//! Measured, each after one unmeasured call that fills the per-shard cache
-//! (`gomail::auth::dns::ShardDns`) from the DNS server:
+//! An in-process authoritative DNS server (hickory-server, 127.0.0.1) serves
+//! `bench.test`: SPF `v=spf1 ip4:127.0.0.0/8 -all`, an Ed25519 DKIM key
+//! (selector `ed`), an RSA-2048 one (`rsa`, from `openssl genrsa`) and DMARC
+//! `p=reject`. A 4 KiB message from `sender@bench.test` is signed once with
+//! each key by mail-auth's `DkimSigner` (relaxed/relaxed). Measured, each
+//! after one unmeasured call that fills the shard's cache (`ShardDns`):
 //! - `dkim_verify_4k/{rsa2048_sha256,ed25519_sha256}`: parse the message and
-//!   verify its signature (`MessageAuthenticator::verify_dkim`, as
+//!   verify the signature (`MessageAuthenticator::verify_dkim`, as
 //!   `ShardAuth::verify_message` calls it);
 //! - `spf/check_sender`: `ShardAuth::check_sender` for 127.0.0.1;
-//! - `verify_message_4k/ed25519_dkim_dmarc`: `ShardAuth::verify_message` with
-//!   DKIM and DMARC on (Authentication-Results header and JSON included).
-//!   Not all cached: DMARC's tree walk asks for `_dmarc.test.` (NXDOMAIN)
-//!   and failed lookups are not cached, so each call makes one DNS query to
-//!   the loopback server (the bench prints the misses per call);
-//! - `verify_message_4k/ed25519_dkim_dmarc_nxdomain_cached`: the same DKIM
-//!   and DMARC calls with that NXDOMAIN put in the cache beforehand.
+//! - `verify_message_4k/ed25519_dkim_dmarc`: all of `ShardAuth::verify_message`
+//!   (DKIM, ARC, iprev, DMARC, Authentication-Results, JSON). DMARC's tree
+//!   walk also asks for `_dmarc.test.` (NXDOMAIN), and mail-auth caches no
+//!   failed lookup: one DNS query per call, so this one is not all cached
+//!   (the bench prints the misses per call);
+//! - `verify_message_4k/ed25519_dkim_dmarc_nxdomain_cached`: DKIM and DMARC
+//!   alone with that NXDOMAIN put in the cache first: the CPU cost.
 //!
-//! The futures are polled with `futures_lite::future::block_on` inside the
-//! gomail DNS runtime's context, as a shard polls them inside its glommio
-//! executor (none of these calls uses glommio itself). With a warm cache
-//! they complete without IO; the bench checks that no measured call missed
-//! the cache (except in the case above).
-//!
-//! Run: `cargo bench --bench auth` (needs `openssl` on the PATH).
+//! Futures are polled by `futures_lite::future::block_on` inside the gomail
+//! DNS runtime's context, as a shard polls them inside glommio (these calls
+//! use no glommio API). The bench checks that the other measured calls all
+//! hit the cache. Run: `cargo bench --bench auth` (needs `openssl`).
 
 use std::hint::black_box;
 use std::net::{IpAddr, SocketAddr};
@@ -264,10 +259,7 @@ fn auth(c: &mut Criterion) {
         "a measured SPF call missed"
     );
 
-    // (d): DKIM + DMARC after DATA, as a shard runs them. The DMARC tree
-    // walk also asks for `_dmarc.test.`, which is NXDOMAIN; mail-auth does
-    // not cache failed lookups, so that query goes to the DNS server on
-    // every call: counted and printed, not asserted.
+    // (d): the whole check after DATA; `_dmarc.test.` misses every time.
     let full = ShardAuth::new(dns.authenticator().unwrap(), settings(true, true, true));
     let sender = block_on(full.check_sender(CLIENT, "client.bench.test", "sender@bench.test"));
     let verdict = block_on(full.verify_message(&ed_signed, &sender));
@@ -289,8 +281,7 @@ fn auth(c: &mut Criterion) {
         missed as f64 / calls as f64
     );
 
-    // (e): the same DKIM + DMARC checks with that NXDOMAIN in the cache,
-    // what a negative cache would give: the CPU cost alone.
+    // (e): DKIM + DMARC with that NXDOMAIN cached (as a negative cache would).
     let cache = ShardDns::default();
     let nx = mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(
         hickory_proto::op::ResponseCode::NXDomain,

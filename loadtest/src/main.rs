@@ -4,7 +4,8 @@
 //! N sessions share a counter of messages; each connects from a loopback
 //! source address (round-robin over `--sources`), says EHLO and sends
 //! messages of an exact size, one per connection (`perconn`) or several
-//! (`reuse`). The time from writing the end of data to reading the 250 is
+//! (`reuse`); with `--data-file` every message is that file instead (for
+//! example a DKIM-signed message). The time from writing the end of data to reading the 250 is
 //! recorded in an HdrHistogram per session; the merged result is printed as
 //! one line and, with `--json`, written as a JSON report. Exit status is 0
 //! only when every message was accepted in time.
@@ -55,6 +56,11 @@ struct Args {
     /// Size of each message in octets (header + body, before dot-stuffing).
     #[arg(long, default_value_t = 4096)]
     size: usize,
+    /// Send this file (dot-stuffed; lone LFs made CRLF) as every message
+    /// instead of generated ones, e.g. a DKIM-signed message; its size
+    /// replaces --size.
+    #[arg(long, value_name = "PATH", conflicts_with = "size")]
+    data_file: Option<PathBuf>,
     /// One message per connection, or several per connection.
     #[arg(long, value_enum, default_value_t = Mode::Perconn)]
     mode: Mode,
@@ -192,11 +198,24 @@ fn start(args: Args) -> anyhow::Result<Status> {
         bail!("--timeout-s and --io-timeout-s must be positive numbers of seconds");
     }
     let template = Template::new(&args.from, &args.to, &args.helo);
-    let last_seq = args.warmup + args.messages;
-    template
-        .build(last_seq, args.size, &mut Vec::new())
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("--size (at least {})", template.min_size(last_seq)))?;
+    let (size, data) = match &args.data_file {
+        Some(path) => {
+            let file = std::fs::read(path)
+                .with_context(|| format!("--data-file: reading {}", path.display()))?;
+            let (size, wire) = message::file_wire(&file)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--data-file {}", path.display()))?;
+            (size, Some(wire))
+        }
+        None => {
+            let last_seq = args.warmup + args.messages;
+            template
+                .build(last_seq, args.size, &mut Vec::new())
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--size (at least {})", template.min_size(last_seq)))?;
+            (args.size, None)
+        }
+    };
     let sessions = usize::try_from(args.sessions)?;
     let tls_options = args.tls_options()?;
     let tls = match &tls_options {
@@ -210,11 +229,12 @@ fn start(args: Args) -> anyhow::Result<Status> {
         per_conn: args
             .per_conn
             .unwrap_or_else(|| args.messages.div_ceil(args.sessions)),
-        size: args.size,
+        size,
         pipelining: args.pipelining,
         io_timeout: Duration::from_secs_f64(args.io_timeout_s),
         commands: Commands::new(&args.helo, &args.from, &args.to),
         template,
+        data,
         sources,
         next_source: AtomicUsize::new(0),
         pipelined: AtomicBool::new(false),
@@ -264,7 +284,7 @@ fn start(args: Args) -> anyhow::Result<Status> {
         messages_requested: args.messages,
         warmup: args.warmup,
         warmup_errors: warm.as_ref().map_or(0, |w| w.stats.errors),
-        size_bytes: args.size,
+        size_bytes: size,
         sources: settings.sources.len(),
         pipelining: settings.pipelined.load(Ordering::Relaxed),
         stats: main.stats,
@@ -339,6 +359,21 @@ mod tests {
         let a = parse(&["--starttls", "--handshake-only", "--tls-version", "1.2"]).unwrap();
         assert!(a.handshake_only);
         assert_eq!(a.tls_version, Some(TlsVersion::V12));
+    }
+
+    #[test]
+    fn data_file_flag() {
+        assert!(parse(&[]).unwrap().data_file.is_none());
+        let a = parse(&["--data-file", "/tmp/signed.eml"]).unwrap();
+        assert_eq!(
+            a.data_file.as_deref(),
+            Some(std::path::Path::new("/tmp/signed.eml"))
+        );
+        // The file's size is the message size.
+        assert!(parse(&["--data-file", "/tmp/signed.eml", "--size", "4096"]).is_err());
+        let a = parse(&["--data-file", "/nonexistent/signed.eml", "--messages", "1"]).unwrap();
+        let e = start(a).unwrap_err();
+        assert!(format!("{e:#}").starts_with("--data-file: reading /nonexistent/signed.eml"));
     }
 
     #[test]

@@ -200,6 +200,30 @@ pub(crate) fn dot_stuff(msg: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// A message read from a file (`--data-file`), sent as is every time:
+/// returns its size and its wire form (dot-stuffed, with [`TERMINATOR`]).
+/// A lone LF becomes CRLF and a missing final CRLF is added, so that the
+/// file cannot end the DATA phase early or leave it open.
+pub(crate) fn file_wire(file: &[u8]) -> Result<(usize, Vec<u8>), String> {
+    if file.is_empty() {
+        return Err("the file is empty".into());
+    }
+    let mut msg = Vec::with_capacity(file.len() + 2);
+    for (i, &b) in file.iter().enumerate() {
+        if b == b'\n' && (i == 0 || file[i - 1] != b'\r') {
+            msg.push(b'\r');
+        }
+        msg.push(b);
+    }
+    if !msg.ends_with(b"\r\n") {
+        msg.extend_from_slice(b"\r\n");
+    }
+    let mut wire = Vec::with_capacity(msg.len() + msg.len() / 32 + TERMINATOR.len());
+    dot_stuff(&msg, &mut wire);
+    wire.extend_from_slice(TERMINATOR);
+    Ok((msg.len(), wire))
+}
+
 /// splitmix64: deterministic, varied filler without a dependency.
 struct Rng(u64);
 
@@ -327,6 +351,24 @@ mod tests {
             unstuffed.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
         }
         assert_eq!(unstuffed, m);
+    }
+
+    #[test]
+    fn data_file_is_dot_stuffed_and_crlf_terminated() {
+        // Already CRLF: sent byte for byte, dot-stuffed.
+        let file =
+            b"DKIM-Signature: v=1; a=ed25519-sha256\r\nFrom: <a@b.test>\r\n\r\n.\r\n..x\r\nend\r\n";
+        let (size, wire) = file_wire(file).unwrap();
+        assert_eq!(size, file.len());
+        assert_eq!(
+            wire,
+            b"DKIM-Signature: v=1; a=ed25519-sha256\r\nFrom: <a@b.test>\r\n\r\n..\r\n...x\r\nend\r\n.\r\n"
+        );
+        // LF line ends and no final line end: made CRLF, terminated.
+        let (size, wire) = file_wire(b"Subject: x\n\n.\nlast").unwrap();
+        assert_eq!(wire, b"Subject: x\r\n\r\n..\r\nlast\r\n.\r\n");
+        assert_eq!(size, wire.len() - TERMINATOR.len() - 1);
+        assert!(file_wire(b"").is_err());
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub(crate) struct Settings {
     pub(crate) pipelining: bool,
     pub(crate) io_timeout: Duration,
     pub(crate) template: Template,
+    /// `--data-file`: the wire form sent as every message, instead of
+    /// messages built from `template`.
+    pub(crate) data: Option<Vec<u8>>,
     pub(crate) commands: Commands,
     /// Round-robin position in `sources`, across phases.
     pub(crate) next_source: AtomicUsize,
@@ -223,15 +226,21 @@ async fn session(phase: &Phase, stats: &mut Stats) {
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        if let Err(e) = s.template.build(seq, s.size, &mut message) {
-            // Checked at start-up; kept as an error rather than a panic.
-            phase.error(stats, e);
-            continue;
-        }
-        wire.clear();
-        dot_stuff(&message, &mut wire);
-        wire.extend_from_slice(TERMINATOR);
-        match c.send(&s.commands, &wire, s.pipelining).await {
+        let payload: &[u8] = match &s.data {
+            Some(data) => data,
+            None => {
+                if let Err(e) = s.template.build(seq, s.size, &mut message) {
+                    // Checked at start-up; kept as an error rather than a panic.
+                    phase.error(stats, e);
+                    continue;
+                }
+                wire.clear();
+                dot_stuff(&message, &mut wire);
+                wire.extend_from_slice(TERMINATOR);
+                &wire
+            }
+        };
+        match c.send(&s.commands, payload, s.pipelining).await {
             Ok(latency) => {
                 stats.record_ok(latency);
                 used += 1;
