@@ -52,8 +52,13 @@ impl DnsRuntime {
                 ResolverOpts::default(),
             )
         };
-        // Caching is per shard (below), so the shared resolver keeps none.
-        opts.cache_size = 0;
+        // Positive answers are cached per shard in `TtlCache` (below). The
+        // resolver's own cache is kept small and holds what that cache
+        // cannot: negative answers (NXDOMAIN, NODATA), e.g. the DMARC
+        // organisational-domain walk that misses for almost every message.
+        // Each shard builds its own resolver, so this cache is per shard too.
+        opts.cache_size = 1024;
+        opts.negative_max_ttl = Some(Duration::from_secs(300));
         opts.timeout = timeout;
         opts.attempts = 1;
         let runtime = tokio::runtime::Builder::new_multi_thread()

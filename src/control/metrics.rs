@@ -104,7 +104,7 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
     family(
         "gomail_dns_cache_misses_total",
         "counter",
-        "DNS lookups that went to the resolver.",
+        "DNS lookups not answered by the shard's answer cache (negative answers are then served by the resolver's own cache).",
         &|s| s.dns_cache_misses,
     );
     family(
