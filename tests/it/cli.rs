@@ -4,7 +4,8 @@ use std::process::Command;
 
 use super::harness::Gomail;
 
-fn gomail(args: &[&str]) -> (bool, String, String) {
+/// Runs the gomail binary: (succeeded, stdout, stderr).
+pub(crate) fn gomail(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gomail"))
         .args(args)
         .output()

@@ -375,17 +375,10 @@ fn a_thousand_messages_through_a_flaky_receiver_all_arrive() {
 }
 
 fn gomail_cli(g: &Gomail, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gomail"))
-        .args(args)
-        .arg("--config")
-        .arg(&g.config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let config = g.config.to_str().unwrap();
+    let mut args = args.to_vec();
+    args.extend(["--config", config]);
+    super::cli::gomail(&args)
 }
 
 #[test]
