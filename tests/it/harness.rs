@@ -383,21 +383,8 @@ pub(crate) fn require_tool(name: &str) -> PathBuf {
     panic!("`{name}` is not installed; run .ci/run (or `apt-get install {name}`) to install the test tools");
 }
 
-/// Standard base64 (the tests' own, independent of gomail's).
+/// Standard base64, from the `base64` crate (independent of gomail's own).
 pub(crate) fn b64encode(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                T[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }

@@ -63,17 +63,8 @@ fn verify(secret: &str, id: &str, ts: &str, body: &[u8], header: &str) -> bool {
 }
 
 fn b64decode(s: &str) -> Vec<u8> {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut acc, mut bits, mut out) = (0u32, 0, Vec::new());
-    for c in s.bytes().filter(|&c| c != b'=') {
-        acc = (acc << 6) | T.iter().position(|&b| b == c).unwrap() as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }
 
 fn receiver(mode: Mode) -> Receiver {
