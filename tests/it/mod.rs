@@ -11,3 +11,4 @@ mod shards;
 mod smtp;
 mod tls;
 mod webhook;
+mod webhook_receiver;
