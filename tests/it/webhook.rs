@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::harness::{queue_id, stored, Client, Gomail};
 
-use super::webhook_receiver::{b64decode, receiver, receiver_with, Mode, SECRET};
+use super::webhook_receiver::{b64decode, receiver, receiver_with, Mode, CLOSE, HANG, SECRET};
 
 fn send(g: &Gomail, n: usize, subject: &str) -> Vec<String> {
     let mut ids = Vec::new();
@@ -75,6 +75,35 @@ fn failures_are_retried_with_backoff_and_retry_after() {
         gap >= Duration::from_millis(900),
         "Retry-After: 1 was not honoured: {gap:?}"
     );
+}
+
+#[test]
+fn a_receiver_that_hangs_or_hangs_up_is_retried() {
+    // First attempt: the receiver reads the request and says nothing past
+    // webhook_timeout (2 s); second: it closes the connection unanswered.
+    let rx = receiver(Mode::Script(VecDeque::from([(HANG, None), (CLOSE, None)])));
+    let g = Gomail::start(&rx.config("webhook_retry_delay: 100ms\nwebhook_retries: 5\n"));
+    let ids = send(&g, 1, "silent");
+    rx.wait_delivered(&ids);
+    let log = rx.log();
+    assert_eq!(
+        log.iter().map(|r| r.answered).collect::<Vec<_>>(),
+        [HANG, CLOSE, 200]
+    );
+    assert!(log.iter().all(|r| r.id == ids[0] && r.signature_ok));
+    // gomail gave up on the silent attempt at its timeout, not at the hang's end.
+    let gap = log[1].at - log[0].at;
+    assert!(
+        gap >= Duration::from_secs(2) && gap < Duration::from_millis(2900),
+        "{gap:?}"
+    );
+    // The receiver logs before it answers: let gomail read the 200 first.
+    let t0 = Instant::now();
+    while metric(&g, "gomail_webhook_delivered_total") < 1.0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "not counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(&g, "gomail_webhook_attempts_total"), 3.0);
 }
 
 #[test]
@@ -154,7 +183,7 @@ fn a_thousand_messages_through_a_flaky_receiver_all_arrive() {
     assert!(failed > 100, "the receiver failed only {failed} requests");
     let delivered: std::collections::HashSet<_> = log
         .iter()
-        .filter(|r| r.answered < 300)
+        .filter(|r| r.delivered())
         .map(|r| r.id.clone())
         .collect();
     assert_eq!(delivered.len(), 1000);

@@ -3,7 +3,6 @@
 //! answers as its `Mode` says (fail, stall, refuse, 410).
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +16,8 @@ pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// How the receiver answers.
 #[derive(Clone)]
 pub(crate) enum Mode {
-    /// These statuses (with an optional Retry-After), then 200.
+    /// These statuses (with an optional Retry-After), then 200. [`HANG`]
+    /// and [`CLOSE`] stand for no answer at all.
     Script(VecDeque<(u16, Option<u64>)>),
     /// Fails (500) this share of requests at random.
     Flaky(f64),
@@ -26,6 +26,13 @@ pub(crate) enum Mode {
     /// Waits this long, then answers 200.
     Slow(Duration),
 }
+
+/// In a script: read the request, then say nothing for [`HANG_FOR`] and close.
+pub(crate) const HANG: u16 = 1;
+/// In a script: read the request, then close the connection without an answer.
+pub(crate) const CLOSE: u16 = 2;
+/// Longer than the `webhook_timeout` that [`Receiver::config`] sets.
+const HANG_FOR: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub(crate) struct Received {
@@ -38,6 +45,13 @@ pub(crate) struct Received {
     pub(crate) signature: String,
     pub(crate) at: Instant,
     pub(crate) answered: u16,
+}
+
+impl Received {
+    /// Answered with a 2xx.
+    pub(crate) fn delivered(&self) -> bool {
+        (200..300).contains(&self.answered)
+    }
 }
 
 pub(crate) struct Receiver {
@@ -138,6 +152,13 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
                                 at: Instant::now(),
                                 answered: status,
                             });
+                            if status == HANG || status == CLOSE {
+                                if status == HANG {
+                                    tokio::time::sleep(HANG_FOR).await;
+                                }
+                                // A service error makes hyper drop the connection unanswered.
+                                return Err(std::io::Error::other("no answer, by script"));
+                            }
                             let mut resp = hyper::Response::new(Full::new(Bytes::from(format!(
                                 "answer {status}"
                             ))));
@@ -146,7 +167,7 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
                                 resp.headers_mut()
                                     .insert("retry-after", s.to_string().parse().unwrap());
                             }
-                            Ok::<_, Infallible>(resp)
+                            Ok::<_, std::io::Error>(resp)
                         }
                     },
                 );
@@ -196,7 +217,7 @@ impl Receiver {
             let ok: std::collections::HashSet<String> = self
                 .log()
                 .into_iter()
-                .filter(|r| r.answered < 300)
+                .filter(|r| r.delivered())
                 .map(|r| r.id)
                 .collect();
             let missing: Vec<_> = ids.iter().filter(|i| !ok.contains(*i)).collect();
