@@ -74,7 +74,7 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
     family(
         "gomail_store_backlog",
         "gauge",
-        "Messages spooled and not yet in the JSON store.",
+        "Messages spooled and not yet done (stored and/or delivered by webhook); spool_max_backlog limits it.",
         &|s| s.store_backlog,
     );
     family(
