@@ -35,64 +35,17 @@ use futures_lite::future::block_on;
 use gomail::auth::dns::{DnsRuntime, ShardDns};
 use gomail::auth::{AuthSettings, DmarcEnforcement, ShardAuth, SpfEnforcement};
 use gomail::delivery::sign::base64_encode;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::{Canonicalization, DkimSigner};
+use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::{AuthenticatedMessage, DkimResult, DmarcResult, ResolverCache, SpfOutput, Txt};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::PrivateKeyDer;
 
 #[path = "../tests/it/dns.rs"]
 mod dns;
+#[path = "support/auth_fixtures.rs"]
+mod fixtures;
+use fixtures::{message_4k, rsa_key, sign, zone};
 
 const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-/// An RSA-2048 key made by `openssl genrsa`.
-fn rsa_key() -> RsaKey<Sha256> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rsa.pem");
-    let out = std::process::Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&path)
-        .arg("2048")
-        .output()
-        .unwrap_or_else(|e| panic!("this bench needs `openssl` on the PATH (openssl genrsa): {e}"));
-    assert!(
-        out.status.success(),
-        "openssl genrsa failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pem = std::fs::read(&path).unwrap();
-    let der = PrivateKeyDer::from_pem_slice(&pem).expect("a PKCS#1 or PKCS#8 PEM key");
-    RsaKey::<Sha256>::from_key_der(der).expect("an RSA-2048 key")
-}
-
-/// A 4096-octet message from `sender@bench.test`.
-fn message_4k() -> Vec<u8> {
-    let mut m = b"From: Sender <sender@bench.test>\r\nTo: <rcpt@example.test>\r\nSubject: auth benchmark\r\nDate: Tue, 14 Jul 2026 09:00:00 +0000\r\nMessage-ID: <auth-bench@bench.test>\r\n\r\n".to_vec();
-    while m.len() < 4096 - 80 {
-        m.extend_from_slice(
-            b"The quarterly report is attached for your review; please confirm by friday.\r\n",
-        );
-    }
-    m.resize(4096 - 2, b'x');
-    m.extend_from_slice(b"\r\n");
-    m
-}
-
-/// `message` with a DKIM-Signature by `key` for `d=bench.test; s=selector`.
-fn sign(key: impl SigningKey, selector: &str, message: &[u8]) -> Vec<u8> {
-    let sig = DkimSigner::from_key(key)
-        .domain("bench.test")
-        .selector(selector)
-        .headers(["From", "To", "Subject", "Date", "Message-ID"])
-        .header_canonicalization(Canonicalization::Relaxed)
-        .body_canonicalization(Canonicalization::Relaxed)
-        .sign(message)
-        .unwrap();
-    [sig.to_header().as_bytes(), message].concat()
-}
 
 /// Times `iters` sequential calls of `f` in one `block_on`.
 fn timed<F: std::future::Future>(iters: u64, mut f: impl FnMut() -> F) -> Duration {
@@ -110,17 +63,7 @@ fn auth(c: &mut Criterion) {
     let ed_public = Ed25519Key::from_pkcs8_der(&ed_pkcs8).unwrap().public_key();
     let rsa = rsa_key();
     let rsa_public = rsa.public_key();
-    let zone = format!(
-        "@ IN TXT \"v=spf1 ip4:127.0.0.0/8 -all\"\n\
-         ed._domainkey IN TXT {}\n\
-         rsa._domainkey IN TXT {}\n\
-         _dmarc IN TXT \"v=DMARC1; p=reject\"\n",
-        dns::txt(&format!(
-            "v=DKIM1; k=ed25519; p={}",
-            base64_encode(&ed_public)
-        )),
-        dns::txt(&format!("v=DKIM1; k=rsa; p={}", base64_encode(&rsa_public))),
-    );
+    let zone = zone(&base64_encode(&ed_public), &base64_encode(&rsa_public));
     // The tests' DNS server: the root zone (so that lookups outside
     // `bench.test` get NXDOMAIN) and `bench.test`, TTL 300.
     let server = dns::serve(&[("bench.test.", zone)]);
