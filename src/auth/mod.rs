@@ -76,15 +76,17 @@ impl AuthSettings {
     /// Reads the settings from the configuration.
     pub fn from_config(cfg: &Config) -> AuthSettings {
         let get = |k: &str| cfg.get(k).unwrap_or_default();
+        // Every spelling the configuration check accepts (yes, on, 1, ...).
+        let on = |k: &str| crate::config::parse_bool(&get(k)).unwrap_or(false);
         AuthSettings {
-            spf: get("spf_enabled") == "true",
+            spf: on("spf_enabled"),
             spf_enforcement: match get("spf_enforcement").as_str() {
                 "strict" => SpfEnforcement::Strict,
                 "soft" => SpfEnforcement::Soft,
                 _ => SpfEnforcement::None,
             },
-            dkim: get("dkim_enabled") == "true",
-            dmarc: get("dmarc_enabled") == "true",
+            dkim: on("dkim_enabled"),
+            dmarc: on("dmarc_enabled"),
             dmarc_enforcement: match get("dmarc_enforcement").as_str() {
                 "strict" => DmarcEnforcement::Strict,
                 "relaxed" => DmarcEnforcement::Relaxed,

@@ -184,7 +184,8 @@ pub fn check(key: &Key, v: &Value) -> Result<(), String> {
     })
 }
 
-fn parse_bool(s: &str) -> Option<bool> {
+/// A boolean as the checks accept it: true/yes/on/1, false/no/off/0.
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     match s.to_ascii_lowercase().as_str() {
         "true" | "yes" | "on" | "1" => Some(true),
         "false" | "no" | "off" | "0" => Some(false),

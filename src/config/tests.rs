@@ -200,3 +200,17 @@ fn every_key_is_documented() {
         );
     }
 }
+
+#[test]
+fn auth_switches_take_every_boolean_spelling_the_check_accepts() {
+    let cfg = load_text(
+        "spf_enabled: yes\ndkim_enabled: \"on\"\ndmarc_enabled: \"1\"\n",
+        &[],
+        &[],
+    )
+    .unwrap();
+    let a = crate::auth::AuthSettings::from_config(&cfg);
+    assert!(a.spf && a.dkim && a.dmarc);
+    let cfg = load_text("", &[("MAIL_SPF_ENABLED", "no")], &[]).unwrap();
+    assert!(!crate::auth::AuthSettings::from_config(&cfg).spf);
+}
