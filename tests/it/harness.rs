@@ -383,7 +383,7 @@ pub(crate) fn require_tool(name: &str) -> PathBuf {
     panic!("`{name}` is not installed; run .ci/run (or `apt-get install {name}`) to install the test tools");
 }
 
-/// Standard base64, from the `base64` crate (independent of gomail's own).
+/// Standard base64, from the `base64` crate.
 pub(crate) fn b64encode(data: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(data)
