@@ -218,11 +218,7 @@ impl Outbox {
             self.push(msg);
             return Completion::Spooled { id };
         };
-        {
-            let mut s = state.stats.borrow_mut();
-            s.webhook_attempts += 1;
-            s.webhook_latency.observe(a.latency.as_micros() as u64);
-        }
+        record_attempt(state, &a);
         let reason: String = a
             .detail
             .chars()
@@ -237,11 +233,7 @@ impl Outbox {
             .collect();
         match (retry::classify(a.status), a.status) {
             (Verdict::Delivered, _) => {
-                let ms = chrono::Utc::now().timestamp_millis() - msg.envelope.received_at_ms;
-                let mut st = state.stats.borrow_mut();
-                st.webhook_delivered += 1;
-                st.webhook_delivery_delay.observe(ms.max(0) as u64 * 1000);
-                drop(st);
+                record_delivered(state, Some(msg.envelope.received_at_ms));
                 state
                     .delivery
                     .push_with(msg, self.cfg.store_mode == StoreMode::Always);
@@ -377,11 +369,7 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
     let body = Bytes::from(serde_json::to_vec(&doc).expect("payload serializes"));
     let a = cfg.client.post(&id, body).await;
     let verdict = retry::classify(a.status);
-    {
-        let mut s = state.stats.borrow_mut();
-        s.webhook_attempts += 1;
-        s.webhook_latency.observe(a.latency.as_micros() as u64);
-    }
+    record_attempt(state, &a);
     let retry_after = a.retry_after;
     let status = a.status;
     p.attempts.push(a);
@@ -421,17 +409,15 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
     }
     match verdict {
         Verdict::Delivered => {
-            state.stats.borrow_mut().webhook_delivered += 1;
-            if let Item::Recipient { share, .. } = &p.item {
-                if let Some(m) = share.msg.borrow().as_ref() {
-                    let ms = chrono::Utc::now().timestamp_millis() - m.envelope.received_at_ms;
-                    state
-                        .stats
-                        .borrow_mut()
-                        .webhook_delivery_delay
-                        .observe(ms.max(0) as u64 * 1000);
-                }
-            }
+            let received_at_ms = match &p.item {
+                Item::Recipient { share, .. } => share
+                    .msg
+                    .borrow()
+                    .as_ref()
+                    .map(|m| m.envelope.received_at_ms),
+                Item::Dead { .. } => None,
+            };
+            record_delivered(state, received_at_ms);
             tracing::debug!(shard = state.id, %id, attempts = p.attempts.len(), "webhook delivered");
             match p.item {
                 Item::Recipient { share, .. } => finish(state, &share, false),
@@ -540,6 +526,24 @@ async fn dead_letter(
             p.due = Instant::now() + Duration::from_secs(60);
             outbox.waiting.borrow_mut().push_back(p);
         }
+    }
+}
+
+/// Counts one request to the receiver and its latency.
+fn record_attempt(state: &ShardState, a: &Attempt) {
+    let mut s = state.stats.borrow_mut();
+    s.webhook_attempts += 1;
+    s.webhook_latency.observe(a.latency.as_micros() as u64);
+}
+
+/// Counts a delivery and, for a message from the spool, the time from its
+/// `250` to the receiver's 2xx (`gomail_webhook_delivery_seconds`).
+fn record_delivered(state: &ShardState, received_at_ms: Option<i64>) {
+    let mut s = state.stats.borrow_mut();
+    s.webhook_delivered += 1;
+    if let Some(at) = received_at_ms {
+        let ms = chrono::Utc::now().timestamp_millis() - at;
+        s.webhook_delivery_delay.observe(ms.max(0) as u64 * 1000);
     }
 }
 
