@@ -1,40 +1,8 @@
 //! The control plane as an operator and Prometheus see it.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 
-use super::harness::{queue_id, tls_client, Client, Gomail};
-
-/// One HTTP/1.1 request; returns (status, content-type, body).
-fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: gomail\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head[9..12].parse().unwrap();
-    let ctype = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    (status, ctype, body.to_string())
-}
-
-/// Sums a metric over shards (lines `name{shard="N"...} value`).
-fn sum(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name_and_labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use super::harness::{http, queue_id, sum, tls_client, Client, Gomail};
 
 #[test]
 fn metrics_count_what_clients_did_per_shard() {

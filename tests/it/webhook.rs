@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::harness::{queue_id, stored, Client, Gomail};
+use super::harness::{metric, queue_id, stored, Client, Gomail};
 
 use super::webhook_receiver::{b64decode, receiver, receiver_with, Mode, CLOSE, HANG, SECRET};
 
@@ -243,7 +243,7 @@ fn dead_letters_are_listed_retried_and_purged_while_the_server_runs() {
 
     // The API refuses a wrong token.
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect("127.0.0.1:21027").unwrap();
+    let mut s = std::net::TcpStream::connect(g.api).unwrap();
     write!(s, "POST /queue/retry HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer wrong\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
@@ -277,22 +277,6 @@ fn a_receiver_that_is_down_leads_to_452_not_unbounded_growth() {
         "452 4.3.1 Insufficient system storage: delivery backlog full, try again later\r\n"
     );
     assert_eq!(c.cmd("NOOP"), "250 2.0.0 OK\r\n");
-}
-
-fn metric(g: &Gomail, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(g.api).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    raw.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]
