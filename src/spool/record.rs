@@ -78,17 +78,19 @@ fn header(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
 }
 
-/// Encodes a message record.
+/// Encodes a message record. The payload is written in place after room
+/// for the header, which is filled in last: the body is copied once.
 pub(crate) fn encode_message(env: &Envelope, prefix: &[u8], body: &[u8]) -> Vec<u8> {
     let meta = serde_json::to_vec(env).expect("envelope serializes");
-    let mut payload = Vec::with_capacity(4 + meta.len() + prefix.len() + body.len());
-    payload.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    payload.extend_from_slice(&meta);
-    payload.extend_from_slice(prefix);
-    payload.extend_from_slice(body);
-    let mut out = Vec::with_capacity(HEADER + payload.len());
-    header(KIND_MESSAGE, &payload, &mut out);
-    out.extend_from_slice(&payload);
+    let mut out = Vec::with_capacity(HEADER + 4 + meta.len() + prefix.len() + body.len());
+    out.resize(HEADER, 0);
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(body);
+    let mut head = Vec::with_capacity(HEADER);
+    header(KIND_MESSAGE, &out[HEADER..], &mut head);
+    out[..HEADER].copy_from_slice(&head);
     out
 }
 

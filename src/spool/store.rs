@@ -130,7 +130,7 @@ impl HeaderFields {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// Writes one message's JSON file so that readers only ever see it whole.
