@@ -297,8 +297,15 @@ impl ShardAuth {
             "" => helo_domain,
             d => d,
         };
-        let spf_none = SpfOutput::new(mail_from_domain.to_string());
-        let spf = sender.spf.as_ref().unwrap_or(&spf_none);
+        // DMARC needs an SPF result; "none" when SPF did not run.
+        let spf_none;
+        let spf = match &sender.spf {
+            Some(out) => out,
+            None => {
+                spf_none = SpfOutput::new(mail_from_domain.to_string());
+                &spf_none
+            }
+        };
         let parsed = AuthenticatedMessage::parse(message);
         let from_header = parsed
             .as_ref()
@@ -352,7 +359,6 @@ impl ShardAuth {
         let (refusal, quarantine) = self.enforce_dmarc(dmarc.as_ref(), &dkim, spf, &from_domain);
         let mut json = self.json(
             sender,
-            spf,
             &dkim,
             dmarc.as_ref(),
             &from_header,
@@ -444,7 +450,6 @@ impl ShardAuth {
     fn json(
         &self,
         sender: &SenderCheck,
-        spf: &SpfOutput,
         dkim: &[DkimOutput<'_>],
         dmarc: Option<&DmarcOutput>,
         from_header: &str,
@@ -521,7 +526,6 @@ impl ShardAuth {
                 "authentication_results": header.trim_end().trim_start_matches("Authentication-Results: "),
             })
         });
-        let _ = spf;
         json!({
             "spf": spf_json,
             "dkim": dkim_json,
