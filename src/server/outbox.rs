@@ -96,6 +96,8 @@ enum Item {
         path: std::path::PathBuf,
         id: String,
         payload: serde_json::Value,
+        /// The attempts already recorded in the dead letter.
+        earlier: Vec<serde_json::Value>,
     },
 }
 
@@ -158,13 +160,18 @@ impl Outbox {
             .or(doc["metadata"]["queue_id"].as_str())
             .unwrap_or_default()
             .to_string();
-        if let Some(o) = doc.as_object_mut() {
-            o.remove("dead_letter");
-        }
+        let earlier = match doc.as_object_mut().and_then(|o| o.remove("dead_letter")) {
+            Some(serde_json::Value::Object(mut d)) => match d.remove("attempts") {
+                Some(serde_json::Value::Array(a)) => a,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
         self.enqueue(Item::Dead {
             path,
             id,
             payload: doc,
+            earlier,
         });
     }
 
@@ -481,15 +488,9 @@ async fn dead_letter(
             };
             (id.clone(), dir.join(name), Vec::new())
         }
-        Item::Dead { path, id, .. } => (
-            id.clone(),
-            path.clone(),
-            std::fs::read(path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| v["dead_letter"]["attempts"].as_array().cloned())
-                .unwrap_or_default(),
-        ),
+        Item::Dead {
+            path, id, earlier, ..
+        } => (id.clone(), path.clone(), earlier.clone()),
     };
     attempts.extend(p.attempts.iter().map(|a| {
         json!({

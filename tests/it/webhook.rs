@@ -223,6 +223,20 @@ fn dead_letters_are_listed_retried_and_purged_while_the_server_runs() {
         "{err}"
     );
 
+    // Re-driven while the receiver still refuses: the attempt log grows.
+    let (ok, _, err) = gomail_cli(&g, &["queue", "retry", &ids[1]]);
+    assert!(ok, "{err}");
+    let t0 = Instant::now();
+    loop {
+        let (_, show, _) = gomail_cli(&g, &["queue", "show", &ids[1]]);
+        let v: serde_json::Value = serde_json::from_str(&show).unwrap_or_default();
+        if v["dead_letter"]["attempts"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{show}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // The receiver is fixed; re-drive the first one only.
     *rx.mode.lock().unwrap() = Mode::Fixed(200);
     let (ok, out, err) = gomail_cli(&g, &["queue", "retry", &ids[0]]);
