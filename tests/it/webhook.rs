@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::harness::{metric, queue_id, stored, Client, Gomail};
+use super::harness::{metric, queue_id, stored, wait_stored, Client, Gomail};
 
 use super::webhook_receiver::{b64decode, receiver, receiver_with, Mode, CLOSE, HANG, SECRET};
 
@@ -44,11 +44,7 @@ fn messages_are_posted_signed_with_a_stable_id() {
         assert!(r.body["raw"].as_str().unwrap().contains("Subject: hello"));
     }
     // store_mode always (default): the JSON store has them too.
-    let t0 = Instant::now();
-    while stored(&g.data_dir).len() < 2 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(stored(&g.data_dir).len(), 2);
+    assert_eq!(wait_stored(&g.data_dir, 2).len(), 2);
 }
 
 #[test]
@@ -130,11 +126,7 @@ fn permanent_refusals_go_to_the_dead_letter_folder() {
     assert_eq!(v["dead_letter"]["attempts"][0]["detail"], "answer 422");
     assert_eq!(rx.log().len(), 1, "a permanent refusal is not retried");
     // store_mode on_failure: the failed message is in the store...
-    let t0 = Instant::now();
-    while stored(&g.data_dir).is_empty() && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(stored(&g.data_dir).len(), 1);
+    assert_eq!(wait_stored(&g.data_dir, 1).len(), 1);
     // ...and a delivered one is not.
     *rx.mode.lock().unwrap() = Mode::Fixed(200);
     let ids = send(&g, 1, "fine");
@@ -400,10 +392,7 @@ fn a_message_for_two_recipients_is_posted_once_per_recipient() {
         );
         assert_eq!(r.body["metadata"]["queue_id"], id.as_str());
     }
-    let t0 = Instant::now();
-    while stored(&g.data_dir).is_empty() && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_stored(&g.data_dir, 1);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         stored(&g.data_dir).len(),
