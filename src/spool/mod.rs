@@ -139,7 +139,7 @@ impl Spool {
             })
             .collect();
         let file_no = found.max_file_no + 1;
-        let path = dir.join(format!("seg-{file_no:016x}.log"));
+        let path = segment_path(&dir, file_no);
         let file = create_segment(&dir, &path).await?;
         segments.push_back(Segment {
             seq,
@@ -271,10 +271,15 @@ fn prefill(dir: &Path, path: &Path) -> std::io::Result<()> {
     result
 }
 
+/// `seg-<file number, 16 hex digits>.log` in `dir` (read back by recovery).
+fn segment_path(dir: &std::path::Path, file_no: u64) -> PathBuf {
+    dir.join(format!("seg-{file_no:016x}.log"))
+}
+
 fn prepare_spare(dir: PathBuf, file_no: u64, slot: Rc<RefCell<Spare>>) {
     *slot.borrow_mut() = Spare::Preparing;
     glommio::spawn_local(async move {
-        let path = dir.join(format!("seg-{file_no:016x}.log"));
+        let path = segment_path(&dir, file_no);
         let (d, p) = (dir.clone(), path.clone());
         let made = glommio::executor()
             .spawn_blocking(move || prefill(&d, &p))
