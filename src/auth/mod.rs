@@ -13,18 +13,20 @@ pub mod dns;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use mail_auth::common::crypto::Algorithm;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::{Alignment, Policy};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult,
-    MessageAuthenticator, ReceivedSpf, SpfOutput, SpfResult,
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput,
+    DmarcResult, IprevOutput, IprevResult, MessageAuthenticator, ReceivedSpf, SpfOutput, SpfResult,
 };
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::config::Config;
 use crate::smtp::Reply;
+use crate::spool::RawJson;
 use dns::ShardDns;
 
 /// `spf_enforcement`.
@@ -131,8 +133,8 @@ pub struct MessageVerdict {
     pub quarantine: bool,
     /// The `Authentication-Results` header (CRLF-terminated) to prepend.
     pub header: String,
-    /// GoMail's `authentication` object.
-    pub json: Value,
+    /// GoMail's `authentication` object, serialized.
+    pub json: RawJson,
 }
 
 /// One shard's checker: its own resolver sockets and caches.
@@ -289,8 +291,21 @@ impl ShardAuth {
         check
     }
 
-    /// DKIM and DMARC for a complete message, then enforcement.
-    pub async fn verify_message(&self, message: &[u8], sender: &SenderCheck) -> MessageVerdict {
+    /// iprev (RFC 8601 section 3): forward-confirmed reverse DNS of the
+    /// client. It depends only on the address, so the driver asks once per
+    /// connection and passes the answer to every `verify_message`.
+    pub async fn iprev(&self, ip: IpAddr) -> IprevOutput {
+        self.resolver.verify_iprev(self.dns.params(ip)).await
+    }
+
+    /// DKIM and DMARC for a complete message, then enforcement; `iprev` is
+    /// the connection's answer from [`ShardAuth::iprev`].
+    pub async fn verify_message(
+        &self,
+        message: &[u8],
+        sender: &SenderCheck,
+        iprev: &IprevOutput,
+    ) -> MessageVerdict {
         let s = &*self.settings;
         let helo_domain = sender.helo.as_str();
         let mail_from_domain = match domain_of(&sender.mail_from) {
@@ -321,7 +336,6 @@ impl ShardAuth {
             (Some(m), true) => Some(self.resolver.verify_arc(self.dns.params(m)).await),
             _ => None,
         };
-        let iprev = self.resolver.verify_iprev(self.dns.params(sender.ip)).await;
         let dmarc: Option<DmarcOutput> = match (&parsed, s.dmarc) {
             (Some(m), true) => Some(
                 self.resolver
@@ -353,37 +367,21 @@ impl ShardAuth {
         if let Some(a) = &arc {
             ar = ar.with_arc_result(a, sender.ip);
         }
-        ar = ar.with_iprev_result(&iprev, sender.ip);
+        ar = ar.with_iprev_result(iprev, sender.ip);
         let header = ar.to_header();
 
         let (refusal, quarantine) = self.enforce_dmarc(dmarc.as_ref(), &dkim, spf, &from_domain);
-        let mut json = self.json(
+        let json = self.json(
             sender,
             &dkim,
             dmarc.as_ref(),
+            arc.as_ref(),
+            iprev,
             &from_header,
             &from_domain,
             &header,
             quarantine,
         );
-        json["arc"] = match &arc {
-            Some(a) => json!({
-                "result": dkim_word(a.result()),
-                "chain_length": a.sets().len(),
-            }),
-            None => Value::Null,
-        };
-        json["iprev"] = json!({
-            "result": match &iprev.result {
-                mail_auth::IprevResult::Pass => "pass",
-                mail_auth::IprevResult::Fail(_) => "fail",
-                mail_auth::IprevResult::TempError(_) => "temperror",
-                mail_auth::IprevResult::PermError(_) => "permerror",
-                mail_auth::IprevResult::None => "none",
-            },
-            "client_ip": sender.ip.to_string(),
-            "ptr": iprev.ptr.as_ref().map(|p| p.iter().map(|h| h.to_string()).collect::<Vec<_>>()),
-        });
         MessageVerdict {
             refusal,
             quarantine,
@@ -452,59 +450,63 @@ impl ShardAuth {
         sender: &SenderCheck,
         dkim: &[DkimOutput<'_>],
         dmarc: Option<&DmarcOutput>,
+        arc: Option<&ArcOutput<'_>>,
+        iprev: &IprevOutput,
         from_header: &str,
         from_domain: &str,
         header: &str,
         quarantine: bool,
-    ) -> Value {
+    ) -> RawJson {
         let s = &*self.settings;
-        let spf_json = sender.spf.as_ref().map(|out| {
-            json!({
-                "result": spf_word(out.result()),
-                "domain": out.domain(),
-                "client_ip": sender.ip.to_string(),
-                "mail_from": sender.mail_from,
-                "helo_domain": sender.helo,
-                "received_spf_header": ReceivedSpf::new(out, sender.ip, &sender.helo, &sender.mail_from, &s.hostname)
-                    .to_header()
-                    .trim_end()
-                    .trim_start_matches("Received-SPF: "),
-            })
-        });
-        let signatures: Vec<Value> = dkim
-            .iter()
-            .filter_map(|o| {
-                let sig = o.signature()?;
-                Some(json!({
-                    "domain": sig.d,
-                    "selector": sig.s,
-                    "algorithm": match sig.a {
-                        mail_auth::common::crypto::Algorithm::RsaSha1 => "rsa-sha1",
-                        mail_auth::common::crypto::Algorithm::RsaSha256 => "rsa-sha256",
-                        mail_auth::common::crypto::Algorithm::Ed25519Sha256 => "ed25519-sha256",
-                    },
-                    "valid": o.result() == &DkimResult::Pass,
-                    "result": dkim_word(o.result()),
-                }))
-            })
-            .collect();
-        let dkim_result = if dkim.iter().any(|o| o.result() == &DkimResult::Pass) {
-            "pass"
-        } else {
-            dkim.first().map_or("none", |o| dkim_word(o.result()))
+        let received_spf;
+        let spf = match &sender.spf {
+            Some(out) => {
+                received_spf =
+                    ReceivedSpf::new(out, sender.ip, &sender.helo, &sender.mail_from, &s.hostname)
+                        .to_header();
+                Some(SpfJson {
+                    client_ip: sender.ip,
+                    domain: out.domain(),
+                    helo_domain: &sender.helo,
+                    mail_from: &sender.mail_from,
+                    received_spf_header: received_spf
+                        .trim_end()
+                        .trim_start_matches("Received-SPF: "),
+                    result: spf_word(out.result()),
+                })
+            }
+            None => None,
         };
-        let signed_by: Vec<&str> = dkim
-            .iter()
-            .filter(|o| o.result() == &DkimResult::Pass)
-            .filter_map(|o| o.signature().map(|sig| sig.d.as_str()))
-            .collect();
-        let dkim_json = s.dkim.then(|| {
-            json!({
-                "result": dkim_result,
-                "signatures": signatures,
-                "from_domain": from_domain,
-                "signed_by": signed_by,
-            })
+        let passed = |o: &&DkimOutput<'_>| o.result() == &DkimResult::Pass;
+        let dkim_json = s.dkim.then(|| DkimJson {
+            from_domain,
+            result: if dkim.iter().any(|o| passed(&o)) {
+                "pass"
+            } else {
+                dkim.first().map_or("none", |o| dkim_word(o.result()))
+            },
+            signatures: dkim
+                .iter()
+                .filter_map(|o| {
+                    let sig = o.signature()?;
+                    Some(SignatureJson {
+                        algorithm: match sig.a {
+                            Algorithm::RsaSha1 => "rsa-sha1",
+                            Algorithm::RsaSha256 => "rsa-sha256",
+                            Algorithm::Ed25519Sha256 => "ed25519-sha256",
+                        },
+                        domain: &sig.d,
+                        result: dkim_word(o.result()),
+                        selector: &sig.s,
+                        valid: o.result() == &DkimResult::Pass,
+                    })
+                })
+                .collect(),
+            signed_by: dkim
+                .iter()
+                .filter(passed)
+                .filter_map(|o| o.signature().map(|sig| sig.d.as_str()))
+                .collect(),
         });
         let strict = s.dmarc_enforcement == DmarcEnforcement::Strict;
         let align = |a: Option<&Alignment>| match (strict, a) {
@@ -513,26 +515,110 @@ impl ShardAuth {
         };
         let dmarc_json = dmarc.map(|d| {
             let rec = d.dmarc_record();
-            json!({
-                "result": dmarc_word(&d.result()),
-                "policy": policy_word(d.policy()),
-                "domain": d.domain(),
-                "from_header": from_header,
-                "return_path": sender.mail_from,
-                "spf_alignment": align(rec.map(|r| &r.aspf)),
-                "dkim_alignment": align(rec.map(|r| &r.adkim)),
-                "spf_aligned": dmarc_word(d.spf_result()),
-                "dkim_aligned": dmarc_word(d.dkim_result()),
-                "authentication_results": header.trim_end().trim_start_matches("Authentication-Results: "),
-            })
+            DmarcJson {
+                authentication_results: header
+                    .trim_end()
+                    .trim_start_matches("Authentication-Results: "),
+                dkim_aligned: dmarc_word(d.dkim_result()),
+                dkim_alignment: align(rec.map(|r| &r.adkim)),
+                domain: d.domain(),
+                from_header,
+                policy: policy_word(d.policy()),
+                result: dmarc_word(&d.result()),
+                return_path: &sender.mail_from,
+                spf_aligned: dmarc_word(d.spf_result()),
+                spf_alignment: align(rec.map(|r| &r.aspf)),
+            }
         });
-        json!({
-            "spf": spf_json,
-            "dkim": dkim_json,
-            "dmarc": dmarc_json,
-            "quarantine": quarantine,
+        RawJson::new(&AuthJson {
+            arc: arc.map(|a| ArcJson {
+                chain_length: a.sets().len(),
+                result: dkim_word(a.result()),
+            }),
+            dkim: dkim_json,
+            dmarc: dmarc_json,
+            iprev: IprevJson {
+                client_ip: sender.ip,
+                ptr: iprev.ptr.as_deref(),
+                result: match &iprev.result {
+                    IprevResult::Pass => "pass",
+                    IprevResult::Fail(_) => "fail",
+                    IprevResult::TempError(_) => "temperror",
+                    IprevResult::PermError(_) => "permerror",
+                    IprevResult::None => "none",
+                },
+            },
+            quarantine,
+            spf,
         })
     }
+}
+
+// GoMail's `authentication` object, written straight from the results
+// (fields in alphabetical order, as GoMail's JSON has them).
+
+#[derive(Serialize)]
+struct AuthJson<'a> {
+    arc: Option<ArcJson>,
+    dkim: Option<DkimJson<'a>>,
+    dmarc: Option<DmarcJson<'a>>,
+    iprev: IprevJson<'a>,
+    quarantine: bool,
+    spf: Option<SpfJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct ArcJson {
+    chain_length: usize,
+    result: &'static str,
+}
+
+#[derive(Serialize)]
+struct SpfJson<'a> {
+    client_ip: IpAddr,
+    domain: &'a str,
+    helo_domain: &'a str,
+    mail_from: &'a str,
+    received_spf_header: &'a str,
+    result: &'static str,
+}
+
+#[derive(Serialize)]
+struct DkimJson<'a> {
+    from_domain: &'a str,
+    result: &'static str,
+    signatures: Vec<SignatureJson<'a>>,
+    signed_by: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct SignatureJson<'a> {
+    algorithm: &'static str,
+    domain: &'a str,
+    result: &'static str,
+    selector: &'a str,
+    valid: bool,
+}
+
+#[derive(Serialize)]
+struct DmarcJson<'a> {
+    authentication_results: &'a str,
+    dkim_aligned: &'static str,
+    dkim_alignment: &'static str,
+    domain: &'a str,
+    from_header: &'a str,
+    policy: &'static str,
+    result: &'static str,
+    return_path: &'a str,
+    spf_aligned: &'static str,
+    spf_alignment: &'static str,
+}
+
+#[derive(Serialize)]
+struct IprevJson<'a> {
+    client_ip: IpAddr,
+    ptr: Option<&'a [Box<str>]>,
+    result: &'static str,
 }
 
 /// The DNSBL query label for an address: reversed octets (IPv4) or

@@ -19,6 +19,7 @@ use super::ShardState;
 use crate::auth::{MessageVerdict, SenderCheck};
 use crate::smtp::{trace, Action, Completion, Reply, Session, TlsInfo, Transaction};
 use crate::spool::{Envelope, Spooled};
+use mail_auth::IprevOutput;
 
 /// Octets read per read call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -213,6 +214,8 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
     let mut rbuf = vec![0u8; READ_CHUNK];
     let mut shutdown_seen = false;
     let mut sender: Option<SenderCheck> = None;
+    // iprev depends only on the client's address: asked once per connection.
+    let mut iprev: Option<IprevOutput> = None;
     loop {
         let mut start_tls = false;
         loop {
@@ -272,7 +275,11 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                                     }
                                 };
                                 let t0 = Instant::now();
-                                let verdict = auth.verify_message(&tx.body, &check).await;
+                                if iprev.is_none() {
+                                    iprev = Some(auth.iprev(peer.ip()).await);
+                                }
+                                let iprev = iprev.as_ref().expect("set above");
+                                let verdict = auth.verify_message(&tx.body, &check, iprev).await;
                                 state
                                     .stats
                                     .borrow_mut()

@@ -204,10 +204,7 @@ impl Outbox {
     ) -> crate::smtp::Completion {
         use crate::smtp::{Completion, Reply};
         let id = msg.envelope.id.clone();
-        let body = Bytes::from(
-            serde_json::to_vec(&store::payload(&msg.envelope, &msg.message))
-                .expect("payload serializes"),
-        );
+        let body = Bytes::from(store::payload(&msg.envelope, &msg.message, None));
         let post = self.cfg.client.post(&id, body);
         let answer = match self.cfg.mode {
             WebhookMode::Hybrid(deadline) => {
@@ -369,12 +366,15 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
         return;
     };
     let cfg = &outbox.cfg;
-    let (id, doc) = match &p.item {
+    let (id, body) = match &p.item {
         Item::Recipient { share, index, id } => (id.clone(), recipient_payload(share, *index)),
-        Item::Dead { id, payload, .. } => (id.clone(), payload.clone()),
+        Item::Dead { id, payload, .. } => (
+            id.clone(),
+            serde_json::to_vec(payload).expect("payload serializes"),
+        ),
     };
-    let body = Bytes::from(serde_json::to_vec(&doc).expect("payload serializes"));
-    let a = cfg.client.post(&id, body).await;
+    let body = Bytes::from(body);
+    let a = cfg.client.post(&id, body.clone()).await;
     let verdict = retry::classify(a.status);
     record_attempt(state, &a);
     let retry_after = a.retry_after;
@@ -442,19 +442,14 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
             outbox.waiting.borrow_mut().push_back(p);
             let _ = outbox.wake.0.try_send(());
         }
-        _ => dead_letter(state, p, verdict, doc).await,
+        _ => dead_letter(state, p, verdict, &body).await,
     }
 }
 
 /// Writes the message and its attempt log to `data_dir/dead/` (durably),
 /// then lets the spool forget it. A re-driven dead letter keeps its earlier
 /// attempts and gets the new ones appended.
-async fn dead_letter(
-    state: &Rc<ShardState>,
-    p: Pending,
-    verdict: Verdict,
-    payload: serde_json::Value,
-) {
+async fn dead_letter(state: &Rc<ShardState>, p: Pending, verdict: Verdict, payload: &[u8]) {
     let Some(outbox) = state.outbox.as_ref() else {
         return;
     };
@@ -500,7 +495,9 @@ async fn dead_letter(
             "detail": a.detail,
         })
     }));
-    let mut doc = payload;
+    // The posted bytes, read back: a rare path, so the common one never
+    // builds a JSON tree.
+    let mut doc: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
     doc["dead_letter"] = json!({ "reason": reason, "webhook_id": id, "attempts": attempts });
     let target = path.clone();
     let written = glommio::executor()
@@ -549,16 +546,13 @@ fn record_delivered(state: &ShardState, received_at_ms: Option<i64>) {
 }
 
 /// The JSON posted for recipient `index` of a shared message.
-fn recipient_payload(share: &Share, index: usize) -> serde_json::Value {
+fn recipient_payload(share: &Share, index: usize) -> Vec<u8> {
     let msg = share.msg.borrow();
     let Some(m) = msg.as_ref() else {
-        return serde_json::Value::Null;
+        return b"null".to_vec();
     };
-    let mut doc = store::payload(&m.envelope, &m.message);
-    if let Some(r) = m.envelope.recipients.get(index) {
-        doc["recipient"] = serde_json::Value::String(r.clone());
-    }
-    doc
+    let recipient = m.envelope.recipients.get(index).map(String::as_str);
+    store::payload(&m.envelope, &m.message, recipient)
 }
 
 /// One recipient's delivery is over; when it was the last, the message goes

@@ -27,7 +27,7 @@ use std::rc::Rc;
 
 use glommio::io::BufferedFile;
 
-pub use record::Envelope;
+pub use record::{Envelope, RawJson};
 
 /// Segments are preallocated to, and roll over at, this size.
 const SEGMENT_MAX: u64 = 32 << 20;

@@ -16,6 +16,32 @@ const HEADER: usize = 16;
 const KIND_MESSAGE: u8 = 1;
 const KIND_DONE: u8 = 2;
 
+/// A JSON document kept as its text: built once, then copied as it is into
+/// the spool record, the store file and every webhook payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// Serializes `value` once.
+    pub fn new(value: &impl Serialize) -> RawJson {
+        RawJson(serde_json::value::to_raw_value(value).expect("JSON serializes"))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for RawJson {}
+
 /// The envelope and trace data kept with each spooled message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -55,7 +81,7 @@ pub struct Envelope {
     pub require_tls: bool,
     /// GoMail's `authentication` object (SPF, DKIM, DMARC), if checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authentication: Option<serde_json::Value>,
+    pub authentication: Option<RawJson>,
     /// Microseconds from the end of the message to the end of its fdatasync;
     /// 0 in the record itself (it is only known afterwards).
     #[serde(default)]

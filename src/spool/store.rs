@@ -11,10 +11,12 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Datelike, SecondsFormat, Utc};
-use serde_json::{json, Value};
+use std::borrow::Cow;
 
-use super::record::Envelope;
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
+use serde::Serialize;
+
+use super::record::{Envelope, RawJson};
 
 /// Where a message's JSON file goes.
 pub fn path_for(data_dir: &Path, env: &Envelope) -> PathBuf {
@@ -31,61 +33,123 @@ fn received_at(env: &Envelope) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(env.received_at_ms).unwrap_or_default()
 }
 
-/// The GoMail-compatible JSON payload for a message.
-pub fn payload(env: &Envelope, message: &[u8]) -> Value {
+/// The GoMail-compatible JSON payload for a message, serialized:
+/// `recipient` is `recipient` when given (one webhook POST per recipient),
+/// else the first recipient.
+pub fn payload(env: &Envelope, message: &[u8], recipient: Option<&str>) -> Vec<u8> {
     let headers = HeaderFields::read(message);
     let parsed = mail_parser::MessageParser::default().parse(message);
     let subject = parsed
         .as_ref()
-        .and_then(|m| m.subject().map(str::to_string))
-        .or(headers.subject.clone())
+        .and_then(|m| m.subject())
+        .or(headers.subject.as_deref())
         .unwrap_or_default();
     let attachments = parsed.as_ref().map_or(0, |m| m.attachment_count());
-    let (raw, exact) = match std::str::from_utf8(message) {
-        Ok(s) => (s.to_string(), true),
-        Err(_) => (String::from_utf8_lossy(message).into_owned(), false),
-    };
-    let mut metadata = json!({
-        "request_id": env.id,
-        "queue_id": env.id,
-        "processing_time_ms": env.spool_us / 1000,
-        "size_bytes": message.len(),
-        "attachments": attachments,
-        "client_ip": env.client_ip,
-        "helo": env.helo,
-        "shard": env.shard,
-        "smtp": {
-            "esmtp": env.esmtp,
-            "body_8bitmime": env.eight_bit,
-            "smtputf8": env.smtputf8,
-            "chunking": env.chunked,
+    // `raw` is a JSON string: octets that are not UTF-8 cannot be in it
+    // unchanged, so the exact message travels base64-encoded too.
+    let raw = String::from_utf8_lossy(message);
+    let raw_base64 =
+        matches!(raw, Cow::Owned(_)).then(|| crate::delivery::sign::base64_encode(message));
+    let received_at = received_at(env).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let doc = Payload {
+        authentication: env.authentication.as_ref(),
+        from_header: headers.from.as_deref().unwrap_or_default(),
+        message_id: headers.message_id.as_deref().unwrap_or_default(),
+        metadata: Metadata {
+            attachments,
+            client_ip: &env.client_ip,
+            helo: &env.helo,
+            processing_time_ms: env.spool_us / 1000,
+            queue_id: &env.id,
+            raw_base64,
+            request_id: &env.id,
+            shard: env.shard,
+            size_bytes: message.len(),
+            smtp: Smtp {
+                body_8bitmime: env.eight_bit,
+                chunking: env.chunked,
+                esmtp: env.esmtp,
+                smtputf8: env.smtputf8,
+            },
+            timing: Timing {
+                spool_fdatasync_us: env.spool_us,
+            },
+            tls: env.tls_version.as_deref().map(|version| Tls {
+                cipher: env.tls_cipher.as_deref(),
+                requiretls: env.require_tls,
+                sni: env.tls_sni.as_deref(),
+                version,
+            }),
         },
-        "timing": { "spool_fdatasync_us": env.spool_us },
-        "tls": env.tls_version.as_ref().map(|v| json!({
-            "version": v,
-            "cipher": env.tls_cipher,
-            "sni": env.tls_sni,
-            "requiretls": env.require_tls,
-        })),
-    });
-    if !exact {
-        // `raw` is a JSON string: octets that are not UTF-8 cannot be in it
-        // unchanged, so the exact message travels base64-encoded too.
-        metadata["raw_base64"] = Value::String(crate::delivery::sign::base64_encode(message));
-    }
-    json!({
-        "sender": env.mail_from,
-        "recipient": env.recipients.first().cloned().unwrap_or_default(),
-        "recipients": env.recipients,
-        "received_at": received_at(env).to_rfc3339_opts(SecondsFormat::Secs, true),
-        "raw": raw,
-        "subject": subject,
-        "message_id": headers.message_id.unwrap_or_default(),
-        "from_header": headers.from.unwrap_or_default(),
-        "to_header": headers.to.unwrap_or_default(),
-        "authentication": env.authentication,
-        "metadata": metadata,
-    })
+        raw: &raw,
+        received_at: &received_at,
+        recipient: recipient
+            .or(env.recipients.first().map(String::as_str))
+            .unwrap_or_default(),
+        recipients: &env.recipients,
+        sender: &env.mail_from,
+        subject,
+        to_header: headers.to.as_deref().unwrap_or_default(),
+    };
+    // The raw message dominates: room for it, its escapes and the rest.
+    let mut out = Vec::with_capacity(message.len() + message.len() / 16 + 2048);
+    serde_json::to_writer(&mut out, &doc).expect("payload serializes");
+    out
+}
+
+// The payload's fields in alphabetical order, as GoMail's JSON has them.
+
+#[derive(Serialize)]
+struct Payload<'a> {
+    authentication: Option<&'a RawJson>,
+    from_header: &'a str,
+    message_id: &'a str,
+    metadata: Metadata<'a>,
+    raw: &'a str,
+    received_at: &'a str,
+    recipient: &'a str,
+    recipients: &'a [String],
+    sender: &'a str,
+    subject: &'a str,
+    to_header: &'a str,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    attachments: usize,
+    client_ip: &'a str,
+    helo: &'a str,
+    processing_time_ms: u64,
+    queue_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_base64: Option<String>,
+    request_id: &'a str,
+    shard: usize,
+    size_bytes: usize,
+    smtp: Smtp,
+    timing: Timing,
+    tls: Option<Tls<'a>>,
+}
+
+#[derive(Serialize)]
+struct Smtp {
+    body_8bitmime: bool,
+    chunking: bool,
+    esmtp: bool,
+    smtputf8: bool,
+}
+
+#[derive(Serialize)]
+struct Timing {
+    spool_fdatasync_us: u64,
+}
+
+#[derive(Serialize)]
+struct Tls<'a> {
+    cipher: Option<&'a str>,
+    requiretls: bool,
+    sni: Option<&'a str>,
+    version: &'a str,
 }
 
 /// The first occurrence of a few header fields, unfolded, as written.
@@ -144,7 +208,7 @@ pub fn write_one(data_dir: &Path, env: &Envelope, message: &[u8]) -> std::io::Re
     let dir = path.parent().expect("store paths have a parent");
     // One buffer, one write: serde_json writing straight to a File would
     // make a system call per JSON fragment.
-    let mut json = serde_json::to_vec(&payload(env, message))?;
+    let mut json = payload(env, message, None);
     json.push(b'\n');
     match write_linked(dir, &path, &json) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -251,7 +315,7 @@ mod tests {
     #[test]
     fn payload_has_gomail_fields() {
         let msg = b"From: John <a@b.example>\r\nTo: R <r@example.test>\r\nSubject: =?UTF-8?B?SMOpbGxv?=\r\n  there\r\nMessage-ID: <id1@b.example>\r\n\r\nbody\r\n";
-        let v = payload(&env(), msg);
+        let v: serde_json::Value = serde_json::from_slice(&payload(&env(), msg, None)).unwrap();
         assert_eq!(v["sender"], "a@b.example");
         assert_eq!(v["recipient"], "r@example.test");
         assert_eq!(v["recipients"][1], "s@example.test");
@@ -269,7 +333,7 @@ mod tests {
     #[test]
     fn non_utf8_messages_keep_their_exact_octets() {
         let msg = b"Subject: x\r\n\r\n\xff\xfe\r\n";
-        let v = payload(&env(), msg);
+        let v: serde_json::Value = serde_json::from_slice(&payload(&env(), msg, None)).unwrap();
         assert_eq!(v["metadata"]["raw_base64"], "U3ViamVjdDogeA0KDQr//g0K");
     }
 }
@@ -287,7 +351,7 @@ mod write_tests {
         assert_eq!(p1, p2);
         let dir: Vec<_> = std::fs::read_dir(p1.parent().unwrap()).unwrap().collect();
         assert_eq!(dir.len(), 1, "no temporary files are left behind");
-        let v: Value = serde_json::from_slice(&std::fs::read(&p1).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p1).unwrap()).unwrap();
         assert_eq!(v["subject"], "one");
     }
 }
