@@ -5,8 +5,8 @@
 # Tests use real tools and fail loudly when one is missing; this script is
 # what puts them there: swaks (an independent SMTP client) with
 # libnet-ssleay-perl for its --tls, openssl (s_client, key generation), and
-# Python's dkimpy (an independent DKIM signer, from PyPI). They also mount
-# a small tmpfs (disk-full test), so run as root.
+# Python's dkimpy with authres (an independent DKIM signer and ARC sealer,
+# from PyPI). They also mount a small tmpfs (disk-full test), so run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +25,9 @@ if ((${#need[@]})); then
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import dkim' 2>/dev/null; then
-    python3 -m pip install --quiet dkimpy || { echo "scripts/test.sh: could not install dkimpy from PyPI" >&2; exit 1; }
+# authres: dkimpy needs it to seal ARC sets.
+if ! python3 -c 'import dkim, authres' 2>/dev/null; then
+    python3 -m pip install --quiet dkimpy authres || { echo "scripts/test.sh: could not install dkimpy and authres from PyPI" >&2; exit 1; }
 fi
 
 # glommio (io_uring) needs at least 512 KiB of lockable memory per process.

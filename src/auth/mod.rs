@@ -333,7 +333,9 @@ impl ShardAuth {
         };
         // ARC (RFC 8617) and iprev (RFC 8601 section 3) are reported, never enforced.
         let arc = match (&parsed, s.dkim) {
-            (Some(m), true) => Some(self.resolver.verify_arc(self.dns.params(m)).await),
+            (Some(m), true) => Some(arc_result(
+                self.resolver.verify_arc(self.dns.params(m)).await,
+            )),
             _ => None,
         };
         let dmarc: Option<DmarcOutput> = match (&parsed, s.dmarc) {
@@ -619,6 +621,21 @@ struct IprevJson<'a> {
     client_ip: IpAddr,
     ptr: Option<&'a [Box<str>]>,
     result: &'static str,
+}
+
+/// RFC 8617 knows three chain results: none, pass and fail. mail-auth words
+/// some broken chains as `neutral` (an ARC-Message-Signature whose body hash
+/// does not match) or `permerror` (a malformed set); both are a chain that
+/// does not validate, so they are reported as `fail`, with mail-auth's
+/// reason kept in the header comment. A DNS failure stays `temperror`.
+fn arc_result(out: ArcOutput<'_>) -> ArcOutput<'_> {
+    match out.result() {
+        DkimResult::Neutral(e) | DkimResult::PermError(e) => {
+            let e = e.clone();
+            out.with_result(DkimResult::Fail(e))
+        }
+        _ => out,
+    }
 }
 
 /// The DNSBL query label for an address: reversed octets (IPv4) or

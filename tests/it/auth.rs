@@ -45,8 +45,29 @@ fn rsa_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
 /// Signs `message` with Python's dkimpy (an implementation independent of
 /// gomail's), RSA-SHA256, relaxed/simple canonicalization.
 fn dkimpy_sign(key: &std::path::Path, domain: &str, message: &str) -> String {
+    dkimpy(&format!(
+        "sig=dkim.sign(m,b'rsa',b'{domain}',key,canonicalize=(b'relaxed',b'simple'),include_headers=[b'From',b'To',b'Subject',b'Message-ID'])\nsys.stdout.buffer.write(sig+m)\n"
+    ), key, message)
+}
+
+/// Adds an ARC set (RFC 8617) to `message` with dkimpy's `arc_sign`, as a
+/// forwarder `authserv_id` sealing for `domain` (selector `rsa`) would.
+/// `message` must carry that forwarder's `Authentication-Results`.
+fn dkimpy_arc_seal(
+    key: &std::path::Path,
+    domain: &str,
+    authserv_id: &str,
+    message: &str,
+) -> String {
+    dkimpy(&format!(
+        "h=dkim.arc_sign(m,b'rsa',b'{domain}',key,b'{authserv_id}',include_headers=[b'From',b'To',b'Subject',b'Message-ID'])\nsys.stdout.buffer.write(b''.join(h)+m)\n"
+    ), key, message)
+}
+
+/// Runs a dkimpy `script` with `m` (the message) and `key` (the PEM) set.
+fn dkimpy(script: &str, key: &std::path::Path, message: &str) -> String {
     let script = format!(
-        "import dkim,sys\nm=sys.stdin.buffer.read()\nsig=dkim.sign(m,b'rsa',b'{domain}',open('{}','rb').read(),canonicalize=(b'relaxed',b'simple'),include_headers=[b'From',b'To',b'Subject',b'Message-ID'])\nsys.stdout.buffer.write(sig+m)\n",
+        "import dkim,sys\nm=sys.stdin.buffer.read()\nkey=open('{}','rb').read()\n{script}",
         key.display()
     );
     let mut child = std::process::Command::new("python3")
@@ -66,7 +87,7 @@ fn dkimpy_sign(key: &std::path::Path, domain: &str, message: &str) -> String {
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "dkimpy is needed (scripts/test.sh installs it: pip install dkimpy): {}",
+        "dkimpy (with authres, for ARC) is needed (scripts/test.sh installs them: pip install dkimpy authres): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
@@ -512,4 +533,46 @@ fn spf_void_lookup_limit_gives_permerror() {
         stored_auth(&g, &id)["authentication"]["spf"]["result"],
         "permerror"
     );
+}
+
+#[test]
+fn an_arc_chain_sealed_by_an_independent_sealer_is_validated() {
+    let w = world();
+    let g = w.gomail("");
+    // A forwarder (mx.forwarder.test) checked the message, recorded that in
+    // its Authentication-Results and sealed it for pass.test with dkimpy.
+    let received = format!(
+        "Authentication-Results: mx.forwarder.test; spf=pass smtp.mailfrom=a@pass.test\r\n{}",
+        w.message("a@pass.test", None, "forwarded once")
+    );
+    let sealed = dkimpy_arc_seal(&w.rsa_key, "pass.test", "mx.forwarder.test", &received);
+    assert!(sealed.starts_with("ARC-Seal: i=1; cv=none"), "{sealed}");
+
+    let reply = send(&g, "127.0.0.1", "a@pass.test", &sealed);
+    let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    let v = stored_auth(&g, &id);
+    let arc = &v["authentication"]["arc"];
+    assert_eq!(arc["result"], "pass", "{v}");
+    assert_eq!(arc["chain_length"], 1, "{v}");
+    let raw = v["raw"].as_str().unwrap();
+    assert!(raw.contains("arc=pass"), "{raw}");
+
+    // Changed after sealing: the ARC-Message-Signature no longer matches.
+    let altered = sealed.replace("forwarded once", "forwarded twice");
+    let reply = send(&g, "127.0.0.1", "a@pass.test", &altered);
+    let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    let v = stored_auth(&g, &id);
+    assert_eq!(v["authentication"]["arc"]["result"], "fail", "{v}");
+    assert!(v["raw"].as_str().unwrap().contains("arc=fail"));
+
+    // A sealed header changed: the ARC-Seal no longer matches.
+    let reseal = sealed.replace(
+        "ARC-Authentication-Results: i=1; mx.forwarder.test;",
+        "ARC-Authentication-Results: i=1; mx.other.test;",
+    );
+    assert_ne!(reseal, sealed);
+    let reply = send(&g, "127.0.0.1", "a@pass.test", &reseal);
+    let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    let v = stored_auth(&g, &id);
+    assert_eq!(v["authentication"]["arc"]["result"], "fail", "{v}");
 }
