@@ -10,6 +10,7 @@
 
 pub mod dns;
 
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -206,45 +207,52 @@ impl ShardAuth {
 
     /// DNS blocklists, postscreen-style: each zone that lists `ip` (an A
     /// record in 127.0.0.0/8 for the reversed address) adds its weight;
-    /// at or above `dnsbl_threshold` the client is refused. Zones are asked
-    /// in turn, each within what is left of `dnsbl_timeout`: a zone that
-    /// does not answer in time counts as not listing the client. Returns the
-    /// zones that listed it when the score reaches the threshold.
+    /// at or above `dnsbl_threshold` the client is refused. All zones are
+    /// asked at once, and `dnsbl_timeout` bounds the whole check: a zone
+    /// that has not answered by then counts as not listing the client, so a
+    /// slow zone neither holds the connection longer nor hides the answers
+    /// of the others. Returns the zones that listed it (in configured
+    /// order) when the score reaches the threshold.
     pub async fn dnsbl(&self, ip: IpAddr) -> Option<Vec<String>> {
         let s = &*self.settings;
         if s.dnsbl.is_empty() {
             return None;
         }
         let reversed = reverse_name(ip);
-        let deadline = std::time::Instant::now() + s.dnsbl_timeout;
-        let mut score = 0;
-        let mut listed = Vec::new();
-        for (zone, weight) in &s.dnsbl {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                tracing::debug!(%ip, %zone, "DNSBL deadline reached; remaining zones skipped");
-                break;
-            }
-            let name = format!("{reversed}.{zone}.");
-            let lookup = async {
-                self.resolver
+        let score = Cell::new(0);
+        let hits = RefCell::new(Vec::new());
+        let checks = s.dnsbl.iter().enumerate().map(|(i, (zone, weight))| {
+            let (score, hits, reversed) = (&score, &hits, &reversed);
+            async move {
+                let name = format!("{reversed}.{zone}.");
+                let listed = self
+                    .resolver
                     .ipv4_lookup(name.as_str(), Some(self.dns.ipv4()))
                     .await
                     .ok()
-                    .is_some_and(|set| set.rrset.iter().any(|a| a.octets()[0] == 127))
-            };
-            let timer = async {
-                glommio::timer::sleep(left).await;
-                false
-            };
-            if futures_lite::future::or(lookup, timer).await {
-                score += weight;
-                if *weight > 0 {
-                    listed.push(zone.clone());
+                    .is_some_and(|set| set.rrset.iter().any(|a| a.octets()[0] == 127));
+                if listed {
+                    score.set(score.get() + weight);
+                    if *weight > 0 {
+                        hits.borrow_mut().push(i);
+                    }
                 }
             }
+        });
+        let all = async {
+            futures_util::future::join_all(checks).await;
+        };
+        let deadline = async {
+            glommio::timer::sleep(s.dnsbl_timeout).await;
+            tracing::debug!(%ip, "DNSBL deadline reached; zones that have not answered count as not listing");
+        };
+        futures_lite::future::or(all, deadline).await;
+        let mut hits = hits.into_inner();
+        if score.get() < s.dnsbl_threshold || hits.is_empty() {
+            return None;
         }
-        (score >= s.dnsbl_threshold && !listed.is_empty()).then_some(listed)
+        hits.sort_unstable();
+        Some(hits.into_iter().map(|i| s.dnsbl[i].0.clone()).collect())
     }
 
     /// SPF for the MAIL FROM identity (the HELO identity for `<>`).

@@ -445,6 +445,31 @@ fn a_blocklist_that_never_answers_costs_at_most_the_deadline() {
 }
 
 #[test]
+fn a_quiet_blocklist_does_not_hide_the_answer_of_another() {
+    let w = world();
+    // silent.test never answers; bl.test lists 127.0.0.2. The quiet zone
+    // comes first: asked in turn, it would use up the whole deadline.
+    let relay = super::quiet_dns::quiet_zone(w.dns.addr, "silent.test");
+    let g = Gomail::start(&format!(
+        "dns_servers: [\"{}\"]\ndns_timeout: 20s\ndnsbl: [\"silent.test*2\", \"bl.test*2\"]\ndnsbl_threshold: 2\ndnsbl_timeout: 2s\nspf_enabled: false\ndkim_enabled: false\ndmarc_enabled: false\n",
+        relay.addr
+    ));
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        first_line(g.addr, "127.0.0.2"),
+        "554 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test\r\n"
+    );
+    // An unlisted client waits for the quiet zone, but no longer than the
+    // deadline (a bound with a wide margin, not a benchmark).
+    assert!(first_line(g.addr, "127.0.0.1").starts_with("220 "));
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(12),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
 fn spf_results_land_in_the_json() {
     let w = world();
     let g = w.gomail("");

@@ -2,6 +2,7 @@ pub(crate) mod harness;
 
 mod auth;
 mod dns;
+mod quiet_dns;
 
 mod cli;
 mod control;
