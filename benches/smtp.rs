@@ -1,6 +1,7 @@
 //! Hot paths of the SMTP core: command parsing, DATA decoding (next to a
-//! naive byte-at-a-time decoder as a baseline), and a whole transaction
-//! through the session state machine.
+//! naive byte-at-a-time decoder as a baseline), a whole transaction
+//! through the session state machine, and the JSON payload that every
+//! accepted message becomes (store file, webhook body).
 //!
 //! Run: `cargo bench --bench smtp`.
 
@@ -120,5 +121,36 @@ fn transaction(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, commands, data, transaction);
+fn payload(c: &mut Criterion) {
+    let env = gomail::spool::Envelope {
+        id: "0123456789abcdef".into(),
+        received_at_ms: 1_764_489_600_000,
+        mail_from: "sender@example.org".into(),
+        recipients: vec!["rcpt@example.test".into()],
+        helo: "client.example.org".into(),
+        client_ip: "192.0.2.1".into(),
+        esmtp: true,
+        eight_bit: false,
+        smtputf8: false,
+        chunked: false,
+        shard: 0,
+        tls_version: None,
+        tls_cipher: None,
+        tls_sni: None,
+        require_tls: false,
+        authentication: None,
+        spool_us: 2000,
+    };
+    // As stored: gomail's trace headers, then the message.
+    let mut message = b"Return-Path: <sender@example.org>\r\nReceived: from client.example.org ([192.0.2.1])\r\n\tby mx.example.test (gomail) with ESMTP id 0123456789abcdef\r\n\tfor <rcpt@example.test>; Sun, 30 Nov 2025 08:00:00 +0000\r\n".to_vec();
+    message.extend_from_slice(&message_4k());
+    let mut g = c.benchmark_group("payload");
+    g.throughput(Throughput::Bytes(message.len() as u64));
+    g.bench_function("json_4k", |b| {
+        b.iter(|| black_box(gomail::spool::store::payload(&env, &message, None)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, commands, data, transaction, payload);
 criterion_main!(benches);

@@ -38,7 +38,7 @@ fn received_at(env: &Envelope) -> DateTime<Utc> {
 /// else the first recipient.
 pub fn payload(env: &Envelope, message: &[u8], recipient: Option<&str>) -> Vec<u8> {
     let headers = HeaderFields::read(message);
-    let parsed = mail_parser::MessageParser::default().parse(message);
+    let parsed = parser().parse(message);
     let subject = parsed
         .as_ref()
         .and_then(|m| m.subject())
@@ -47,7 +47,12 @@ pub fn payload(env: &Envelope, message: &[u8], recipient: Option<&str>) -> Vec<u
     let attachments = parsed.as_ref().map_or(0, |m| m.attachment_count());
     // `raw` is a JSON string: octets that are not UTF-8 cannot be in it
     // unchanged, so the exact message travels base64-encoded too.
-    let raw = String::from_utf8_lossy(message);
+    // (`from_utf8` first: its check is several times faster than the
+    // lossy conversion's, and almost every message passes it.)
+    let raw = match std::str::from_utf8(message) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(message),
+    };
     let raw_base64 =
         matches!(raw, Cow::Owned(_)).then(|| crate::delivery::sign::base64_encode(message));
     let received_at = received_at(env).to_rfc3339_opts(SecondsFormat::Secs, true);
@@ -163,34 +168,52 @@ struct HeaderFields {
 
 impl HeaderFields {
     fn read(message: &[u8]) -> HeaderFields {
-        let mut h = HeaderFields::default();
+        const NAMES: [&str; 4] = ["subject", "message-id", "from", "to"];
+        let mut found: [Option<String>; 4] = Default::default();
         let end = find(message, b"\r\n\r\n").unwrap_or(message.len());
         let text = String::from_utf8_lossy(&message[..end]);
-        let mut fields: Vec<(String, String)> = Vec::new();
+        // The kept field that folded lines continue; only the fields kept
+        // are copied.
+        let mut current = None;
         for line in text.split("\r\n") {
             if line.starts_with([' ', '\t']) {
-                if let Some((_, v)) = fields.last_mut() {
+                if let Some(v) = current.and_then(|i: usize| found[i].as_mut()) {
                     v.push(' ');
                     v.push_str(line.trim());
                 }
             } else if let Some((name, value)) = line.split_once(':') {
-                fields.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+                let name = name.trim();
+                current = NAMES
+                    .iter()
+                    .position(|n| n.eq_ignore_ascii_case(name))
+                    .filter(|&i| found[i].is_none());
+                if let Some(i) = current {
+                    found[i] = Some(value.trim().to_string());
+                }
             }
         }
-        for (name, value) in fields {
-            let slot = match name.as_str() {
-                "subject" => &mut h.subject,
-                "message-id" => &mut h.message_id,
-                "from" => &mut h.from,
-                "to" => &mut h.to,
-                _ => continue,
-            };
-            if slot.is_none() {
-                *slot = Some(value);
-            }
+        let [subject, message_id, from, to] = found;
+        HeaderFields {
+            subject,
+            message_id,
+            from,
+            to,
         }
-        h
     }
+}
+
+/// The payload needs the decoded Subject and the MIME structure (to count
+/// attachments): other header fields are skipped, not parsed (a Received
+/// field's full parse cost more than all the rest).
+fn parser() -> &'static mail_parser::MessageParser {
+    static PARSER: std::sync::LazyLock<mail_parser::MessageParser> =
+        std::sync::LazyLock::new(|| {
+            mail_parser::MessageParser::new()
+                .with_mime_headers()
+                .header_text(mail_parser::HeaderName::Subject)
+                .default_header_ignore()
+        });
+    &PARSER
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
