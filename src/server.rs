@@ -482,6 +482,7 @@ async fn run_shard(
                 s.store_backlog = state.spool.outstanding() as u64;
                 if let Some(a) = &state.auth {
                     (s.dns_cache_hits, s.dns_cache_misses) = a.cache_counts();
+                    s.dns_lookup_latency = a.dns_lookup_latency();
                 }
                 if let Some(o) = &state.outbox {
                     let (open, disabled) = o.health();

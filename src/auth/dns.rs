@@ -11,16 +11,21 @@
 use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::{MessageAuthenticator, Parameters, RecordSet, ResolverCache, Txt, MX};
 
+use crate::server::LatencyHistogram;
+
 /// Entries per record type per shard; past that, expired entries are
 /// dropped, then the cache starts over.
 const CACHE_MAX: usize = 16_384;
+
+/// The longest a "no such record" answer is kept, whatever its zone says.
+const NEGATIVE_MAX: Duration = Duration::from_secs(300);
 
 /// The process's DNS runtime and resolver settings.
 pub struct DnsRuntime {
@@ -58,7 +63,7 @@ impl DnsRuntime {
         // organisational-domain walk that misses for almost every message.
         // Each shard builds its own resolver, so this cache is per shard too.
         opts.cache_size = 1024;
-        opts.negative_max_ttl = Some(Duration::from_secs(300));
+        opts.negative_max_ttl = Some(NEGATIVE_MAX);
         opts.timeout = timeout;
         opts.attempts = 1;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -87,11 +92,16 @@ impl DnsRuntime {
 }
 
 /// A shard-local cache for one record type: honours each answer's TTL,
-/// bounded in size, counts hits and misses. No lock: one shard, one thread.
+/// bounded in size, counts hits and misses, and times the lookups its
+/// misses lead to. No lock: one shard, one thread.
 pub struct TtlCache<K, V> {
     map: RefCell<HashMap<K, (V, Instant)>>,
     hits: Cell<u64>,
     misses: Cell<u64>,
+    /// Misses waiting for their answer: (hash of the name, when).
+    pending: RefCell<Vec<(u64, Instant)>>,
+    /// From a miss to its answer arriving in the cache.
+    lookups: RefCell<LatencyHistogram>,
 }
 
 impl<K, V> Default for TtlCache<K, V> {
@@ -100,7 +110,44 @@ impl<K, V> Default for TtlCache<K, V> {
             map: RefCell::new(HashMap::new()),
             hits: Cell::new(0),
             misses: Cell::new(0),
+            pending: RefCell::new(Vec::new()),
+            lookups: RefCell::new(LatencyHistogram::default()),
         }
+    }
+}
+
+/// Misses whose lookup failed never get an answer; past this many waiting,
+/// the oldest are forgotten.
+const PENDING_MAX: usize = 256;
+
+impl<K: Hash + Eq, V> TtlCache<K, V> {
+    /// The lookup for `name`, missed at some point, is over: its time goes
+    /// into the lookup histogram.
+    fn settle<Q>(&self, name: &Q)
+    where
+        Q: Hash + ?Sized,
+    {
+        let h = self.map.borrow().hasher().hash_one(name);
+        let mut pending = self.pending.borrow_mut();
+        if let Some(i) = pending.iter().position(|(p, _)| *p == h) {
+            let (_, since) = pending.swap_remove(i);
+            self.lookups
+                .borrow_mut()
+                .observe(since.elapsed().as_micros() as u64);
+        }
+    }
+
+    /// Holds an unexpired entry for `key` (not counted as a hit or miss).
+    fn holds<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let now = Instant::now();
+        self.map
+            .borrow()
+            .get(key)
+            .is_some_and(|(_, until)| *until > now)
     }
 }
 
@@ -120,6 +167,12 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for TtlCache<K, V> {
         let counter = if found.is_some() {
             &self.hits
         } else {
+            let h = self.map.borrow().hasher().hash_one(name);
+            let mut pending = self.pending.borrow_mut();
+            if pending.len() >= PENDING_MAX {
+                pending.drain(..PENDING_MAX / 2);
+            }
+            pending.push((h, now));
             &self.misses
         };
         counter.set(counter.get() + 1);
@@ -135,6 +188,7 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for TtlCache<K, V> {
     }
 
     fn insert(&self, key: K, value: V, valid_until: Instant) {
+        self.settle(&key);
         let mut map = self.map.borrow_mut();
         if map.len() >= CACHE_MAX {
             let now = Instant::now();
@@ -179,9 +233,73 @@ impl ShardDns {
             .with_ptr_cache(&self.ptr)
     }
 
+    /// Puts the TXT names among `names` that have no record (NXDOMAIN, or
+    /// NODATA with an SOA) in the answer cache, for the zone's negative TTL
+    /// (at most 5 minutes), so that the checks find the absence there.
+    ///
+    /// mail-auth puts only answers it got in the cache. The absences matter
+    /// as much: DMARC's tree walk asks for `_dmarc.<tld>.` for every
+    /// message, and most parents of a sender domain publish nothing. Each
+    /// name is asked again (the resolver's own cache answers, since the
+    /// check just asked it) only while the answer cache does not hold it.
+    /// A failure (timeout, SERVFAIL) is never kept: it must stay a
+    /// temporary error.
+    pub async fn learn_absent_txt<'a>(
+        &self,
+        resolver: &MessageAuthenticator,
+        names: impl IntoIterator<Item = &'a str>,
+    ) {
+        use mail_auth::hickory_resolver::net::{DnsError, NetError};
+        use mail_auth::hickory_resolver::proto::rr::Name;
+        for name in names {
+            if self.txt.holds(name) {
+                continue;
+            }
+            let Ok(query) = Name::from_str_relaxed(name) else {
+                continue;
+            };
+            // Only an absence is kept: a record after all is cached the next
+            // time a check asks for it, and a failure must stay temporary.
+            if let Err(NetError::Dns(DnsError::NoRecordsFound(none))) =
+                resolver.0.txt_lookup(query).await
+            {
+                let Some(ttl) = none.negative_ttl else {
+                    continue;
+                };
+                let keep = Duration::from_secs(ttl.into()).min(NEGATIVE_MAX);
+                let absent =
+                    mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(none.response_code));
+                self.txt
+                    .insert(name.into(), Txt::Error(absent), Instant::now() + keep);
+            }
+        }
+    }
+
     /// The A-record cache (DNS blocklists use it directly).
     pub fn ipv4(&self) -> &TtlCache<Box<str>, RecordSet<Ipv4Addr>> {
         &self.ipv4
+    }
+
+    /// How long the lookups behind cache misses took (all record types):
+    /// from the miss to the answer, a record or an absence. A lookup that
+    /// failed (timeout, SERVFAIL) is not in it: its cost shows in the
+    /// checks' time and their `temperror` results.
+    pub fn lookup_latency(&self) -> LatencyHistogram {
+        let mut all = self.txt.lookups.borrow().clone();
+        for h in [
+            &self.mx.lookups,
+            &self.ipv4.lookups,
+            &self.ipv6.lookups,
+            &self.ptr.lookups,
+        ] {
+            all.merge(&h.borrow());
+        }
+        all
+    }
+
+    /// A DNS blocklist lookup for `name` is over (listed or not).
+    pub fn settle_ipv4(&self, name: &str) {
+        self.ipv4.settle(name);
     }
 
     /// (hits, misses) over all record types.
@@ -197,5 +315,55 @@ impl ShardDns {
             + self.ipv6.misses.get()
             + self.ptr.misses.get();
         (h, m)
+    }
+}
+
+/// The names DMARC's tree walk (RFC 9989 section 4.10, as mail-auth 0.13
+/// does it) asks for `domain`: `_dmarc.<domain>.`, then its parents, down to
+/// seven labels when it has eight or more, then one label at a time to the
+/// top-level domain. Appended to `out`.
+pub fn dmarc_walk_names(domain: &str, out: &mut Vec<String>) {
+    let total = domain.split('.').filter(|l| !l.is_empty()).count();
+    if total < 2 {
+        return;
+    }
+    let mut count = total;
+    loop {
+        let mut name = domain;
+        for _ in 0..total - count {
+            name = name.split_once('.').map_or("", |(_, rest)| rest);
+        }
+        out.push(format!("_dmarc.{name}."));
+        if count == 1 {
+            break;
+        }
+        count = if count >= 8 { 7 } else { count - 1 };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dmarc_walk_names;
+
+    #[test]
+    fn dmarc_walk_asks_each_parent_down_to_the_tld() {
+        let mut names = Vec::new();
+        dmarc_walk_names("mail.example.com", &mut names);
+        assert_eq!(
+            names,
+            [
+                "_dmarc.mail.example.com.",
+                "_dmarc.example.com.",
+                "_dmarc.com."
+            ]
+        );
+        names.clear();
+        dmarc_walk_names("a.b.c.d.e.f.g.h.i.test", &mut names);
+        assert_eq!(names.len(), 8, "{names:?}");
+        assert_eq!(names[1], "_dmarc.d.e.f.g.h.i.test.");
+        assert_eq!(names[7], "_dmarc.test.");
+        names.clear();
+        dmarc_walk_names("localhost", &mut names);
+        assert!(names.is_empty());
     }
 }

@@ -205,6 +205,11 @@ impl ShardAuth {
         self.dns.counts()
     }
 
+    /// How long this shard's DNS lookups took (those behind cache misses).
+    pub fn dns_lookup_latency(&self) -> crate::server::LatencyHistogram {
+        self.dns.lookup_latency()
+    }
+
     /// DNS blocklists, postscreen-style: each zone that lists `ip` (an A
     /// record in 127.0.0.0/8 for the reversed address) adds its weight;
     /// at or above `dnsbl_threshold` the client is refused. All zones are
@@ -231,6 +236,8 @@ impl ShardAuth {
                     .await
                     .ok()
                     .is_some_and(|set| set.rrset.iter().any(|a| a.octets()[0] == 127));
+                // Not listed is NXDOMAIN, never cached by mail-auth: time it here.
+                self.dns.settle_ipv4(&name);
                 if listed {
                     score.set(score.get() + weight);
                     if *weight > 0 {
@@ -359,6 +366,23 @@ impl ShardAuth {
             ),
             _ => None,
         };
+        if let Some(d) = dmarc.as_ref().filter(|d| !is_temp(&d.result())) {
+            // The domains whose trees DMARC walked: the author's, and for
+            // alignment those of the DKIM signatures and of SPF.
+            let mut names = Vec::new();
+            dns::dmarc_walk_names(d.domain(), &mut names);
+            for sig in dkim.iter().filter_map(|o| o.signature()) {
+                if !sig.d.eq_ignore_ascii_case(d.domain()) {
+                    dns::dmarc_walk_names(&sig.d, &mut names);
+                }
+            }
+            if !spf.domain().eq_ignore_ascii_case(d.domain()) {
+                dns::dmarc_walk_names(spf.domain(), &mut names);
+            }
+            self.dns
+                .learn_absent_txt(&self.resolver, names.iter().map(String::as_str))
+                .await;
+        }
 
         let mut ar = AuthenticationResults::new(&s.hostname);
         if s.dkim {
@@ -663,6 +687,10 @@ fn reverse_name(ip: IpAddr) -> String {
             .collect::<Vec<_>>()
             .join("."),
     }
+}
+
+fn is_temp(r: &DmarcResult) -> bool {
+    matches!(r, DmarcResult::TempError(_))
 }
 
 fn dmarc_temp(domain: &str) -> Reply {

@@ -188,6 +188,13 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
         "Time in SPF, DKIM and DMARC checks (DNS included), per check.",
         |s| &s.auth_latency,
     );
+    histogram(
+        &mut out,
+        stats,
+        "gomail_dns_lookup_seconds",
+        "DNS lookups behind answer-cache misses (authentication checks, blocklists), from the miss to the answer.",
+        |s| &s.dns_lookup_latency,
+    );
     let _ = writeln!(
         out,
         "# HELP gomail_shards Number of shards.\n# TYPE gomail_shards gauge\ngomail_shards {}",

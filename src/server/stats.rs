@@ -32,6 +32,8 @@ pub struct ShardStats {
     pub dns_cache_hits: u64,
     /// Per-shard DNS cache misses (authentication checks).
     pub dns_cache_misses: u64,
+    /// Time of the DNS lookups behind cache misses.
+    pub dns_lookup_latency: LatencyHistogram,
     /// Messages written to the JSON store.
     pub messages_stored: u64,
     /// Store batches that failed (retried).
@@ -94,5 +96,14 @@ impl LatencyHistogram {
         self.buckets[i] += 1;
         self.count += 1;
         self.sum_us += us;
+    }
+
+    /// Adds `other`'s observations to these.
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum_us += other.sum_us;
     }
 }

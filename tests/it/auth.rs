@@ -9,7 +9,7 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
 
 use super::dns::{serve, txt, TestDns};
-use super::harness::{queue_id, stored, Client, Gomail};
+use super::harness::{metric, queue_id, stored, Client, Gomail};
 
 /// The test world: DNS zones with SPF, DKIM (Ed25519 `sel`, RSA-2048
 /// `rsa`) and DMARC records.
@@ -600,4 +600,36 @@ fn an_arc_chain_sealed_by_an_independent_sealer_is_validated() {
     let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
     let v = stored_auth(&g, &id);
     assert_eq!(v["authentication"]["arc"]["result"], "fail", "{v}");
+}
+
+#[test]
+fn answers_and_absences_are_cached_and_lookups_timed() {
+    let w = world();
+    // One shard: the cache is per shard.
+    let g = w.gomail("shards: 1\n");
+    let send_one = || {
+        let m = w.message("a@pass.test", Some("pass.test"), "cached");
+        let reply = send(&g, "127.0.0.1", "a@pass.test", &m);
+        assert!(reply.starts_with("250"), "{reply}");
+    };
+    // The first message fills the cache: SPF, the DKIM key,
+    // _dmarc.pass.test, and the absence of _dmarc.test (DMARC's walk up
+    // the tree). One connection per message.
+    send_one();
+    send_one();
+    let misses = metric(&g, "gomail_dns_cache_misses_total");
+    let hits = metric(&g, "gomail_dns_cache_hits_total");
+    let timed = metric(&g, "gomail_dns_lookup_seconds_count");
+    assert!(timed >= 4.0, "lookups timed: {timed}");
+    for _ in 0..10 {
+        send_one();
+    }
+    // Every answer, absences included, now comes from the cache.
+    assert_eq!(
+        metric(&g, "gomail_dns_cache_misses_total"),
+        misses,
+        "a warm cache still missed"
+    );
+    assert!(metric(&g, "gomail_dns_cache_hits_total") >= hits + 10.0 * 4.0);
+    assert_eq!(metric(&g, "gomail_dns_lookup_seconds_count"), timed);
 }
