@@ -8,7 +8,7 @@
 //! duplicates. At-least-once, never lost.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -110,7 +110,13 @@ struct Pending {
 /// Messages waiting for (another) delivery attempt.
 pub(crate) struct Outbox {
     cfg: OutboxConfig,
-    waiting: RefCell<VecDeque<Pending>>,
+    /// Due now, oldest first.
+    ready: RefCell<VecDeque<Pending>>,
+    /// Retries, by due time (then by arrival: keys stay unique). Moved to
+    /// `ready` when due, so a large backlog behind a slow receiver costs
+    /// no scan per delivery.
+    later: RefCell<BTreeMap<(Instant, u64), Pending>>,
+    arrivals: Cell<u64>,
     in_flight: Cell<usize>,
     wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
     breaker: RefCell<Breaker>,
@@ -122,7 +128,9 @@ impl Outbox {
     pub(crate) fn new(cfg: OutboxConfig) -> Outbox {
         Outbox {
             cfg,
-            waiting: RefCell::new(VecDeque::new()),
+            ready: RefCell::new(VecDeque::new()),
+            later: RefCell::new(BTreeMap::new()),
+            arrivals: Cell::new(0),
             in_flight: Cell::new(0),
             wake: async_channel::bounded(1),
             breaker: RefCell::new(Breaker::default()),
@@ -176,12 +184,31 @@ impl Outbox {
     }
 
     fn enqueue(&self, item: Item) {
-        self.waiting.borrow_mut().push_back(Pending {
+        self.ready.borrow_mut().push_back(Pending {
             item,
             attempts: Vec::new(),
             due: Instant::now(),
         });
         let _ = self.wake.0.try_send(());
+    }
+
+    /// Queues `p` again for its `due` time.
+    fn defer(&self, p: Pending) {
+        let n = self.arrivals.get();
+        self.arrivals.set(n + 1);
+        self.later.borrow_mut().insert((p.due, n), p);
+    }
+
+    /// Moves the retries due by `now` to the ready queue.
+    fn promote(&self, now: Instant) {
+        let mut later = self.later.borrow_mut();
+        let mut ready = self.ready.borrow_mut();
+        while let Some(entry) = later.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            ready.push_back(entry.remove());
+        }
     }
 
     /// True when the client should wait for the receiver's answer: sync or
@@ -286,7 +313,13 @@ impl Outbox {
             return self.in_flight.get() == 0;
         }
         let now = Instant::now();
-        self.in_flight.get() == 0 && !self.waiting.borrow().iter().any(|p| p.due <= now)
+        self.in_flight.get() == 0
+            && self.ready.borrow().is_empty()
+            && self
+                .later
+                .borrow()
+                .first_key_value()
+                .is_none_or(|((due, _), _)| *due > now)
     }
 
     pub(crate) fn close(&self) {
@@ -301,7 +334,7 @@ pub(super) async fn run(state: Rc<ShardState>) {
     };
     loop {
         let now = Instant::now();
-        let mut next_due: Option<Instant> = None;
+        outbox.promote(now);
         // While the breaker is open: nothing until `open_until`, then a
         // single probe. While disabled (410): nothing at all.
         let (gate, limit) = {
@@ -319,17 +352,13 @@ pub(super) async fn run(state: Rc<ShardState>) {
             if outbox.in_flight.get() >= MAX_IN_FLIGHT || started >= limit {
                 break;
             }
-            let pos = outbox.waiting.borrow().iter().position(|p| p.due <= now);
-            let Some(pos) = pos else { break };
+            let Some(pending) = outbox.ready.borrow_mut().pop_front() else {
+                break;
+            };
             started += 1;
             if limit == 1 {
                 outbox.breaker.borrow_mut().probing = true;
             }
-            let pending = outbox
-                .waiting
-                .borrow_mut()
-                .remove(pos)
-                .expect("position is valid");
             outbox.in_flight.set(outbox.in_flight.get() + 1);
             let st = state.clone();
             glommio::spawn_local(async move {
@@ -341,11 +370,11 @@ pub(super) async fn run(state: Rc<ShardState>) {
             })
             .detach();
         }
-        for p in outbox.waiting.borrow().iter() {
-            if p.due > now {
-                next_due = Some(next_due.map_or(p.due, |d| d.min(p.due)));
-            }
-        }
+        let mut next_due = outbox
+            .later
+            .borrow()
+            .first_key_value()
+            .map(|((due, _), _)| *due);
         if let Some(t) = gate {
             next_due = Some(next_due.map_or(t, |d| d.max(t)));
         }
@@ -387,7 +416,7 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
             tracing::error!(shard = state.id, "webhook receiver answered 410 Gone: delivery disabled on this shard until restart; messages are kept in the spool");
         }
         p.due = Instant::now();
-        outbox.waiting.borrow_mut().push_front(p);
+        outbox.ready.borrow_mut().push_front(p);
         return;
     }
     {
@@ -439,7 +468,7 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
             let wait = retry::delay(cfg.retry_delay, n, retry_after, fastrand::f64());
             tracing::info!(shard = state.id, %id, status = ?status, retry_in = ?wait, attempt = n, "webhook delivery failed; will retry");
             p.due = Instant::now() + wait;
-            outbox.waiting.borrow_mut().push_back(p);
+            outbox.defer(p);
             let _ = outbox.wake.0.try_send(());
         }
         _ => dead_letter(state, p, verdict, &body).await,
@@ -522,7 +551,7 @@ async fn dead_letter(state: &Rc<ShardState>, p: Pending, verdict: Verdict, paylo
             tracing::error!(shard = state.id, %id, error = %e, "cannot write the dead letter; keeping the message queued");
             let mut p = p;
             p.due = Instant::now() + Duration::from_secs(60);
-            outbox.waiting.borrow_mut().push_back(p);
+            outbox.defer(p);
         }
     }
 }
