@@ -8,18 +8,26 @@
 #   scripts/bench-auth.sh [rounds] [messages]      (default: 5 rounds, 20000)
 #
 # Every run starts a fresh gomail with a data_dir of its own, sends 1000
-# messages to warm the DNS cache, then the measured ones. A data_dir is
-# deleted only 24 runs (about 4 minutes) later: on ext4, creating files
-# right after deleting tens of thousands makes inode allocation scan the
-# recently deleted ones (`recently_deleted` in a profile; ext4 treats an
-# inode deleted in the last 60 to 300 s as recent), which slowed the store
-# by a varying amount and blurred the comparison. Each run's data_dir
-# takes about 0.6 GB.
+# messages to warm the DNS cache, then the measured ones. Nothing is
+# deleted until the end (about 35 KB a message, spool included: 0.7 GB a run of 20000): on ext4,
+# creating files soon after tens of thousands were deleted makes inode
+# allocation scan the recently deleted ones (`recently_deleted` in a
+# profile; ext4 counts an inode deleted in the last 60 to 300 s as
+# recent). That slowed the store by a varying amount and blurred the
+# comparison, so also start this at least 5 minutes after deleting a
+# large tree on the same filesystem.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 messages=${2:-20000}
 work=$(mktemp -d /tmp/bench-auth.XXXXXX)
+need_gb=$((rounds * 8 * (messages + 1000) * 35 / 1000000 + 1))  # about 35 KB a message, spool included
+free_gb=$(df -P --block-size=1G "$work" | awk 'NR == 2 {print $4}')
+if ((free_gb < need_gb)); then
+    echo "scripts/bench-auth.sh: $rounds rounds need about $need_gb GB free under /tmp, there are $free_gb" >&2
+    rmdir "$work"
+    exit 1
+fi
 cargo build --release -q -p gomail -p loadtest --example auth_dns
 
 ./target/release/examples/auth_dns "$work/msgs" >"$work/dns.log" 2>&1 &
@@ -40,11 +48,6 @@ run() { # key mode on|off
     local key=$1 mode=$2 auth=$3 off=() dir
     [[ $auth == off ]] && off=(--set spf_enabled=false --set dkim_enabled=false --set dmarc_enabled=false)
     dir=$(mktemp -d "$work/data.XXXXXX")
-    echo "$dir" >>"$work/dirs"
-    if (($(wc -l <"$work/dirs") > 24)); then
-        rm -rf "$(head -1 "$work/dirs")" "$(head -1 "$work/dirs").log"
-        sed -i 1d "$work/dirs"
-    fi
     ./target/release/gomail server --set smtp_listen=127.0.0.1:20070 --set primary_domain=example.test \
         --set data_dir="$dir" --set port=0 --set dns_servers="$dns" "${off[@]}" >"$dir.log" 2>&1 &
     local pid=$!
