@@ -153,8 +153,13 @@ fn auth(c: &mut Criterion) {
             timed(iters, || full.verify_message(&ed_signed, &sender, &iprev))
         })
     });
+    // Absences are kept for the zone's negative TTL (60 s here), so a long
+    // measurement may see one more miss a minute, no more.
     let missed = full.cache_counts().1 - before;
-    assert_eq!(missed, 0, "{missed} answer-cache misses in {calls} calls");
+    assert!(
+        missed * 10_000 <= calls,
+        "{missed} answer-cache misses in {calls} calls"
+    );
 
     // (e): DKIM + DMARC with that NXDOMAIN put in the answer cache too.
     let cache = ShardDns::default();

@@ -117,7 +117,9 @@ impl<K, V> Default for TtlCache<K, V> {
 }
 
 /// Misses whose lookup failed never get an answer; past this many waiting,
-/// the oldest are forgotten.
+/// the oldest are forgotten. One entry per name: a new miss for a name
+/// already waiting restarts its clock, so an answer is never timed against
+/// an older, failed lookup.
 const PENDING_MAX: usize = 256;
 
 impl<K: Hash + Eq, V> TtlCache<K, V> {
@@ -127,27 +129,37 @@ impl<K: Hash + Eq, V> TtlCache<K, V> {
     where
         Q: Hash + ?Sized,
     {
-        let h = self.map.borrow().hasher().hash_one(name);
-        let mut pending = self.pending.borrow_mut();
-        if let Some(i) = pending.iter().position(|(p, _)| *p == h) {
-            let (_, since) = pending.swap_remove(i);
+        if let Some(since) = self.forget(name) {
             self.lookups
                 .borrow_mut()
                 .observe(since.elapsed().as_micros() as u64);
         }
     }
 
-    /// Holds an unexpired entry for `key` (not counted as a hit or miss).
-    fn holds<Q>(&self, key: &Q) -> bool
+    /// Drops the waiting miss for `name`, untimed; returns when it began.
+    fn forget<Q>(&self, name: &Q) -> Option<Instant>
+    where
+        Q: Hash + ?Sized,
+    {
+        let h = self.map.borrow().hasher().hash_one(name);
+        let mut pending = self.pending.borrow_mut();
+        let i = pending.iter().position(|(p, _)| *p == h)?;
+        Some(pending.remove(i).1)
+    }
+
+    /// The unexpired entry for `key`, if any (not counted as a hit or miss).
+    fn peek<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
+        V: Clone,
     {
         let now = Instant::now();
         self.map
             .borrow()
             .get(key)
-            .is_some_and(|(_, until)| *until > now)
+            .filter(|(_, until)| *until > now)
+            .map(|(v, _)| v.clone())
     }
 }
 
@@ -169,8 +181,14 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for TtlCache<K, V> {
         } else {
             let h = self.map.borrow().hasher().hash_one(name);
             let mut pending = self.pending.borrow_mut();
-            if pending.len() >= PENDING_MAX {
-                pending.drain(..PENDING_MAX / 2);
+            match pending.iter().position(|(p, _)| *p == h) {
+                Some(i) => {
+                    pending.remove(i);
+                }
+                None if pending.len() >= PENDING_MAX => {
+                    pending.drain(..PENDING_MAX / 2);
+                }
+                None => {}
             }
             pending.push((h, now));
             &self.misses
@@ -233,45 +251,54 @@ impl ShardDns {
             .with_ptr_cache(&self.ptr)
     }
 
-    /// Puts the TXT names among `names` that have no record (NXDOMAIN, or
-    /// NODATA with an SOA) in the answer cache, for the zone's negative TTL
-    /// (at most 5 minutes), so that the checks find the absence there.
+    /// Puts the absences DMARC's tree walk met for `author_domain` (the
+    /// RFC5322.From domain) in the answer cache, for the zone's negative
+    /// TTL (at most 5 minutes), so that the next walk finds them there.
     ///
-    /// mail-auth puts only answers it got in the cache. The absences matter
-    /// as much: DMARC's tree walk asks for `_dmarc.<tld>.` for every
-    /// message, and most parents of a sender domain publish nothing. Each
-    /// name is asked again (the resolver's own cache answers, since the
-    /// check just asked it) only while the answer cache does not hold it.
-    /// A failure (timeout, SERVFAIL) is never kept: it must stay a
-    /// temporary error.
-    pub async fn learn_absent_txt<'a>(
-        &self,
-        resolver: &MessageAuthenticator,
-        names: impl IntoIterator<Item = &'a str>,
-    ) {
+    /// mail-auth puts only answers it got in the cache, yet the absences
+    /// are most of the walk: `_dmarc.<tld>.` for every message, and most
+    /// parents of a sender domain. Walking the same names in the same
+    /// order, each name the cache does not hold is asked again, which the
+    /// resolver's own cache answers, since the walk just asked it. The
+    /// walk's end is where it stopped: a record with `psd=`, or a name the
+    /// walk cannot have asked (a record after all, or a failure, which is
+    /// never kept: it must stay a temporary error). So at most one query
+    /// per message goes beyond what the walk asked, and only the author's
+    /// domain is walked, whatever the message's signatures name.
+    pub async fn learn_dmarc_absences(&self, resolver: &MessageAuthenticator, author_domain: &str) {
+        use mail_auth::dmarc::Psd;
         use mail_auth::hickory_resolver::net::{DnsError, NetError};
         use mail_auth::hickory_resolver::proto::rr::Name;
-        for name in names {
-            if self.txt.holds(name) {
-                continue;
+        let mut names = Vec::new();
+        dmarc_walk_names(&mail_auth::common::to_a_label(author_domain), &mut names);
+        for name in &names {
+            match self.txt.peek(name.as_str()) {
+                Some(Txt::Dmarc(d)) if matches!(d.psd, Psd::Yes | Psd::No) => return,
+                Some(_) => continue,
+                None => {}
             }
             let Ok(query) = Name::from_str_relaxed(name) else {
-                continue;
+                return;
             };
-            // Only an absence is kept: a record after all is cached the next
-            // time a check asks for it, and a failure must stay temporary.
-            if let Err(NetError::Dns(DnsError::NoRecordsFound(none))) =
+            let Err(NetError::Dns(DnsError::NoRecordsFound(none))) =
                 resolver.0.txt_lookup(query).await
-            {
-                let Some(ttl) = none.negative_ttl else {
-                    continue;
-                };
-                let keep = Duration::from_secs(ttl.into()).min(NEGATIVE_MAX);
-                let absent =
-                    mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(none.response_code));
-                self.txt
-                    .insert(name.into(), Txt::Error(absent), Instant::now() + keep);
-            }
+            else {
+                return;
+            };
+            let Some(ttl) = none.negative_ttl else {
+                return;
+            };
+            let keep = Duration::from_secs(ttl.into()).min(NEGATIVE_MAX);
+            let absent =
+                mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(none.response_code));
+            // The walk's miss for this name is not timed: its answer came
+            // long before this, and this one came from the resolver's cache.
+            self.txt.forget(name.as_str());
+            self.txt.insert(
+                name.as_str().into(),
+                Txt::Error(absent),
+                Instant::now() + keep,
+            );
         }
     }
 
@@ -281,9 +308,11 @@ impl ShardDns {
     }
 
     /// How long the lookups behind cache misses took (all record types):
-    /// from the miss to the answer, a record or an absence. A lookup that
-    /// failed (timeout, SERVFAIL) is not in it: its cost shows in the
-    /// checks' time and their `temperror` results.
+    /// from the miss to the answer arriving in the cache. Lookups that
+    /// found no record are in it only for blocklists (where "not listed"
+    /// is the usual answer); other absences, and failures (timeout,
+    /// SERVFAIL), are not: their cost shows in the checks' time and, for
+    /// failures, their `temperror` results.
     pub fn lookup_latency(&self) -> LatencyHistogram {
         let mut all = self.txt.lookups.borrow().clone();
         for h in [

@@ -336,7 +336,8 @@ impl ShardAuth {
                 &spf_none
             }
         };
-        let parsed = AuthenticatedMessage::parse(message);
+        let message = limit_signatures(message);
+        let parsed = AuthenticatedMessage::parse(&message);
         let from_header = parsed
             .as_ref()
             .map(|m| m.from().to_string())
@@ -367,20 +368,8 @@ impl ShardAuth {
             _ => None,
         };
         if let Some(d) = dmarc.as_ref().filter(|d| !is_temp(&d.result())) {
-            // The domains whose trees DMARC walked: the author's, and for
-            // alignment those of the DKIM signatures and of SPF.
-            let mut names = Vec::new();
-            dns::dmarc_walk_names(d.domain(), &mut names);
-            for sig in dkim.iter().filter_map(|o| o.signature()) {
-                if !sig.d.eq_ignore_ascii_case(d.domain()) {
-                    dns::dmarc_walk_names(&sig.d, &mut names);
-                }
-            }
-            if !spf.domain().eq_ignore_ascii_case(d.domain()) {
-                dns::dmarc_walk_names(spf.domain(), &mut names);
-            }
             self.dns
-                .learn_absent_txt(&self.resolver, names.iter().map(String::as_str))
+                .learn_dmarc_absences(&self.resolver, d.domain())
                 .await;
         }
 
@@ -655,6 +644,75 @@ struct IprevJson<'a> {
     result: &'static str,
 }
 
+/// At most this many DKIM signatures per message are verified, the first
+/// ones in header order (the most recently added); further ones are
+/// ignored, as RFC 6376 section 6.1 allows (OpenDKIM's default is 3).
+/// Each signature can make the verifier hash the body again (with its own
+/// `l=`) and ask DNS for a key: without a limit, one message could carry
+/// thousands of them.
+pub const DKIM_MAX_SIGNATURES: usize = 5;
+
+/// At most this many fields of each ARC kind: RFC 8617 allows 50 sets.
+const ARC_MAX_SETS: usize = 50;
+
+/// `message`, without the DKIM signatures and ARC fields past the limits
+/// (borrowed as it is when it has none too many).
+fn limit_signatures(message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const LIMITED: [(&[u8], usize); 4] = [
+        (b"dkim-signature", DKIM_MAX_SIGNATURES),
+        (b"arc-seal", ARC_MAX_SETS),
+        (b"arc-message-signature", ARC_MAX_SETS),
+        (b"arc-authentication-results", ARC_MAX_SETS),
+    ];
+    let head_end = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 2);
+    let mut seen = [0usize; LIMITED.len()];
+    let mut dropped: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut at = 0;
+    while at < head_end {
+        // A field: its line and the folded lines that continue it.
+        let mut end = at;
+        loop {
+            end = match memchr::memmem::find(&message[end..head_end], b"\r\n") {
+                Some(i) => end + i + 2,
+                None => head_end,
+            };
+            if end >= head_end || !matches!(message[end], b' ' | b'\t') {
+                break;
+            }
+        }
+        let field = &message[at..end];
+        let name = field
+            .iter()
+            .position(|&b| b == b':')
+            .map_or(&field[..0], |i| field[..i].trim_ascii());
+        if let Some(k) = LIMITED
+            .iter()
+            .position(|(n, _)| name.eq_ignore_ascii_case(n))
+        {
+            seen[k] += 1;
+            if seen[k] > LIMITED[k].1 {
+                dropped.push(at..end);
+            }
+        }
+        at = end;
+    }
+    if dropped.is_empty() {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    tracing::debug!(
+        dkim_signatures = seen[0],
+        "message carries more signature fields than are verified; the first ones are kept"
+    );
+    let mut kept = Vec::with_capacity(message.len());
+    let mut from = 0;
+    for r in dropped {
+        kept.extend_from_slice(&message[from..r.start]);
+        from = r.end;
+    }
+    kept.extend_from_slice(&message[from..]);
+    std::borrow::Cow::Owned(kept)
+}
+
 /// RFC 8617 knows three chain results: none, pass and fail. mail-auth words
 /// some broken chains as `neutral` (an ARC-Message-Signature whose body hash
 /// does not match) or `permerror` (a malformed set); both are a chain that
@@ -699,4 +757,47 @@ fn dmarc_temp(domain: &str) -> Reply {
         "4.7.5",
         format!("Temporary error evaluating DMARC for {domain} (DNS), try again later"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{limit_signatures, DKIM_MAX_SIGNATURES};
+
+    fn sig(i: usize) -> String {
+        format!("DKIM-Signature: v=1; d=d{i}.example;\r\n\tb=abc{i}\r\n")
+    }
+
+    #[test]
+    fn signatures_past_the_limit_are_dropped_and_the_rest_kept() {
+        let body = "From: a@b.example\r\nSubject: x\r\n\r\nDKIM-Signature: in the body stays\r\n";
+        let few: String = (0..DKIM_MAX_SIGNATURES).map(sig).collect::<String>() + body;
+        assert!(matches!(
+            limit_signatures(few.as_bytes()),
+            std::borrow::Cow::Borrowed(_)
+        ));
+
+        let many: String = (0..DKIM_MAX_SIGNATURES + 3)
+            .map(|i| {
+                if i == 2 {
+                    sig(i).to_lowercase()
+                } else {
+                    sig(i)
+                }
+            })
+            .collect::<String>()
+            + body;
+        let kept = limit_signatures(many.as_bytes());
+        let kept = std::str::from_utf8(&kept).unwrap();
+        let want: String = (0..DKIM_MAX_SIGNATURES)
+            .map(|i| {
+                if i == 2 {
+                    sig(i).to_lowercase()
+                } else {
+                    sig(i)
+                }
+            })
+            .collect::<String>()
+            + body;
+        assert_eq!(kept, want);
+    }
 }

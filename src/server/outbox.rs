@@ -376,7 +376,12 @@ pub(super) async fn run(state: Rc<ShardState>) {
             .first_key_value()
             .map(|((due, _), _)| *due);
         if let Some(t) = gate {
-            next_due = Some(next_due.map_or(t, |d| d.max(t)));
+            // Held back until `t`: then the probe goes, at once if a
+            // delivery is ready, else when the next retry is due.
+            next_due = Some(match next_due {
+                Some(d) if outbox.ready.borrow().is_empty() => d.max(t),
+                _ => t,
+            });
         }
         let wait = next_due.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
         let woke = future::or(async { outbox.wake.1.recv().await.is_ok() }, async {

@@ -633,3 +633,28 @@ fn answers_and_absences_are_cached_and_lookups_timed() {
     assert!(metric(&g, "gomail_dns_cache_hits_total") >= hits + 10.0 * 4.0);
     assert_eq!(metric(&g, "gomail_dns_lookup_seconds_count"), timed);
 }
+
+#[test]
+fn only_the_first_dkim_signatures_are_verified() {
+    let w = world();
+    let g = w.gomail("");
+    // A valid signature on top, then 40 more that an attacker could add
+    // for free (each would cost a body hash and a key lookup).
+    let signed = w.message("a@pass.test", Some("pass.test"), "many signatures");
+    let (first, rest) = signed.split_at(signed.find("\r\nFrom: ").unwrap() + 2);
+    let mut message = first.to_string();
+    for i in 0..40 {
+        message.push_str(&format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; d=x{i}.pass.test; s=sel; c=relaxed/relaxed;\r\n\th=from; bh=AAAA; b=AAAA\r\n"
+        ));
+    }
+    message.push_str(rest);
+    let reply = send(&g, "127.0.0.1", "a@pass.test", &message);
+    let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    let dkim = &stored_auth(&g, &id)["authentication"]["dkim"];
+    assert_eq!(dkim["result"], "pass", "{dkim}");
+    let sigs = dkim["signatures"].as_array().unwrap();
+    assert_eq!(sigs.len(), 5, "{dkim}");
+    assert_eq!(sigs[0]["domain"], "pass.test");
+    assert_eq!(sigs[0]["valid"], true);
+}

@@ -136,7 +136,17 @@ pub(crate) fn stored(data_dir: &Path) -> Vec<(String, serde_json::Value)> {
             } else if p.extension().is_some_and(|x| x == "json") {
                 let name = p.file_stem().unwrap().to_string_lossy().to_string();
                 let id = name.rsplit('_').next().unwrap().to_string();
-                let v = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                let bytes = std::fs::read(&p).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                // One compact line with every object's keys in alphabetical
+                // order, as GoMail wrote them: what re-serializing gives.
+                let mut canonical = serde_json::to_vec(&v).unwrap();
+                canonical.push(b'\n');
+                assert!(
+                    bytes == canonical,
+                    "{} is not compact JSON with sorted keys",
+                    p.display()
+                );
                 out.push((id, v));
             }
         }
