@@ -130,16 +130,8 @@ fn payload(c: &mut Criterion) {
         helo: "client.example.org".into(),
         client_ip: "192.0.2.1".into(),
         esmtp: true,
-        eight_bit: false,
-        smtputf8: false,
-        chunked: false,
-        shard: 0,
-        tls_version: None,
-        tls_cipher: None,
-        tls_sni: None,
-        require_tls: false,
-        authentication: None,
         spool_us: 2000,
+        ..Default::default()
     };
     // As stored: gomail's trace headers, then the message.
     let mut message = b"Return-Path: <sender@example.org>\r\nReceived: from client.example.org ([192.0.2.1])\r\n\tby mx.example.test (gomail) with ESMTP id 0123456789abcdef\r\n\tfor <rcpt@example.test>; Sun, 30 Nov 2025 08:00:00 +0000\r\n".to_vec();

@@ -43,7 +43,7 @@ impl PartialEq for RawJson {
 impl Eq for RawJson {}
 
 /// The envelope and trace data kept with each spooled message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Queue id, unique over shards and restarts.
     pub id: String,
