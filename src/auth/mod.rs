@@ -11,6 +11,8 @@
 pub mod dns;
 
 use std::cell::{Cell, RefCell};
+
+use futures_util::StreamExt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -216,8 +218,10 @@ impl ShardAuth {
     /// asked at once, and `dnsbl_timeout` bounds the whole check: a zone
     /// that has not answered by then counts as not listing the client, so a
     /// slow zone neither holds the connection longer nor hides the answers
-    /// of the others. Returns the zones that listed it (in configured
-    /// order) when the score reaches the threshold.
+    /// of the others. Once the score is at the threshold and every
+    /// allow-list zone has answered, the zones still out cannot change the
+    /// outcome and are not waited for. Returns the zones that listed it (in
+    /// configured order) when the score reaches the threshold.
     pub async fn dnsbl(&self, ip: IpAddr) -> Option<Vec<String>> {
         let s = &*self.settings;
         if s.dnsbl.is_empty() {
@@ -226,28 +230,46 @@ impl ShardAuth {
         let reversed = reverse_name(ip);
         let score = Cell::new(0);
         let hits = RefCell::new(Vec::new());
-        let checks = s.dnsbl.iter().enumerate().map(|(i, (zone, weight))| {
-            let (score, hits, reversed) = (&score, &hits, &reversed);
-            async move {
-                let name = format!("{reversed}.{zone}.");
-                let listed = self
-                    .resolver
-                    .ipv4_lookup(name.as_str(), Some(self.dns.ipv4()))
-                    .await
-                    .ok()
-                    .is_some_and(|set| set.rrset.iter().any(|a| a.octets()[0] == 127));
-                // Not listed is NXDOMAIN, never cached by mail-auth: time it here.
-                self.dns.settle_ipv4(&name);
+        let mut checks: futures_util::stream::FuturesUnordered<_> = s
+            .dnsbl
+            .iter()
+            .enumerate()
+            .map(|(i, (zone, weight))| {
+                let reversed = &reversed;
+                async move {
+                    let name = format!("{reversed}.{zone}.");
+                    let listed = self
+                        .resolver
+                        .ipv4_lookup(name.as_str(), Some(self.dns.ipv4()))
+                        .await
+                        .ok()
+                        .is_some_and(|set| set.rrset.iter().any(|a| a.octets()[0] == 127));
+                    // Not listed is NXDOMAIN, never cached by mail-auth: time it here.
+                    self.dns.settle_ipv4(&name);
+                    (i, *weight, listed)
+                }
+            })
+            .collect();
+        // Allow-list zones (negative weights) not answered yet: until they
+        // have, a score at the threshold could still come down.
+        let mut allow_left = s.dnsbl.iter().filter(|(_, w)| *w < 0).count();
+        let all = async {
+            while let Some((i, weight, listed)) = checks.next().await {
+                if weight < 0 {
+                    allow_left -= 1;
+                }
                 if listed {
                     score.set(score.get() + weight);
-                    if *weight > 0 {
+                    if weight > 0 {
                         hits.borrow_mut().push(i);
                     }
                 }
+                // Refused whatever the zones still out say: no need to wait.
+                if score.get() >= s.dnsbl_threshold && !hits.borrow().is_empty() && allow_left == 0
+                {
+                    break;
+                }
             }
-        });
-        let all = async {
-            futures_util::future::join_all(checks).await;
         };
         let deadline = async {
             glommio::timer::sleep(s.dnsbl_timeout).await;
