@@ -9,6 +9,7 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
 
 use super::dns::{serve, txt, TestDns};
+use super::dns_relay::{relay, Fault};
 use super::harness::{metric, queue_id, stored, Client, Gomail};
 
 /// The test world: DNS zones with SPF, DKIM (Ed25519 `sel`, RSA-2048
@@ -449,7 +450,7 @@ fn a_quiet_blocklist_does_not_hide_the_answer_of_another() {
     let w = world();
     // silent.test never answers; bl.test lists 127.0.0.2. The quiet zone
     // comes first: asked in turn, it would use up the whole deadline.
-    let relay = super::quiet_dns::quiet_zone(w.dns.addr, "silent.test");
+    let relay = relay(w.dns.addr, "silent.test", Fault::Silent);
     let g = Gomail::start(&format!(
         "dns_servers: [\"{}\"]\ndns_timeout: 20s\ndnsbl: [\"silent.test*2\", \"bl.test*2\"]\ndnsbl_threshold: 2\ndnsbl_timeout: 8s\nspf_enabled: false\ndkim_enabled: false\ndmarc_enabled: false\n",
         relay.addr
@@ -665,4 +666,39 @@ fn only_the_first_dkim_signatures_are_verified() {
     assert_eq!(sigs.len(), 5, "{dkim}");
     assert_eq!(sigs[0]["domain"], "pass.test");
     assert_eq!(sigs[0]["valid"], true);
+}
+
+#[test]
+fn servfail_is_a_temporary_error_never_a_pass() {
+    let w = world();
+    // SPF: the sender domain's server fails.
+    let spf = relay(w.dns.addr, "inc.test", Fault::ServFail);
+    let g = Gomail::start(&format!(
+        "dns_servers: [\"{}\"]\ndns_timeout: 2s\nspf_enforcement: strict\n",
+        spf.addr
+    ));
+    let m = w.message("a@inc.test", None, "servfail");
+    let reply = send(&g, "127.0.0.1", "a@inc.test", &m);
+    assert!(reply.starts_with("451 4.7.24 "), "{reply}");
+    drop(g);
+
+    // DMARC: only the policy record's server fails, while SPF and DKIM
+    // pass; the policy is unknown, so the message is deferred.
+    let dmarc = relay(w.dns.addr, "_dmarc.pass.test", Fault::ServFail);
+    let g = Gomail::start(&format!(
+        "dns_servers: [\"{}\"]\ndns_timeout: 2s\ndmarc_enforcement: relaxed\n",
+        dmarc.addr
+    ));
+    let m = w.message("a@pass.test", Some("pass.test"), "servfail");
+    let reply = send(&g, "127.0.0.1", "a@pass.test", &m);
+    assert!(reply.starts_with("451 4.7.5 "), "{reply}");
+    // Monitoring only: accepted, and the JSON says temperror.
+    let g = Gomail::start(&format!(
+        "dns_servers: [\"{}\"]\ndns_timeout: 2s\ndmarc_enforcement: none\n",
+        dmarc.addr
+    ));
+    let reply = send(&g, "127.0.0.1", "a@pass.test", &m);
+    let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    let v = stored_auth(&g, &id);
+    assert_eq!(v["authentication"]["dmarc"]["result"], "temperror", "{v}");
 }

@@ -2,7 +2,7 @@ pub(crate) mod harness;
 
 mod auth;
 mod dns;
-mod quiet_dns;
+mod dns_relay;
 
 mod cli;
 mod control;

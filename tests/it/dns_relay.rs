@@ -1,32 +1,43 @@
-//! A DNS relay on loopback that goes quiet for one zone: a DNS blocklist
-//! that stops answering, for the DNSBL deadline tests.
+//! A DNS relay on loopback in front of the test DNS server that misbehaves
+//! for one zone: it goes quiet (a DNS blocklist that stops answering) or
+//! answers SERVFAIL (a broken authoritative server), as real resolvers do.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A DNS relay on loopback in front of `upstream` that never answers for
-/// names under `silent` (a blocklist gone quiet) and relays the rest over
-/// UDP. Stops when dropped.
-pub(crate) struct QuietZone {
+/// What the relay does with queries for names at or under its zone.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Fault {
+    /// No answer at all.
+    Silent,
+    /// An answer with RCODE 2 (SERVFAIL).
+    ServFail,
+}
+
+/// A running relay; stops when dropped.
+pub(crate) struct DnsRelay {
     pub(crate) addr: SocketAddr,
     stop: Arc<AtomicBool>,
 }
 
-impl Drop for QuietZone {
+impl Drop for DnsRelay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
 
-pub(crate) fn quiet_zone(upstream: SocketAddr, silent: &str) -> QuietZone {
+/// Relays queries to `upstream` over UDP, except those for names at or
+/// under `zone`, which get `fault`.
+pub(crate) fn relay(upstream: SocketAddr, zone: &str, fault: Fault) -> DnsRelay {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let addr = sock.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let suffix = format!(".{}", silent.trim_end_matches('.').to_ascii_lowercase());
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+    let under = format!(".{zone}");
     let stopped = stop.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -35,7 +46,16 @@ pub(crate) fn quiet_zone(upstream: SocketAddr, silent: &str) -> QuietZone {
                 continue;
             };
             let query = buf[..n].to_vec();
-            if qname(&query).ends_with(&suffix) {
+            let name = qname(&query);
+            if n >= 12 && (name == zone || name.ends_with(&under)) {
+                if let Fault::ServFail = fault {
+                    // The query, turned into a response (QR) with recursion
+                    // available and RCODE 2.
+                    let mut answer = query;
+                    answer[2] |= 0x80;
+                    answer[3] = 0x80 | 2;
+                    let _ = sock.send_to(&answer, client);
+                }
                 continue;
             }
             let reply_to = sock.try_clone().unwrap();
@@ -50,7 +70,7 @@ pub(crate) fn quiet_zone(upstream: SocketAddr, silent: &str) -> QuietZone {
             });
         }
     });
-    QuietZone { addr, stop }
+    DnsRelay { addr, stop }
 }
 
 /// The question name of a DNS query, lower case, without the final dot.
