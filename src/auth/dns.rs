@@ -375,6 +375,19 @@ mod tests {
     use super::dmarc_walk_names;
 
     #[test]
+    fn the_cache_stays_bounded() {
+        use mail_auth::ResolverCache;
+        let cache = super::TtlCache::<Box<str>, u32>::default();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        for i in 0..super::CACHE_MAX as u32 + 10 {
+            cache.insert(format!("n{i}.example.").into(), i, until);
+        }
+        assert!(cache.map.borrow().len() <= super::CACHE_MAX);
+        let last = format!("n{}.example.", super::CACHE_MAX as u32 + 9);
+        assert_eq!(cache.get(last.as_str()), Some(super::CACHE_MAX as u32 + 9));
+    }
+
+    #[test]
     fn dmarc_walk_asks_each_parent_down_to_the_tld() {
         let mut names = Vec::new();
         dmarc_walk_names("mail.example.com", &mut names);

@@ -126,6 +126,8 @@ fn world() -> World {
         ("void.test.", "@ IN TXT \"v=spf1 include:n1.void.test include:n2.void.test include:n3.void.test -all\"\n".to_string()),
         ("inc.test.", "@ IN TXT \"v=spf1 include:pass.test -all\"\n".to_string()),
         ("redir.test.", "@ IN TXT \"v=spf1 redirect=pass.test\"\n".to_string()),
+        // An SPF record that may be cached for 2 seconds only.
+        ("ttl.test.", "@ 2 IN TXT \"v=spf1 ip4:127.0.0.1 -all\"\n".to_string()),
         ("nospf.test.", "www IN A 127.0.0.9\n".to_string()),
         // 127.0.0.2 and 127.0.0.3 are on the blocklist; 127.0.0.3 is also
         // on the allow-list.
@@ -701,4 +703,31 @@ fn servfail_is_a_temporary_error_never_a_pass() {
     let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
     let v = stored_auth(&g, &id);
     assert_eq!(v["authentication"]["dmarc"]["result"], "temperror", "{v}");
+}
+
+#[test]
+fn cached_answers_expire_with_their_ttl() {
+    let w = world();
+    let g = w.gomail("shards: 1\ndkim_enabled: false\ndmarc_enabled: false\n");
+    let send_one = || {
+        let m = w.message("a@ttl.test", None, "ttl");
+        let reply = send(&g, "127.0.0.1", "a@ttl.test", &m);
+        assert!(reply.starts_with("250"), "{reply}");
+    };
+    send_one();
+    let misses = metric(&g, "gomail_dns_cache_misses_total");
+    send_one();
+    assert_eq!(
+        metric(&g, "gomail_dns_cache_misses_total"),
+        misses,
+        "cached"
+    );
+    // Past the record's 2 s TTL the SPF record is asked again.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    send_one();
+    assert_eq!(
+        metric(&g, "gomail_dns_cache_misses_total"),
+        misses + 1.0,
+        "expired"
+    );
 }
