@@ -330,8 +330,7 @@ fn queue(action: QueueCmd) -> anyhow::Result<()> {
             let c = load(&cfg)?;
             let sel = selection(&s, true)?;
             let token = c
-                .get("bearer_token")
-                .filter(|t| !t.is_empty())
+                .text("bearer_token")
                 .context("bearer_token must be set: retry goes through the running server's API")?;
             let mut body =
                 serde_json::json!({ "ids": sel.ids, "since": sel.since, "until": sel.until });
@@ -472,7 +471,7 @@ fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
             metrics_enabled: cfg.metrics_enabled,
             metrics_path: cfg.metrics_path.clone(),
             read_timeout: cfg.http_read_timeout,
-            bearer_token: cfg.get("bearer_token").filter(|t| !t.is_empty()),
+            bearer_token: cfg.text("bearer_token"),
             data_dir: cfg.data_dir.clone(),
         },
         server.stats_handle(),

@@ -194,9 +194,7 @@ impl Server {
             .div_ceil(count as u64)
             .max(1);
         let backlog_per_shard = cfg
-            .get("spool_max_backlog")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(100_000)
+            .number("spool_max_backlog")
             .div_ceil(count as u64)
             .max(1);
         let (ready_tx, ready_rx) = async_channel::unbounded::<(usize, Result<(), String>)>();

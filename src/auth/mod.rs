@@ -80,33 +80,28 @@ pub struct AuthSettings {
 impl AuthSettings {
     /// Reads the settings from the configuration.
     pub fn from_config(cfg: &Config) -> AuthSettings {
-        let get = |k: &str| cfg.get(k).unwrap_or_default();
-        // Every spelling the configuration check accepts (yes, on, 1, ...).
-        let on = |k: &str| crate::config::parse_bool(&get(k)).unwrap_or(false);
         AuthSettings {
-            spf: on("spf_enabled"),
-            spf_enforcement: match get("spf_enforcement").as_str() {
-                "strict" => SpfEnforcement::Strict,
-                "soft" => SpfEnforcement::Soft,
+            spf: cfg.flag("spf_enabled"),
+            spf_enforcement: match cfg.text("spf_enforcement").as_deref() {
+                Some("strict") => SpfEnforcement::Strict,
+                Some("soft") => SpfEnforcement::Soft,
                 _ => SpfEnforcement::None,
             },
-            dkim: on("dkim_enabled"),
-            dmarc: on("dmarc_enabled"),
-            dmarc_enforcement: match get("dmarc_enforcement").as_str() {
-                "strict" => DmarcEnforcement::Strict,
-                "relaxed" => DmarcEnforcement::Relaxed,
+            dkim: cfg.flag("dkim_enabled"),
+            dmarc: cfg.flag("dmarc_enabled"),
+            dmarc_enforcement: match cfg.text("dmarc_enforcement").as_deref() {
+                Some("strict") => DmarcEnforcement::Strict,
+                Some("relaxed") => DmarcEnforcement::Relaxed,
                 _ => DmarcEnforcement::None,
             },
             hostname: cfg.mail_hostname.clone(),
             dnsbl: cfg
-                .get("dnsbl")
-                .unwrap_or_default()
-                .split(',')
-                .filter_map(crate::config::parse_dnsbl)
+                .list("dnsbl")
+                .iter()
+                .filter_map(|e| crate::config::parse_dnsbl(e))
                 .collect(),
-            dnsbl_threshold: get("dnsbl_threshold").parse().unwrap_or(1),
-            dnsbl_timeout: crate::config::keys::parse_duration(&get("dnsbl_timeout"))
-                .unwrap_or(std::time::Duration::from_secs(2)),
+            dnsbl_threshold: i64::try_from(cfg.number("dnsbl_threshold")).unwrap_or(i64::MAX),
+            dnsbl_timeout: cfg.duration("dnsbl_timeout"),
         }
     }
 

@@ -146,6 +146,13 @@ impl Value {
         })
     }
 
+    fn text_list(self) -> Vec<String> {
+        match self {
+            Value::List(items) => items,
+            other => vec![other.text()],
+        }
+    }
+
     fn text(&self) -> String {
         match self {
             Value::Text(s) => s.clone(),
@@ -427,6 +434,63 @@ impl Config {
     /// the operator asked for this one key.
     pub fn get(&self, key: &str) -> Option<String> {
         self.settings.get(key).map(|(v, _)| v.text())
+    }
+
+    /// A setting that `load` checked, with its key. Asking for a key that
+    /// is not in the table, or as another kind than the table's, is a bug
+    /// in gomail, not in the configuration: it panics (at start-up, where
+    /// these are read).
+    fn typed(&self, key: &str, kinds: &[Kind]) -> Option<&Value> {
+        let k = keys::find(key).unwrap_or_else(|| panic!("`{key}` is not a configuration key"));
+        let kind = std::mem::discriminant(&k.kind);
+        assert!(
+            kinds.iter().any(|w| std::mem::discriminant(w) == kind),
+            "`{key}` is a {:?} setting, read as {kinds:?}",
+            k.kind
+        );
+        self.settings.get(key).map(|(v, _)| v)
+    }
+
+    /// A boolean setting, read the way the check accepted it (true, yes,
+    /// on, 1 / false, no, off, 0); unset is false.
+    pub fn flag(&self, key: &str) -> bool {
+        match self.typed(key, &[Kind::Bool]) {
+            Some(Value::Bool(b)) => *b,
+            Some(v) => parse_bool(&v.text()).expect("checked at load"),
+            None => false,
+        }
+    }
+
+    /// A whole-number setting (its default when not set).
+    pub fn number(&self, key: &str) -> u64 {
+        let v = self
+            .typed(key, &[Kind::Int])
+            .unwrap_or_else(|| panic!("`{key}` has no default"));
+        v.text().parse().expect("checked at load")
+    }
+
+    /// A duration setting (its default when not set).
+    pub fn duration(&self, key: &str) -> std::time::Duration {
+        let v = self
+            .typed(key, &[Kind::Duration])
+            .unwrap_or_else(|| panic!("`{key}` has no default"));
+        keys::parse_duration(&v.text()).expect("checked at load")
+    }
+
+    /// A text setting (string, secret or one of a set of words); `None`
+    /// when unset or empty.
+    pub fn text(&self, key: &str) -> Option<String> {
+        let v = self.typed(key, &[Kind::Str, Kind::Secret, Kind::Enum(&[])])?;
+        Some(v.text()).filter(|t| !t.is_empty())
+    }
+
+    /// A list setting, empty entries left out.
+    pub fn list(&self, key: &str) -> Vec<String> {
+        match self.typed(key, &[Kind::List]) {
+            Some(Value::List(items)) => items.iter().filter(|i| !i.is_empty()).cloned().collect(),
+            Some(v) => Value::from_text(&v.text(), Kind::List).text_list(),
+            None => Vec::new(),
+        }
     }
 
     /// Every setting as YAML, one line each, with where it came from.

@@ -214,3 +214,36 @@ fn auth_switches_take_every_boolean_spelling_the_check_accepts() {
     let cfg = load_text("", &[("MAIL_SPF_ENABLED", "no")], &[]).unwrap();
     assert!(!crate::auth::AuthSettings::from_config(&cfg).spf);
 }
+
+#[test]
+fn typed_reads_use_the_checks_spellings_and_the_tables_defaults() {
+    let c = load_text(
+        "spf_enabled: \"no\"\ndkim_enabled: on\nwebhook_retries: 7\ndnsbl: [\"a.example*2\"]\nwebhook_mode: hybrid\n",
+        &[("MAIL_DMARC_ENABLED", "0"), ("MAIL_WEBHOOK_TIMEOUT", "2m")],
+        &[],
+    )
+    .unwrap();
+    assert!(!c.flag("spf_enabled"));
+    assert!(c.flag("dkim_enabled"));
+    assert!(!c.flag("dmarc_enabled"));
+    assert_eq!(c.number("webhook_retries"), 7);
+    assert_eq!(c.number("spool_max_backlog"), 100_000, "default");
+    assert_eq!(
+        c.duration("webhook_timeout"),
+        std::time::Duration::from_secs(120)
+    );
+    assert_eq!(
+        c.duration("dnsbl_timeout"),
+        std::time::Duration::from_secs(2)
+    );
+    assert_eq!(c.list("dnsbl"), ["a.example*2"]);
+    assert_eq!(c.text("webhook_mode").as_deref(), Some("hybrid"));
+    assert_eq!(c.text("api_endpoint"), None, "unset");
+    assert_eq!(c.text("bearer_token"), None, "unset secret");
+}
+
+#[test]
+#[should_panic(expected = "read as")]
+fn reading_a_key_as_another_kind_is_a_bug() {
+    load(&Sources::default()).unwrap().number("spf_enabled");
+}

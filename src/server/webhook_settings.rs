@@ -25,7 +25,7 @@ pub(super) struct WebhookSettings {
 
 impl WebhookSettings {
     pub(super) fn from_config(cfg: &Config) -> Result<Option<WebhookSettings>, ServerError> {
-        let Some(url) = cfg.get("api_endpoint").filter(|u| !u.is_empty()) else {
+        let Some(url) = cfg.text("api_endpoint") else {
             return Ok(None);
         };
         let bad = |m: String| ServerError::Webhook(m);
@@ -34,12 +34,12 @@ impl WebhookSettings {
                 "api_endpoint `{url}` is not an http:// or https:// URL"
             ))
         })?;
-        let secrets = match cfg.get("webhook_secret").filter(|s| !s.is_empty()) {
+        let secrets = match cfg.text("webhook_secret") {
             Some(s) => crate::delivery::sign::Secret::parse_all(&s)
                 .ok_or_else(|| bad("webhook_secret is not a whsec_<base64> secret".into()))?,
             None => Vec::new(),
         };
-        let signing_key = match cfg.get("webhook_signing_key").filter(|s| !s.is_empty()) {
+        let signing_key = match cfg.text("webhook_signing_key") {
             Some(k) => Some(Arc::new(
                 crate::delivery::sign::SigningKey::parse(&k).ok_or_else(|| {
                     bad("webhook_signing_key is not a whsk_<base64> Ed25519 key".into())
@@ -51,37 +51,26 @@ impl WebhookSettings {
             tracing::info!(public_key = %k.public(), "webhook Ed25519 signing on: receivers verify v1a signatures with this key");
         }
         let tls = if endpoint.tls {
-            let ca = cfg
-                .get("webhook_ca_file")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from);
+            let ca = cfg.text("webhook_ca_file").map(PathBuf::from);
             Some(crate::delivery::webhook::tls_config(ca.as_deref()).map_err(bad)?)
         } else {
             None
         };
-        let dur = |k: &str, d: u64| {
-            cfg.get(k)
-                .and_then(|v| crate::config::keys::parse_duration(&v))
-                .unwrap_or(Duration::from_secs(d))
-        };
         Ok(Some(WebhookSettings {
             endpoint,
-            bearer: cfg.get("bearer_token").filter(|s| !s.is_empty()),
+            bearer: cfg.text("bearer_token"),
             secrets,
             signing_key,
-            timeout: dur("webhook_timeout", 30),
+            timeout: cfg.duration("webhook_timeout"),
             tls,
-            retries: cfg
-                .get("webhook_retries")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3),
-            retry_delay: dur("webhook_retry_delay", 5),
-            mode: match cfg.get("webhook_mode").as_deref() {
+            retries: u32::try_from(cfg.number("webhook_retries")).unwrap_or(u32::MAX),
+            retry_delay: cfg.duration("webhook_retry_delay"),
+            mode: match cfg.text("webhook_mode").as_deref() {
                 Some("sync") => WebhookMode::Sync,
-                Some("hybrid") => WebhookMode::Hybrid(dur("webhook_sync_deadline", 5)),
+                Some("hybrid") => WebhookMode::Hybrid(cfg.duration("webhook_sync_deadline")),
                 _ => WebhookMode::Async,
             },
-            store_mode: match cfg.get("store_mode").as_deref() {
+            store_mode: match cfg.text("store_mode").as_deref() {
                 Some("never") => StoreMode::Never,
                 Some("on_failure") => StoreMode::OnFailure,
                 _ => StoreMode::Always,
