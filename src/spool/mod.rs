@@ -324,7 +324,13 @@ async fn writer(inner: Rc<RefCell<Inner>>, rx: async_channel::Receiver<Write>, m
         let mut next = Some(first);
         while let Some(w) = next.take() {
             if let Write::Message(rec, tx) = w {
-                buf.extend_from_slice(&rec);
+                // The first record becomes the batch buffer: a message
+                // written alone is not copied again.
+                if buf.is_empty() {
+                    buf = rec;
+                } else {
+                    buf.extend_from_slice(&rec);
+                }
                 waiters.push(tx);
             }
             if buf.len() < BATCH_MAX {
