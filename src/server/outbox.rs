@@ -250,6 +250,14 @@ impl Outbox {
             return Completion::Spooled { id };
         };
         record_attempt(state, &a);
+        let verdict = retry::classify(a.status);
+        if self.note_answer(state.id, a.status, verdict) {
+            // Gone for good, which is not the sender's doing: the message is
+            // durable already, so it is accepted and kept for when delivery
+            // is enabled again, like every message queued on this shard.
+            self.push(msg);
+            return Completion::Spooled { id };
+        }
         let reason: String = a
             .detail
             .chars()
@@ -262,7 +270,7 @@ impl Outbox {
             })
             .take(200)
             .collect();
-        match (retry::classify(a.status), a.status) {
+        match (verdict, a.status) {
             (Verdict::Delivered, _) => {
                 record_delivered(state, Some(msg.envelope.received_at_ms));
                 state
@@ -296,6 +304,47 @@ impl Outbox {
                 ))
             }
         }
+    }
+
+    /// What a receiver's answer means for the shard, whether it came to a
+    /// queued delivery or to one the client waited for: `410 Gone` disables
+    /// delivery (loudly) until restart, and the caller keeps the message;
+    /// failures count toward the circuit breaker, a success closes it.
+    /// Returns true for 410.
+    fn note_answer(&self, shard: usize, status: Option<u16>, verdict: Verdict) -> bool {
+        if status == Some(410) {
+            // The receiver says this endpoint is gone for good: stop, keep
+            // every message, and make it loud. A restart re-enables delivery.
+            if !self.disabled.replace(true) {
+                tracing::error!(
+                    shard,
+                    "webhook receiver answered 410 Gone: delivery disabled on this shard until restart; messages are kept in the spool"
+                );
+            }
+            return true;
+        }
+        let mut b = self.breaker.borrow_mut();
+        if verdict == Verdict::Retry {
+            b.failures += 1;
+            if b.failures >= BREAKER_THRESHOLD {
+                b.probe_wait = if b.open_until.is_some() {
+                    (b.probe_wait * 2).min(PROBE_MAX)
+                } else {
+                    tracing::warn!(shard, failures = b.failures, "webhook receiver keeps failing: circuit breaker open, probing with backoff");
+                    PROBE_FIRST
+                };
+                b.open_until = Some(Instant::now() + b.probe_wait);
+            }
+        } else if b.open_until.take().is_some() || b.failures > 0 {
+            if b.failures >= BREAKER_THRESHOLD {
+                tracing::info!(
+                    shard,
+                    "webhook receiver answers again: circuit breaker closed"
+                );
+            }
+            b.failures = 0;
+        }
+        false
     }
 
     /// (circuit open, disabled by 410) for the metrics.
@@ -414,39 +463,11 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
     let retry_after = a.retry_after;
     let status = a.status;
     p.attempts.push(a);
-    if status == Some(410) {
-        // The receiver says this endpoint is gone for good: stop, keep
-        // every message, and make it loud. A restart re-enables delivery.
-        if !outbox.disabled.replace(true) {
-            tracing::error!(shard = state.id, "webhook receiver answered 410 Gone: delivery disabled on this shard until restart; messages are kept in the spool");
-        }
+    outbox.breaker.borrow_mut().probing = false;
+    if outbox.note_answer(state.id, status, verdict) {
         p.due = Instant::now();
         outbox.ready.borrow_mut().push_front(p);
         return;
-    }
-    {
-        let mut b = outbox.breaker.borrow_mut();
-        b.probing = false;
-        if verdict == Verdict::Retry {
-            b.failures += 1;
-            if b.failures >= BREAKER_THRESHOLD {
-                b.probe_wait = if b.open_until.is_some() {
-                    (b.probe_wait * 2).min(PROBE_MAX)
-                } else {
-                    tracing::warn!(shard = state.id, failures = b.failures, "webhook receiver keeps failing: circuit breaker open, probing with backoff");
-                    PROBE_FIRST
-                };
-                b.open_until = Some(Instant::now() + b.probe_wait);
-            }
-        } else if b.open_until.take().is_some() || b.failures > 0 {
-            if b.failures >= BREAKER_THRESHOLD {
-                tracing::info!(
-                    shard = state.id,
-                    "webhook receiver answers again: circuit breaker closed"
-                );
-            }
-            b.failures = 0;
-        }
     }
     match verdict {
         Verdict::Delivered => {

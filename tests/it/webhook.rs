@@ -494,3 +494,59 @@ fn hybrid_mode_accepts_at_the_deadline_and_delivers_later() {
     assert!(waited < Duration::from_millis(1400), "{waited:?}");
     rx.wait_delivered(&[id]);
 }
+
+#[test]
+fn in_sync_mode_a_410_keeps_the_message_instead_of_bouncing_it() {
+    let rx = receiver(Mode::Fixed(410));
+    let g = Gomail::start(&rx.config("webhook_mode: sync\nshards: 1\n"));
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO sync.example");
+    // The endpoint is gone, which the sender cannot fix: accepted and kept.
+    let first = c.mail(
+        "s@sender.example",
+        &["r@example.test"],
+        "Subject: 1\r\n\r\nx",
+    );
+    assert!(queue_id(&first).is_some(), "{first}");
+    assert_eq!(metric(&g, "gomail_webhook_disabled"), 1.0);
+    // From now on the shard does not post at all; messages are kept.
+    let second = c.mail(
+        "s@sender.example",
+        &["r@example.test"],
+        "Subject: 2\r\n\r\nx",
+    );
+    assert!(queue_id(&second).is_some(), "{second}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rx.log().len(), 1, "one POST, the one that got 410");
+    assert_eq!(metric(&g, "gomail_store_backlog"), 2.0, "both kept");
+}
+
+#[test]
+fn in_sync_mode_a_failing_receiver_trips_the_breaker_too() {
+    let rx = receiver(Mode::Fixed(503));
+    let g = Gomail::start(
+        &rx.config("webhook_mode: sync\nshards: 1\nwebhook_retry_delay: 10ms\nstore_mode: never\n"),
+    );
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO sync.example");
+    // Each failure is the client's to retry (451) and counts toward the
+    // breaker; once it is open, clients no longer wait for a receiver that
+    // keeps failing: messages are accepted and queued.
+    for i in 0..10 {
+        let r = c.mail(
+            "s@sender.example",
+            &["r@example.test"],
+            &format!("Subject: {i}\r\n\r\nx"),
+        );
+        assert!(r.starts_with("451 4.3.0 "), "{i}: {r}");
+    }
+    assert_eq!(metric(&g, "gomail_webhook_circuit_open"), 1.0);
+    let queued = c.mail(
+        "s@sender.example",
+        &["r@example.test"],
+        "Subject: q\r\n\r\nx",
+    );
+    let id = queue_id(&queued).unwrap_or_else(|| panic!("{queued}"));
+    *rx.mode.lock().unwrap() = Mode::Fixed(200);
+    rx.wait_delivered(&[id]);
+}
