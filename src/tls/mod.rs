@@ -6,6 +6,7 @@
 //! connection in flight keeps the one it started with. This module never
 //! touches a socket.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -75,28 +76,66 @@ pub struct Built {
 #[derive(Debug)]
 struct SniResolver {
     by_name: Vec<Arc<CertifiedKey>>,
+    /// The DNS names in each certificate's subject alternative names (lower
+    /// case, wildcards as `*.example`) → indexes into `by_name`: a handshake
+    /// looks at the candidates for its name only, not at every certificate.
+    index: HashMap<String, Vec<usize>>,
     default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn new(by_name: Vec<Arc<CertifiedKey>>, default: Arc<CertifiedKey>) -> SniResolver {
+        let mut index: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, ck) in by_name.iter().enumerate() {
+            let Ok(der) = ck.end_entity_cert() else {
+                continue;
+            };
+            let Ok(ee) = webpki::EndEntityCert::try_from(der) else {
+                continue;
+            };
+            for name in ee.valid_dns_names() {
+                let slot = index.entry(name.to_ascii_lowercase()).or_default();
+                if !slot.contains(&i) {
+                    slot.push(i);
+                }
+            }
+        }
+        SniResolver {
+            by_name,
+            index,
+            default,
+        }
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = hello
-            .server_name()
-            .and_then(|n| ServerName::try_from(n).ok())
-        else {
+        let Some((asked, name)) = hello.server_name().and_then(|n| {
+            let name = ServerName::try_from(n).ok()?;
+            Some((n.to_ascii_lowercase(), name))
+        }) else {
             return Some(self.default.clone());
         };
+        let wildcard = asked
+            .split_once('.')
+            .map(|(_, parent)| format!("*.{parent}"));
+        let candidates = [Some(asked.as_str()), wildcard.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.index.get(n))
+            .flatten();
+        // The index only narrows the choice; webpki's own check decides.
         let matches = |ck: &CertifiedKey| {
             ck.end_entity_cert().ok().is_some_and(|der| {
                 webpki::EndEntityCert::try_from(der)
                     .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
             })
         };
-        self.by_name
-            .iter()
+        let found = candidates
+            .map(|&i| &self.by_name[i])
             .find(|ck| matches(ck))
-            .cloned()
-            .or_else(|| Some(self.default.clone()))
+            .cloned();
+        found.or_else(|| Some(self.default.clone()))
     }
 }
 
@@ -257,10 +296,7 @@ pub fn build(cfg: &Config) -> Result<Built, TlsError> {
     let config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver {
-            by_name,
-            default: Arc::new(default),
-        }));
+        .with_cert_resolver(Arc::new(SniResolver::new(by_name, Arc::new(default))));
     Ok(Built {
         config: Arc::new(config),
         source,

@@ -297,6 +297,7 @@ fn implicit_tls_listener_and_sni_certificates() {
     let sni = tmp.path().join("sni");
     std::fs::create_dir(&sni).unwrap();
     let (other_crt, _) = make_cert(&sni, "other", &["mail.other.test"]);
+    let (wild_crt, _) = make_cert(&sni, "wild", &["*.wild.test"]);
     let g = Gomail::start(&format!(
         "smtps_listen: [\"127.0.0.1:0\"]\ntls_cert_dir: \"{}\"\n",
         sni.display()
@@ -321,6 +322,17 @@ fn implicit_tls_listener_and_sni_certificates() {
     // SNI picks the certificate for the name asked for.
     let c = Client::connect_tls(smtps, tls_client(&other_crt, &[&TLS13]), "mail.other.test");
     assert_eq!(c.tls.as_ref().unwrap().cert, pem_der(&other_crt));
+    // A wildcard certificate serves the names one label below it, and in
+    // any case; a name no certificate covers gets the default one.
+    let c = Client::connect_tls(smtps, tls_client(&wild_crt, &[&TLS13]), "MX.Wild.Test");
+    assert_eq!(c.tls.as_ref().unwrap().cert, pem_der(&wild_crt));
+    let c = Client::connect_tls(
+        smtps,
+        tls_client(&self_signed_ca(&g), &[&TLS13]),
+        "mx.example.test",
+    );
+    assert_ne!(c.tls.as_ref().unwrap().cert, pem_der(&wild_crt));
+    assert_ne!(c.tls.as_ref().unwrap().cert, pem_der(&other_crt));
     let files = wait_stored(&g.data_dir, 1);
     assert_eq!(files[0].1["metadata"]["tls"]["version"], "TLSv1.3");
 }
