@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod delivery;
+mod fsutil;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -52,20 +52,11 @@ pub fn set_in_file(path: &Path, key: &str, value: &str) -> Result<(), ConfigErro
     };
     let new = replace_key(&text, key, &yaml_scalar(&v));
     let tmp = path.with_extension("yaml.tmp");
-    let write = |p: &Path, t: &str| -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(p)?;
-        std::io::Write::write_all(&mut f, t.as_bytes())?;
-        f.sync_all()
-    };
-    write(&tmp, &new).map_err(|source| ConfigError::Write {
-        path: tmp.clone(),
-        source,
+    crate::fsutil::write_synced(&tmp, new.as_bytes(), 0o600).map_err(|source| {
+        ConfigError::Write {
+            path: tmp.clone(),
+            source,
+        }
     })?;
     if let Ok(meta) = std::fs::metadata(path) {
         let _ = std::fs::set_permissions(&tmp, meta.permissions());

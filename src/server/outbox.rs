@@ -560,7 +560,7 @@ async fn dead_letter(state: &Rc<ShardState>, p: Pending, verdict: Verdict, paylo
             std::fs::create_dir_all(&dir)?;
             let mut bytes = serde_json::to_vec_pretty(&doc)?;
             bytes.push(b'\n');
-            crate::tls::write_file(&target, &bytes, 0o640)?;
+            crate::fsutil::replace_file(&target, &bytes, 0o640)?;
             std::fs::File::open(&dir)?.sync_all()
         })
         .await;

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::fsutil::replace_file;
+
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -238,27 +240,11 @@ fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), TlsErro
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let made = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
         .map_err(|e| err(e.to_string()))?;
-    write_file(&key, made.signing_key.serialize_pem().as_bytes(), 0o600)
+    replace_file(&key, made.signing_key.serialize_pem().as_bytes(), 0o600)
         .map_err(|e| err(e.to_string()))?;
-    write_file(&crt, made.cert.pem().as_bytes(), 0o644).map_err(|e| err(e.to_string()))?;
-    write_file(&stamp, hostname.as_bytes(), 0o644).map_err(|e| err(e.to_string()))?;
+    replace_file(&crt, made.cert.pem().as_bytes(), 0o644).map_err(|e| err(e.to_string()))?;
+    replace_file(&stamp, hostname.as_bytes(), 0o644).map_err(|e| err(e.to_string()))?;
     Ok((crt, key))
-}
-
-/// Writes a file atomically with the given mode (keys: 0600).
-pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Builds the TLS configuration from `cfg`. Falls back to a self-signed
