@@ -12,6 +12,7 @@
 //! dropping the connection.
 
 use super::limits::MAX_TEXT_LINE;
+use crate::smtp::Reply;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum St {
@@ -31,13 +32,10 @@ enum St {
 #[derive(Debug, Clone)]
 pub struct DataDecoder {
     st: St,
-    /// Octets of the current line, CRLF excluded.
-    line_len: usize,
+    text: TextRules,
     /// Decoded octets seen so far, including those not kept.
     size: u64,
     limit: u64,
-    bare_newline: bool,
-    long_line: bool,
 }
 
 impl DataDecoder {
@@ -45,11 +43,9 @@ impl DataDecoder {
     pub fn new(limit: u64) -> DataDecoder {
         DataDecoder {
             st: St::LineStart,
-            line_len: 0,
+            text: TextRules::default(),
             size: 0,
             limit,
-            bare_newline: false,
-            long_line: false,
         }
     }
 
@@ -63,14 +59,9 @@ impl DataDecoder {
         self.size > self.limit
     }
 
-    /// True when a bare CR or bare LF was seen.
-    pub fn bare_newline(&self) -> bool {
-        self.bare_newline
-    }
-
-    /// True when a line longer than 1000 octets (CRLF included) was seen.
-    pub fn long_line(&self) -> bool {
-        self.long_line
+    /// How the message kept to the text rules so far.
+    pub fn text(&self) -> &TextRules {
+        &self.text
     }
 
     #[inline]
@@ -79,14 +70,6 @@ impl DataDecoder {
         let n = (bytes.len() as u64).min(room) as usize;
         out.extend_from_slice(&bytes[..n]);
         self.size += bytes.len() as u64;
-    }
-
-    #[inline]
-    fn grow_line(&mut self, n: usize) {
-        self.line_len += n;
-        if self.line_len + 2 > MAX_TEXT_LINE {
-            self.long_line = true;
-        }
     }
 
     /// Feeds `input`; appends decoded octets to `out`. Returns how many input
@@ -102,7 +85,7 @@ impl DataDecoder {
                     let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
                     if run > 0 {
                         self.keep(&rest[..run], out);
-                        self.grow_line(run);
+                        self.text.grow(run);
                         i += run;
                         continue;
                     }
@@ -112,27 +95,27 @@ impl DataDecoder {
                         self.st = St::Cr;
                     } else {
                         // Bare LF: kept as a byte, never a line end.
-                        self.bare_newline = true;
+                        self.text.bare();
                         self.keep(b"\n", out);
-                        self.grow_line(1);
+                        self.text.grow(1);
                     }
                 }
                 St::LineStart => {
                     let b = input[i];
                     i += 1;
-                    self.line_len = 0;
+                    self.text.end_line();
                     match b {
                         b'.' => self.st = St::Dot,
                         b'\r' => self.st = St::Cr,
                         b'\n' => {
-                            self.bare_newline = true;
+                            self.text.bare();
                             self.keep(b"\n", out);
-                            self.grow_line(1);
+                            self.text.grow(1);
                             self.st = St::Mid;
                         }
                         _ => {
                             self.keep(&[b], out);
-                            self.grow_line(1);
+                            self.text.grow(1);
                             self.st = St::Mid;
                         }
                     }
@@ -149,7 +132,7 @@ impl DataDecoder {
                         if b != b'\n' {
                             i += 1;
                             self.keep(&[b], out);
-                            self.grow_line(1);
+                            self.text.grow(1);
                         }
                     }
                 }
@@ -159,9 +142,9 @@ impl DataDecoder {
                         return (i + 1, true);
                     }
                     // `.` `\r` then not LF: a bare CR on a dot-stuffed line.
-                    self.bare_newline = true;
+                    self.text.bare();
                     self.keep(b"\r", out);
-                    self.grow_line(1);
+                    self.text.grow(1);
                     self.st = St::Mid;
                 }
                 St::Cr => {
@@ -172,9 +155,9 @@ impl DataDecoder {
                         self.st = St::LineStart;
                     } else {
                         // Bare CR: kept as a byte, never a line end.
-                        self.bare_newline = true;
+                        self.text.bare();
                         self.keep(b"\r", out);
-                        self.grow_line(1);
+                        self.text.grow(1);
                         self.st = St::Mid;
                     }
                 }
@@ -190,9 +173,7 @@ impl DataDecoder {
 #[derive(Debug, Clone, Default)]
 pub struct TextCheck {
     prev_cr: bool,
-    line_len: usize,
-    bare_newline: bool,
-    long_line: bool,
+    text: TextRules,
 }
 
 impl TextCheck {
@@ -202,22 +183,22 @@ impl TextCheck {
             if self.prev_cr {
                 self.prev_cr = false;
                 if bytes[0] == b'\n' {
-                    self.line_len = 0;
+                    self.text.end_line();
                     bytes = &bytes[1..];
                     continue;
                 }
-                self.bare_newline = true;
-                self.grow(1);
+                self.text.bare();
+                self.text.grow(1);
             }
             let run = memchr::memchr2(b'\r', b'\n', bytes).unwrap_or(bytes.len());
-            self.grow(run);
+            self.text.grow(run);
             bytes = &bytes[run..];
             if let Some(&b) = bytes.first() {
                 if b == b'\r' {
                     self.prev_cr = true;
                 } else {
-                    self.bare_newline = true;
-                    self.grow(1);
+                    self.text.bare();
+                    self.text.grow(1);
                 }
                 bytes = &bytes[1..];
             }
@@ -227,10 +208,29 @@ impl TextCheck {
     /// Marks the end of the message (a final lone CR is bare).
     pub fn finish(&mut self) {
         if std::mem::take(&mut self.prev_cr) {
-            self.bare_newline = true;
+            self.text.bare();
         }
     }
 
+    /// How the message kept to the text rules so far.
+    pub fn text(&self) -> &TextRules {
+        &self.text
+    }
+}
+
+/// The text rules DATA and BDAT both apply (RFC 5321 sections 2.3.8 and
+/// 4.5.3.1.6): every CR and LF part of a CRLF, and lines of at most 1000
+/// octets, CRLF included.
+#[derive(Debug, Clone, Default)]
+pub struct TextRules {
+    /// Octets of the current line, CRLF excluded.
+    line_len: usize,
+    bare_newline: bool,
+    long_line: bool,
+}
+
+impl TextRules {
+    #[inline]
     fn grow(&mut self, n: usize) {
         self.line_len += n;
         if self.line_len + 2 > MAX_TEXT_LINE {
@@ -238,7 +238,17 @@ impl TextCheck {
         }
     }
 
-    /// True when a bare CR or LF was seen.
+    #[inline]
+    fn end_line(&mut self) {
+        self.line_len = 0;
+    }
+
+    #[inline]
+    fn bare(&mut self) {
+        self.bare_newline = true;
+    }
+
+    /// True when a bare CR or bare LF was seen.
     pub fn bare_newline(&self) -> bool {
         self.bare_newline
     }
@@ -246,6 +256,17 @@ impl TextCheck {
     /// True when a line longer than 1000 octets (CRLF included) was seen.
     pub fn long_line(&self) -> bool {
         self.long_line
+    }
+
+    /// The reply refusing a message that broke the rules, if it did.
+    pub fn refusal(&self) -> Option<Reply> {
+        if self.bare_newline {
+            Some(Reply::BARE_NEWLINE_DATA)
+        } else if self.long_line {
+            Some(Reply::DATA_LINE_TOO_LONG)
+        } else {
+            None
+        }
     }
 }
 
@@ -266,7 +287,7 @@ mod tests {
         assert!(done);
         assert_eq!(&out, b"Subject: x\r\n\r\nhello\r\n");
         assert_eq!(n, b"Subject: x\r\n\r\nhello\r\n.\r\n".len());
-        assert!(!d.bare_newline());
+        assert!(!d.text().bare_newline());
     }
 
     #[test]
@@ -281,7 +302,7 @@ mod tests {
             let (_, n, done, d) = decode_all(body);
             assert!(!done, "{body:?} must not end DATA");
             assert_eq!(n, body.len());
-            assert!(d.bare_newline(), "{body:?} must be flagged");
+            assert!(d.text().bare_newline(), "{body:?} must be flagged");
         }
     }
 
@@ -329,11 +350,11 @@ mod tests {
         line.extend_from_slice(b"\r\n.\r\n");
         let (_, _, done, d) = decode_all(&line);
         assert!(done);
-        assert!(d.long_line());
+        assert!(d.text().long_line());
         let mut ok = vec![b'x'; 998];
         ok.extend_from_slice(b"\r\n.\r\n");
         let (_, _, _, d) = decode_all(&ok);
-        assert!(!d.long_line());
+        assert!(!d.text().long_line());
     }
 
     #[test]
@@ -344,7 +365,7 @@ mod tests {
                 t.feed(c);
             }
             t.finish();
-            (t.bare_newline(), t.long_line())
+            (t.text().bare_newline(), t.text().long_line())
         };
         assert_eq!(check(&[b"Subject: x\r\n\r\nbody\r\n"]), (false, false));
         assert_eq!(check(&[b"a\r", b"\nb\r\n"]), (false, false));

@@ -425,12 +425,8 @@ impl Session {
     fn end_of_data(&mut self, decoder: &DataDecoder, out: &mut Vec<u8>) {
         let refusal = if decoder.oversized() {
             Some(Reply::TOO_BIG)
-        } else if decoder.bare_newline() {
-            Some(Reply::BARE_NEWLINE_DATA)
-        } else if decoder.long_line() {
-            Some(Reply::DATA_LINE_TOO_LONG)
         } else {
-            None
+            decoder.text().refusal()
         };
         self.finish(refusal, out);
     }
@@ -448,13 +444,7 @@ impl Session {
             self.finish(Some(Reply::TOO_BIG), out);
         } else if last {
             env.bdat_text.finish();
-            let refusal = if env.bdat_text.bare_newline() {
-                Some(Reply::BARE_NEWLINE_DATA)
-            } else if env.bdat_text.long_line() {
-                Some(Reply::DATA_LINE_TOO_LONG)
-            } else {
-                None
-            };
+            let refusal = env.bdat_text.text().refusal();
             self.finish(refusal, out);
         } else {
             let n = env.bdat_size;
