@@ -784,6 +784,41 @@ mod tests {
         format!("DKIM-Signature: v=1; d=d{i}.example;\r\n\tb=abc{i}\r\n")
     }
 
+    /// Messages made of signature-field fragments, odd bytes and broken
+    /// folding: dropping fields and parsing must never panic (a panic would
+    /// take the shard down with every connection on it).
+    #[test]
+    fn scrambled_signature_fields_never_panic() {
+        const PARTS: [&[u8]; 16] = [
+            b"DKIM-Signature: v=1; a=rsa-sha256; d=",
+            b"ARC-Seal: i=",
+            b"ARC-Message-Signature: i=1; a=ed25519-sha256; l=",
+            b"ARC-Authentication-Results: i=",
+            b"From: <a@",
+            b"\r\n",
+            b"\r\n\t",
+            b"\n",
+            b"\r",
+            b";",
+            b"=",
+            b"h=from:to; bh=",
+            b"b=AAAA",
+            b"99999999999999999999",
+            b"\xff\xfe\x00",
+            b"\r\n\r\n",
+        ];
+        let mut rng = fastrand::Rng::with_seed(4);
+        for _ in 0..20_000 {
+            let mut m = Vec::new();
+            for _ in 0..rng.usize(1..60) {
+                m.extend_from_slice(PARTS[rng.usize(..PARTS.len())]);
+            }
+            let kept = limit_signatures(&m);
+            assert!(kept.len() <= m.len());
+            let _ = mail_auth::AuthenticatedMessage::parse(&kept);
+        }
+    }
+
     #[test]
     fn signatures_past_the_limit_are_dropped_and_the_rest_kept() {
         let body = "From: a@b.example\r\nSubject: x\r\n\r\nDKIM-Signature: in the body stays\r\n";
