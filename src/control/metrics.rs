@@ -84,6 +84,12 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
         &|s| s.tls_handshake_failures,
     );
     family(
+        "gomail_connection_panics_total",
+        "counter",
+        "Connection tasks that panicked (a bug: report it) and were contained; the shard went on.",
+        &|s| s.connection_panics,
+    );
+    family(
         "gomail_connections_blocked_total",
         "counter",
         "Connections refused because DNS blocklists listed the client (554).",

@@ -127,7 +127,7 @@ async fn handshake(
 
 pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, implicit_tls: bool) {
     loop {
-        let mut stream = match listener.accept().await {
+        let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -160,44 +160,78 @@ pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, im
         state.active.set(state.active.get() + 1);
         let st = state.clone();
         glommio::spawn_local(async move {
-            let _ = stream.set_nodelay(true);
-            if let Some(zones) = match &st.auth {
-                Some(auth) => auth.dnsbl(peer.ip()).await,
-                None => None,
-            } {
-                st.stats.borrow_mut().connections_blocked += 1;
-                tracing::info!(shard = st.id, client = %peer.ip(), zones = %zones.join(","), "client refused: listed by DNS blocklists");
-                if !implicit_tls {
-                    let mut out = Vec::new();
-                    Reply::new(
-                        554,
-                        "5.7.1",
-                        format!("Service unavailable; client [{}] blocked using {}", peer.ip(), zones.join(", ")),
-                    )
-                    .write_to(&mut out);
-                    let _ = stream.write_all(&out).await;
-                }
-                let _ = stream.close().await;
-                st.active.set(st.active.get() - 1);
-                return;
-            }
-            let conn = if implicit_tls {
-                handshake(&st, stream, peer).await.map(|(tls, info)| {
-                    let s = Session::new_tls(st.session.clone(), Instant::now(), info);
-                    (Conn::Tls(Box::new(tls)), s)
-                })
-            } else {
-                Some((
-                    Conn::Plain(stream),
-                    Session::new(st.session.clone(), Instant::now()),
-                ))
-            };
-            if let Some((conn, session)) = conn {
-                serve(&st, conn, session, peer).await;
+            if let Err(what) = contain(connection(&st, stream, peer, implicit_tls)).await {
+                st.stats.borrow_mut().connection_panics += 1;
+                tracing::error!(shard = st.id, client = %peer.ip(), panic = %what, "a connection's task panicked (a bug in gomail): that connection is dropped, the shard goes on; a message it had not been answered 250 for was not accepted");
             }
             st.active.set(st.active.get() - 1);
         })
         .detach();
+    }
+}
+
+/// Runs `work`, containing a panic in it: glommio does not catch a task's
+/// panic, so one would unwind through the executor and take the whole shard
+/// (every connection on it, its listener) down with it. Returns the panic's
+/// message.
+pub(super) async fn contain(work: impl std::future::Future<Output = ()>) -> Result<(), String> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|p| {
+            p.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into())
+        })
+}
+
+/// One accepted connection: blocklists, the TLS handshake for implicit
+/// TLS, then the SMTP session.
+async fn connection(
+    st: &Rc<ShardState>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    if let Some(zones) = match &st.auth {
+        Some(auth) => auth.dnsbl(peer.ip()).await,
+        None => None,
+    } {
+        st.stats.borrow_mut().connections_blocked += 1;
+        tracing::info!(shard = st.id, client = %peer.ip(), zones = %zones.join(","), "client refused: listed by DNS blocklists");
+        if !implicit_tls {
+            let mut out = Vec::new();
+            Reply::new(
+                554,
+                "5.7.1",
+                format!(
+                    "Service unavailable; client [{}] blocked using {}",
+                    peer.ip(),
+                    zones.join(", ")
+                ),
+            )
+            .write_to(&mut out);
+            let _ = stream.write_all(&out).await;
+        }
+        let _ = stream.close().await;
+        return;
+    }
+    let conn = if implicit_tls {
+        handshake(st, stream, peer).await.map(|(tls, info)| {
+            let s = Session::new_tls(st.session.clone(), Instant::now(), info);
+            (Conn::Tls(Box::new(tls)), s)
+        })
+    } else {
+        Some((
+            Conn::Plain(stream),
+            Session::new(st.session.clone(), Instant::now()),
+        ))
+    };
+    if let Some((conn, session)) = conn {
+        serve(st, conn, session, peer).await;
     }
 }
 
@@ -446,5 +480,30 @@ async fn accept_message(
             tracing::error!(shard = state.id, error = %e, client = %peer.ip(), "message refused with 451: spool write failed");
             Completion::SpoolFailed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// A panic in one connection's task is contained: the executor (the
+    /// shard) keeps running its other tasks.
+    #[test]
+    fn a_panicking_connection_does_not_take_the_shard_down() {
+        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+        let (caught, other) = ex.run(async {
+            let other = glommio::spawn_local(async {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                42
+            });
+            let bad = glommio::spawn_local(super::contain(async {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+                panic!("a parser bug");
+            }));
+            (bad.await, other.await)
+        });
+        assert_eq!(caught, Err("a parser bug".to_string()));
+        assert_eq!(other, 42);
     }
 }

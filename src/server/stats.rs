@@ -67,6 +67,8 @@ pub struct ShardStats {
     pub auth_latency: LatencyHistogram,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: u64,
+    /// Connection tasks that panicked (a bug) and were contained.
+    pub connection_panics: u64,
 }
 
 /// Upper bounds (µs) of [`LatencyHistogram`]'s buckets; a last, unbounded
