@@ -411,7 +411,12 @@ pub(super) async fn run(state: Rc<ShardState>) {
             outbox.in_flight.set(outbox.in_flight.get() + 1);
             let st = state.clone();
             glommio::spawn_local(async move {
-                attempt(&st, pending).await;
+                // A panic here (a bug) must not stop the shard: the message
+                // stays in the spool, undone, and is posted again at the
+                // next start.
+                if let Err(what) = super::conn::contain(attempt(&st, pending)).await {
+                    tracing::error!(shard = st.id, panic = %what, "a webhook delivery task panicked (a bug in gomail); its message stays in the spool and is posted again after a restart");
+                }
                 if let Some(o) = st.outbox.as_ref() {
                     o.in_flight.set(o.in_flight.get() - 1);
                     let _ = o.wake.0.try_send(());
