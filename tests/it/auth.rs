@@ -18,8 +18,20 @@ struct World {
     dns: TestDns,
     pkcs8: Vec<u8>,
     /// RSA-2048 private key (PEM) for the independent signer.
-    rsa_key: std::path::PathBuf,
-    _keys: tempfile::TempDir,
+    rsa_key: &'static std::path::Path,
+}
+
+/// One RSA-2048 key for the whole test run (`openssl genrsa` is slow on
+/// two cores, and only its use differs between tests): the PEM path and
+/// the base64 public key for the DKIM record.
+fn shared_rsa_key() -> &'static (tempfile::TempDir, std::path::PathBuf, String) {
+    static KEY: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf, String)> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, public) = rsa_key(dir.path());
+        (dir, path, public)
+    })
 }
 
 /// Makes an RSA-2048 key with openssl; returns its PEM path and the
@@ -95,8 +107,7 @@ fn dkimpy(script: &str, key: &std::path::Path, message: &str) -> String {
 }
 
 fn world() -> World {
-    let keys = tempfile::tempdir().unwrap();
-    let (rsa_path, rsa_public) = rsa_key(keys.path());
+    let (_, rsa_path, rsa_public) = shared_rsa_key();
     let rsa_dkim = txt(&format!("v=DKIM1; k=rsa; p={rsa_public}"));
     let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
     let public = Ed25519Key::from_pkcs8_der(&pkcs8).unwrap().public_key();
@@ -138,7 +149,6 @@ fn world() -> World {
         dns,
         pkcs8,
         rsa_key: rsa_path,
-        _keys: keys,
     }
 }
 
