@@ -15,7 +15,7 @@
 //!   (DKIM, ARC, DMARC, Authentication-Results, JSON; iprev is asked once per
 //!   connection, before the measured calls). DMARC's tree walk also asks
 //!   for `_dmarc.test.` (NXDOMAIN): the first call puts that absence in the
-//!   answer cache (`ShardDns::learn_absent_txt`), so measured calls all hit;
+//!   answer cache (`ShardDns::learn_dmarc_absences`), so measured calls all hit;
 //! - `verify_message_4k/ed25519_dkim_dmarc_nxdomain_cached`: DKIM and DMARC
 //!   alone (no ARC, header or JSON), with that NXDOMAIN put in a cache of
 //!   their own by hand.

@@ -169,28 +169,16 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for TtlCache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let now = Instant::now();
-        let found = self
-            .map
-            .borrow()
-            .get(name)
-            .filter(|(_, until)| *until > now)
-            .map(|(v, _)| v.clone());
+        let found = self.peek(name);
         let counter = if found.is_some() {
             &self.hits
         } else {
-            let h = self.map.borrow().hasher().hash_one(name);
-            let mut pending = self.pending.borrow_mut();
-            match pending.iter().position(|(p, _)| *p == h) {
-                Some(i) => {
-                    pending.remove(i);
-                }
-                None if pending.len() >= PENDING_MAX => {
-                    pending.drain(..PENDING_MAX / 2);
-                }
-                None => {}
+            // A name already waiting restarts its clock (see PENDING_MAX).
+            if self.forget(name).is_none() && self.pending.borrow().len() >= PENDING_MAX {
+                self.pending.borrow_mut().drain(..PENDING_MAX / 2);
             }
-            pending.push((h, now));
+            let h = self.map.borrow().hasher().hash_one(name);
+            self.pending.borrow_mut().push((h, Instant::now()));
             &self.misses
         };
         counter.set(counter.get() + 1);

@@ -1,9 +1,9 @@
 //! DNS blocklists at connect, postscreen-style.
 
-use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 
 use futures_util::StreamExt;
+use mail_auth::common::resolver::ToReverseName;
 
 use super::ShardAuth;
 
@@ -23,9 +23,9 @@ impl ShardAuth {
         if s.dnsbl.is_empty() {
             return None;
         }
-        let reversed = reverse_name(ip);
-        let score = Cell::new(0);
-        let hits = RefCell::new(Vec::new());
+        let reversed = ip.to_reverse_name();
+        let mut score = 0;
+        let mut hits = Vec::new();
         let mut checks: futures_util::stream::FuturesUnordered<_> = s
             .dnsbl
             .iter()
@@ -55,14 +55,13 @@ impl ShardAuth {
                     allow_left -= 1;
                 }
                 if listed {
-                    score.set(score.get() + weight);
+                    score += weight;
                     if weight > 0 {
-                        hits.borrow_mut().push(i);
+                        hits.push(i);
                     }
                 }
                 // Refused whatever the zones still out say: no need to wait.
-                if score.get() >= s.dnsbl_threshold && !hits.borrow().is_empty() && allow_left == 0
-                {
+                if score >= s.dnsbl_threshold && !hits.is_empty() && allow_left == 0 {
                     break;
                 }
             }
@@ -72,30 +71,10 @@ impl ShardAuth {
             tracing::debug!(%ip, "DNSBL deadline reached; zones that have not answered count as not listing");
         };
         futures_lite::future::or(all, deadline).await;
-        let mut hits = hits.into_inner();
-        if score.get() < s.dnsbl_threshold || hits.is_empty() {
+        if score < s.dnsbl_threshold || hits.is_empty() {
             return None;
         }
         hits.sort_unstable();
         Some(hits.into_iter().map(|i| s.dnsbl[i].0.clone()).collect())
-    }
-}
-
-/// The DNSBL query label for an address: reversed octets (IPv4) or
-/// nibbles (IPv6).
-fn reverse_name(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
-        }
-        IpAddr::V6(v6) => v6
-            .octets()
-            .iter()
-            .rev()
-            .flat_map(|b| [b & 0x0f, b >> 4])
-            .map(|n| format!("{n:x}"))
-            .collect::<Vec<_>>()
-            .join("."),
     }
 }

@@ -241,16 +241,17 @@ impl ShardAuth {
                 &spf_none
             }
         };
-        let message = limit_signatures(message);
-        let parsed = AuthenticatedMessage::parse(&message);
+        // Parsed (and its body hashed per signature) only for DKIM and DMARC.
+        let limited = (s.dkim || s.dmarc).then(|| limit_signatures(message));
+        let parsed = limited.as_deref().and_then(AuthenticatedMessage::parse);
         let from_header = parsed
             .as_ref()
             .map(|m| m.from().to_string())
             .unwrap_or_default();
         let from_domain = domain_of(&from_header).to_ascii_lowercase();
-        let dkim: Vec<DkimOutput<'_>> = match (&parsed, s.dkim || s.dmarc) {
-            (Some(m), true) => self.resolver.verify_dkim(self.dns.params(m)).await,
-            _ => Vec::new(),
+        let dkim: Vec<DkimOutput<'_>> = match &parsed {
+            Some(m) => self.resolver.verify_dkim(self.dns.params(m)).await,
+            None => Vec::new(),
         };
         // ARC (RFC 8617) and iprev (RFC 8601 section 3) are reported, never enforced.
         let arc = match (&parsed, s.dkim) {

@@ -383,7 +383,7 @@ fn independent_signer_rsa_2048_passes_and_tampering_fails() {
     let w = world();
     let g = w.gomail("dmarc_enforcement: relaxed\n");
     let signed = dkimpy_sign(
-        &w.rsa_key,
+        w.rsa_key,
         "pass.test",
         &w.message("a@pass.test", None, "from dkimpy"),
     );
@@ -591,7 +591,7 @@ fn an_arc_chain_sealed_by_an_independent_sealer_is_validated() {
         "Authentication-Results: mx.forwarder.test; spf=pass smtp.mailfrom=a@pass.test\r\n{}",
         w.message("a@pass.test", None, "forwarded once")
     );
-    let sealed = dkimpy_arc_seal(&w.rsa_key, "pass.test", "mx.forwarder.test", &received);
+    let sealed = dkimpy_arc_seal(w.rsa_key, "pass.test", "mx.forwarder.test", &received);
     assert!(sealed.starts_with("ARC-Seal: i=1; cv=none"), "{sealed}");
 
     let reply = send(&g, "127.0.0.1", "a@pass.test", &sealed);
