@@ -308,10 +308,11 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             let Some(key) = keys::find(&name) else {
                 return Err(unknown(name, origin));
             };
-            match value {
-                Some(v) => settings.insert(key.name, (v, origin)),
-                None => settings.remove(key.name),
-            };
+            // `key:` with no value leaves the key at its default (unset
+            // when it has none), as if the line were not there.
+            if let Some(v) = value {
+                settings.insert(key.name, (v, origin));
+            }
         }
     }
     for key in keys::KEYS {

@@ -247,3 +247,20 @@ fn typed_reads_use_the_checks_spellings_and_the_tables_defaults() {
 fn reading_a_key_as_another_kind_is_a_bug() {
     load(&Sources::default()).unwrap().number("spf_enabled");
 }
+
+#[test]
+fn a_key_written_with_no_value_keeps_its_default() {
+    let c = load_text(
+        "spool_max_backlog:\ndnsbl_timeout:\nspf_enabled:\napi_endpoint:\n",
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.number("spool_max_backlog"), 100_000);
+    assert_eq!(
+        c.duration("dnsbl_timeout"),
+        std::time::Duration::from_secs(2)
+    );
+    assert!(c.flag("spf_enabled"), "default true");
+    assert_eq!(c.text("api_endpoint"), None);
+}
