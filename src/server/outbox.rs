@@ -566,7 +566,7 @@ async fn dead_letter(state: &Rc<ShardState>, p: Pending, verdict: Verdict, paylo
             let mut bytes = serde_json::to_vec_pretty(&doc)?;
             bytes.push(b'\n');
             crate::fsutil::replace_file(&target, &bytes, 0o640)?;
-            std::fs::File::open(&dir)?.sync_all()
+            crate::fsutil::sync_dir(&dir)
         })
         .await;
     match written {

@@ -233,9 +233,7 @@ async fn create_segment(dir: &Path, path: &Path) -> Result<BufferedFile, SpoolEr
         .map_err(|e| SpoolError::io("create", path)(e.into()))?;
     // The new file's directory entry must be durable before anything in
     // the file is acknowledged.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(SpoolError::io("sync directory", dir))?;
+    crate::fsutil::sync_dir(dir).map_err(SpoolError::io("sync directory", dir))?;
     Ok(file)
 }
 
@@ -263,7 +261,7 @@ fn prefill(dir: &Path, path: &Path) -> std::io::Result<()> {
             f.write_all(&zeros)?;
         }
         f.sync_all()?;
-        std::fs::File::open(dir)?.sync_all()
+        crate::fsutil::sync_dir(dir)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(path);
