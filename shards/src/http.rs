@@ -1,12 +1,10 @@
-//! hyper 1.x on glommio streams: the IO adapter, the timer and the spawner
-//! hyper needs, for HTTP clients that run on a shard (webhook delivery).
+//! hyper 1.x on glommio streams: the IO adapter hyper needs, for HTTP
+//! clients that run on a shard (webhook delivery).
 
-use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
@@ -57,38 +55,5 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_close(cx)
-    }
-}
-
-/// hyper's timer on glommio timers.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ShardTimer;
-
-struct ShardSleep(glommio::timer::Timer);
-
-// SAFETY: hyper requires `Sleep: Send + Sync`, but a glommio timer belongs
-// to its shard's thread. hyper only polls and drops the sleep from the task
-// that owns the connection, which stays on the shard that created it, so
-// the value never actually crosses threads.
-unsafe impl Send for ShardSleep {}
-// SAFETY: see above; it is never shared between threads either.
-unsafe impl Sync for ShardSleep {}
-
-impl Future for ShardSleep {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx).map(|_| ())
-    }
-}
-
-impl hyper::rt::Sleep for ShardSleep {}
-
-impl hyper::rt::Timer for ShardTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(ShardSleep(glommio::timer::Timer::new(duration)))
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep(deadline.saturating_duration_since(Instant::now()))
     }
 }

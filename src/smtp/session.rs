@@ -212,11 +212,6 @@ impl Session {
         s
     }
 
-    /// The TLS parameters, if the session is encrypted.
-    pub fn tls(&self) -> Option<&TlsInfo> {
-        self.tls.as_ref()
-    }
-
     /// Feeds back a completed STARTTLS handshake. The session starts over
     /// (RFC 3207 section 4.2): the client must say EHLO again, and nothing
     /// said before the handshake counts.

@@ -27,21 +27,23 @@ pub fn received_header(
         (true, true, true) => "UTF8SMTPS",
     };
     let helo = sanitize_name(&tx.helo);
-    let mut h = format!("Received: from {helo} ([{peer}])\r\n");
+    use std::fmt::Write;
+    let mut h = String::with_capacity(256);
+    // Writing into a String cannot fail.
+    let _ = write!(h, "Received: from {helo} ([{peer}])\r\n");
     if let Some(tls) = &tx.tls {
-        h.push_str(&format!(
+        let _ = write!(
+            h,
             "\t(using {} with cipher {})\r\n",
             sanitize(&tls.version),
             sanitize(&tls.cipher)
-        ));
+        );
     }
-    h.push_str(&format!(
-        "\tby {hostname} (gomail) with {proto} id {id}\r\n"
-    ));
+    let _ = write!(h, "\tby {hostname} (gomail) with {proto} id {id}\r\n");
     if let [rcpt] = tx.recipients.as_slice() {
-        h.push_str(&format!("\tfor <{}>;\r\n\t{date}\r\n", sanitize(rcpt)));
+        let _ = write!(h, "\tfor <{}>;\r\n\t{date}\r\n", sanitize(rcpt));
     } else {
-        h.push_str(&format!("\t; {date}\r\n"));
+        let _ = write!(h, "\t; {date}\r\n");
     }
     h
 }

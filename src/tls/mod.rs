@@ -112,6 +112,10 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if self.index.is_empty() {
+            // No tls_cert_dir (the usual set-up): nothing to choose from.
+            return Some(self.default.clone());
+        }
         let Some((asked, name)) = hello.server_name().and_then(|n| {
             let name = ServerName::try_from(n).ok()?;
             Some((n.to_ascii_lowercase(), name))
