@@ -99,6 +99,9 @@ impl Reply {
         r(421, "4.7.0", "Error: too many errors, closing connection");
     /// The server is shutting down.
     pub const SHUTTING_DOWN: Reply = r(421, "4.3.2", "Service shutting down, closing connection");
+    /// A BDAT command without a usable size: its chunk cannot be skipped.
+    pub const BDAT_FRAMING_LOST: Reply =
+        r(421, "4.5.0", "Error: BDAT framing lost, closing connection");
 
     // --- 5xx: syntax and sequence ----------------------------------------------
     /// Unknown verb.

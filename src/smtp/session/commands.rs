@@ -16,8 +16,7 @@ impl Session {
                     // A BDAT line without a usable size: its chunk cannot
                     // be skipped, so what follows cannot be told apart from
                     // commands. End the session rather than guess.
-                    Reply::new(421, "4.5.0", "Error: BDAT framing lost, closing connection")
-                        .write_to(out);
+                    Reply::BDAT_FRAMING_LOST.write_to(out);
                     self.close();
                 }
                 return;
