@@ -562,7 +562,12 @@ async fn dead_letter(state: &Rc<ShardState>, p: Pending, verdict: Verdict, paylo
     let target = path.clone();
     let written = glommio::executor()
         .spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
+            if !dir.exists() {
+                // The folder's own entry must be durable too (with
+                // store_mode never, nothing else syncs data_dir).
+                std::fs::create_dir_all(&dir)?;
+                crate::fsutil::sync_dir(dir.parent().expect("dead/ is inside data_dir"))?;
+            }
             let mut bytes = serde_json::to_vec_pretty(&doc)?;
             bytes.push(b'\n');
             crate::fsutil::replace_file(&target, &bytes, 0o640)?;

@@ -313,6 +313,12 @@ fn write_renamed(dir: &Path, path: &Path, json: &[u8]) -> std::io::Result<()> {
 /// `syncfs` of the filesystem holding `data_dir`. Blocking: run it off the
 /// shard's event loop.
 pub fn write_batch(data_dir: &Path, batch: &[(&Envelope, &[u8])]) -> std::io::Result<()> {
+    if batch.is_empty() {
+        // Only done records this time (messages the webhook delivered and
+        // `store_mode` does not keep): no file, so nothing to make durable,
+        // and a syncfs would only slow the spool's fdatasyncs.
+        return Ok(());
+    }
     for (env, message) in batch {
         write_one(data_dir, env, message)?;
     }
