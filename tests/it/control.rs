@@ -1,8 +1,9 @@
 //! The control plane as an operator and Prometheus see it.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use super::harness::{http, queue_id, sum, tls_client, Client, Gomail};
+use super::harness::{http, metric, queue_id, sum, tls_client, wait_until, Client, Gomail};
 
 #[test]
 fn metrics_count_what_clients_did_per_shard() {
@@ -27,11 +28,20 @@ fn metrics_count_what_clients_did_per_shard() {
         "mx.example.test",
     )
     .unwrap();
+    // A round trip inside TLS: the server has finished (and counted) the
+    // handshake, not only the client.
+    assert!(t.cmd("NOOP").starts_with("250"));
     let mut bad = Client::connect(g.addr);
     bad.cmd("EHLO junk.example");
     bad.cmd("STARTTLS");
     bad.send(b"not a ClientHello at all\r\n\r\n\r\n");
     assert!(bad.closed());
+    drop(bad);
+    // Closed connections are counted down by the server after the client
+    // sees them close.
+    wait_until(Duration::from_secs(10), "only the TLS session open", || {
+        metric(&g, "gomail_connections_active") == 1.0
+    });
 
     let (status, ctype, text) = http(g.api, "GET", "/metrics");
     assert_eq!(status, 200);

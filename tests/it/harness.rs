@@ -430,6 +430,16 @@ pub(crate) fn sum(text: &str, name_and_labels: &str) -> f64 {
         .sum()
 }
 
+/// Waits until `ok()` holds, polling every 20 ms; fails the test with
+/// `what` after `within`.
+pub(crate) fn wait_until(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < within, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A metric summed over shards and labels, read from the running server.
 pub(crate) fn metric(g: &Gomail, name: &str) -> f64 {
     sum(&http(g.api, "GET", "/metrics").2, &format!("{name}{{"))

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::harness::{metric, queue_id, stored, wait_stored, Client, Gomail};
+use super::harness::{metric, queue_id, stored, wait_stored, wait_until, Client, Gomail};
 
 use super::webhook_receiver::{b64decode, receiver, receiver_with, Mode, CLOSE, HANG, SECRET};
 
@@ -94,11 +94,9 @@ fn a_receiver_that_hangs_or_hangs_up_is_retried() {
         "{gap:?}"
     );
     // The receiver logs before it answers: let gomail read the 200 first.
-    let t0 = Instant::now();
-    while metric(&g, "gomail_webhook_delivered_total") < 1.0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "not counted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(10), "the delivery counted", || {
+        metric(&g, "gomail_webhook_delivered_total") >= 1.0
+    });
     assert_eq!(metric(&g, "gomail_webhook_attempts_total"), 3.0);
 }
 
@@ -131,6 +129,11 @@ fn permanent_refusals_go_to_the_dead_letter_folder() {
     *rx.mode.lock().unwrap() = Mode::Fixed(200);
     let ids = send(&g, 1, "fine");
     rx.wait_delivered(&ids);
+    // The receiver logs before it answers: let gomail read the 200, then
+    // give a wrongly stored file the time to appear.
+    wait_until(Duration::from_secs(10), "delivery counted", || {
+        metric(&g, "gomail_webhook_delivered_total") >= 1.0
+    });
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(stored(&g.data_dir).len(), 1);
 }
@@ -143,7 +146,11 @@ fn kill_9_with_deliveries_pending_delivers_every_message_after_restart() {
     let cfg = rx.config("webhook_retry_delay: 100ms\nwebhook_retries: 50\nstore_mode: never\n");
     let mut g = Gomail::start_on(&data, &cfg);
     let ids = send(&g, 20, "crash");
-    std::thread::sleep(Duration::from_millis(300));
+    // Deliveries under way (and refused) before the crash; the breaker
+    // opens after 10 failures, so not every message gets an attempt.
+    wait_until(Duration::from_secs(10), "attempts before the crash", || {
+        rx.log().len() >= 10
+    });
     g.kill9();
     assert!(
         rx.log().iter().all(|r| r.answered == 503),
@@ -193,14 +200,11 @@ fn dead_letters_are_listed_retried_and_purged_while_the_server_runs() {
     let rx = receiver(Mode::Fixed(422));
     let g = Gomail::start(&rx.config("port: 21027\nstore_mode: never\n"));
     let ids = send(&g, 2, "dead");
-    let t0 = Instant::now();
-    while gomail_cli(&g, &["queue", "list"]).1.lines().count() < 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "dead letters never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "dead letters never appeared",
+        || gomail_cli(&g, &["queue", "list"]).1.lines().count() >= 2,
+    );
     let (_, list, _) = gomail_cli(&g, &["queue", "list"]);
     assert!(ids.iter().all(|id| list.contains(id.as_str())), "{list}");
     assert!(
@@ -235,14 +239,11 @@ fn dead_letters_are_listed_retried_and_purged_while_the_server_runs() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), r#"{"matched":1,"queued":1}"#);
     rx.wait_delivered(&ids[..1]);
-    let t0 = Instant::now();
-    while gomail_cli(&g, &["queue", "list"]).1.lines().count() != 1 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the delivered dead letter was not removed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the delivered dead letter was not removed",
+        || gomail_cli(&g, &["queue", "list"]).1.lines().count() == 1,
+    );
     let (ok, out, _) = gomail_cli(&g, &["queue", "purge", "--all"]);
     assert!(ok && out.contains("purged 1"), "{out}");
     assert_eq!(gomail_cli(&g, &["queue", "list"]).1, "");
@@ -290,11 +291,11 @@ fn a_410_gone_disables_delivery_and_keeps_the_messages() {
     let rx = receiver(Mode::Fixed(410));
     let g = Gomail::start(&rx.config("shards: 1\n"));
     send(&g, 1, "gone");
-    let t0 = Instant::now();
-    while rx.log().is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the receiver saw an attempt",
+        || !rx.log().is_empty(),
+    );
     send(&g, 2, "after gone");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(rx.log().len(), 1, "no attempts after 410 Gone");
@@ -317,14 +318,9 @@ fn a_failing_receiver_trips_the_breaker_and_recovery_closes_it() {
         "shards: 1\nwebhook_retry_delay: 10ms\nwebhook_retries: 1000\nstore_mode: never\n",
     ));
     let ids = send(&g, 5, "breaker");
-    let t0 = Instant::now();
-    while metric(&g, "gomail_webhook_circuit_open") != 1.0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the breaker never opened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(10), "the breaker never opened", || {
+        metric(&g, "gomail_webhook_circuit_open") == 1.0
+    });
     // While open, the shard only probes: a handful of attempts, not a flood.
     let before = rx.log().len();
     std::thread::sleep(Duration::from_millis(1500));
@@ -332,7 +328,10 @@ fn a_failing_receiver_trips_the_breaker_and_recovery_closes_it() {
     assert!(during <= 3, "{during} attempts while the breaker was open");
     *rx.mode.lock().unwrap() = Mode::Fixed(200);
     rx.wait_delivered(&ids);
-    assert_eq!(metric(&g, "gomail_webhook_circuit_open"), 0.0);
+    // The receiver logs before it answers: the 200 reaches gomail after.
+    wait_until(Duration::from_secs(10), "the breaker closed", || {
+        metric(&g, "gomail_webhook_circuit_open") == 0.0
+    });
 }
 
 #[test]
@@ -433,7 +432,12 @@ fn https_endpoints_are_verified_against_the_configured_ca() {
     let g2 = Gomail::start(&untrusted);
     let before = rx.log().len();
     send(&g2, 1, "untrusted");
-    std::thread::sleep(Duration::from_millis(800));
+    // Wait for the attempt itself, so the check below is not vacuous.
+    wait_until(
+        Duration::from_secs(10),
+        "an attempt over untrusted TLS",
+        || metric(&g2, "gomail_webhook_attempts_total") >= 1.0,
+    );
     assert_eq!(rx.log().len(), before, "a TLS failure must not deliver");
 }
 
@@ -444,7 +448,8 @@ fn sync_mode_makes_the_receivers_answer_the_smtp_reply() {
         (422, None),
         (503, None),
     ])));
-    let g = Gomail::start(&rx.config("webhook_mode: sync\nshards: 1\n"));
+    // A short retry delay, so a retry that should not happen would show.
+    let g = Gomail::start(&rx.config("webhook_mode: sync\nshards: 1\nwebhook_retry_delay: 10ms\n"));
     let mut c = Client::connect(g.addr);
     c.cmd("EHLO sync.example");
     let ok = c.mail(
