@@ -10,7 +10,7 @@ use mail_auth::dkim::DkimSigner;
 
 use super::dns::{serve, txt, TestDns};
 use super::dns_relay::{relay, Fault};
-use super::harness::{metric, queue_id, stored, Client, Gomail};
+use super::harness::{metric, queue_id, queued, stored, Client, Gomail};
 
 /// The test world: DNS zones with SPF, DKIM (Ed25519 `sel`, RSA-2048
 /// `rsa`) and DMARC records.

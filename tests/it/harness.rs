@@ -374,6 +374,11 @@ impl Client {
     }
 }
 
+/// The queue id of a `250` reply; fails the test with the reply otherwise.
+pub(crate) fn queued(reply: &str) -> String {
+    queue_id(reply).unwrap_or_else(|| panic!("not accepted: {reply}"))
+}
+
 /// The queue id from a `250 2.0.0 Ok: queued as ID` reply.
 pub(crate) fn queue_id(reply: &str) -> Option<String> {
     reply

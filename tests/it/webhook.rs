@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::harness::{metric, queue_id, stored, wait_stored, wait_until, Client, Gomail};
+use super::harness::{metric, queue_id, queued, stored, wait_stored, wait_until, Client, Gomail};
 
 use super::webhook_receiver::{b64decode, receiver, receiver_with, Mode, CLOSE, HANG, SECRET};
 
@@ -21,7 +21,7 @@ fn send(g: &Gomail, n: usize, subject: &str) -> Vec<String> {
             &["r@example.test"],
             &format!("Subject: {subject} {i}\r\n\r\nbody {i}"),
         );
-        ids.push(queue_id(&r).unwrap_or_else(|| panic!("{r}")));
+        ids.push(queued(&r));
     }
     ids
 }
@@ -494,7 +494,7 @@ fn hybrid_mode_accepts_at_the_deadline_and_delivers_later() {
         "Subject: h\r\n\r\nx",
     );
     let waited = t0.elapsed();
-    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let id = queued(&r);
     // A bound, not a benchmark: the client did not wait for the slow receiver.
     assert!(waited < Duration::from_millis(1400), "{waited:?}");
     rx.wait_delivered(&[id]);
@@ -546,12 +546,12 @@ fn in_sync_mode_a_failing_receiver_trips_the_breaker_too() {
         assert!(r.starts_with("451 4.3.0 "), "{i}: {r}");
     }
     assert_eq!(metric(&g, "gomail_webhook_circuit_open"), 1.0);
-    let queued = c.mail(
+    let reply = c.mail(
         "s@sender.example",
         &["r@example.test"],
         "Subject: q\r\n\r\nx",
     );
-    let id = queue_id(&queued).unwrap_or_else(|| panic!("{queued}"));
+    let id = queued(&reply);
     *rx.mode.lock().unwrap() = Mode::Fixed(200);
     rx.wait_delivered(&[id]);
 }

@@ -68,7 +68,7 @@ fn dmarc_relaxed_enforces_the_published_policy() {
     );
     // The untampered message passes DKIM, so DMARC passes despite SPF.
     let r = send(&g, "127.0.0.2", "a@pass.test", &signed);
-    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let id = queued(&r);
     let v = stored_auth(&g, &id);
     assert_eq!(v["authentication"]["spf"]["result"], "fail");
     assert_eq!(v["authentication"]["dmarc"]["result"], "pass");
@@ -79,7 +79,7 @@ fn dmarc_relaxed_enforces_the_published_policy() {
         "a@quar.test",
         &w.message("a@quar.test", None, "q"),
     );
-    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let id = queued(&r);
     let v = stored_auth(&g, &id);
     assert_eq!(v["authentication"]["quarantine"], true);
     assert!(v["raw"]
@@ -89,7 +89,7 @@ fn dmarc_relaxed_enforces_the_published_policy() {
     // dmarc_enforcement none would have accepted the tampered one.
     let g2 = w.gomail("dmarc_enforcement: none\n");
     let r = send(&g2, "127.0.0.2", "a@pass.test", &tampered);
-    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let id = queued(&r);
     let v = stored_auth(&g2, &id);
     assert_ne!(v["authentication"]["dkim"]["result"], "pass");
     assert_eq!(v["authentication"]["dmarc"]["result"], "fail");
@@ -120,7 +120,7 @@ fn independent_signer_rsa_2048_passes_and_tampering_fails() {
     );
     // SPF fails from 127.0.0.2, so DMARC rests on the dkimpy signature.
     let r = send(&g, "127.0.0.2", "a@pass.test", &signed);
-    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let id = queued(&r);
     let v = stored_auth(&g, &id);
     let sig = &v["authentication"]["dkim"]["signatures"][0];
     assert_eq!(sig["algorithm"], "rsa-sha256");
@@ -149,7 +149,7 @@ fn a_domain_publishing_strict_alignment_is_held_to_it_under_relaxed_enforcement(
     // Exact alignment passes.
     let msg = w.message("a@strictalign.test", Some("strictalign.test"), "s");
     let r = send(&g, "127.0.0.2", "a@strictalign.test", &msg);
-    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let id = queued(&r);
     let d = &stored_auth(&g, &id)["authentication"]["dmarc"];
     assert_eq!(
         (d["result"].as_str(), d["dkim_alignment"].as_str()),
@@ -171,7 +171,7 @@ fn an_arc_chain_sealed_by_an_independent_sealer_is_validated() {
     assert!(sealed.starts_with("ARC-Seal: i=1; cv=none"), "{sealed}");
 
     let reply = send(&g, "127.0.0.1", "a@pass.test", &sealed);
-    let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    let id = queued(&reply);
     let v = stored_auth(&g, &id);
     let arc = &v["authentication"]["arc"];
     assert_eq!(arc["result"], "pass", "{v}");
@@ -182,7 +182,7 @@ fn an_arc_chain_sealed_by_an_independent_sealer_is_validated() {
     // Changed after sealing: the ARC-Message-Signature no longer matches.
     let altered = sealed.replace("forwarded once", "forwarded twice");
     let reply = send(&g, "127.0.0.1", "a@pass.test", &altered);
-    let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    let id = queued(&reply);
     let v = stored_auth(&g, &id);
     assert_eq!(v["authentication"]["arc"]["result"], "fail", "{v}");
     assert!(v["raw"].as_str().unwrap().contains("arc=fail"));
@@ -194,7 +194,7 @@ fn an_arc_chain_sealed_by_an_independent_sealer_is_validated() {
     );
     assert_ne!(reseal, sealed);
     let reply = send(&g, "127.0.0.1", "a@pass.test", &reseal);
-    let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    let id = queued(&reply);
     let v = stored_auth(&g, &id);
     assert_eq!(v["authentication"]["arc"]["result"], "fail", "{v}");
 }
@@ -215,7 +215,7 @@ fn only_the_first_dkim_signatures_are_verified() {
     }
     message.push_str(rest);
     let reply = send(&g, "127.0.0.1", "a@pass.test", &message);
-    let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    let id = queued(&reply);
     let dkim = &stored_auth(&g, &id)["authentication"]["dkim"];
     assert_eq!(dkim["result"], "pass", "{dkim}");
     let sigs = dkim["signatures"].as_array().unwrap();

@@ -81,7 +81,7 @@ fn servfail_is_a_temporary_error_never_a_pass() {
         dmarc.addr
     ));
     let reply = send(&g, "127.0.0.1", "a@pass.test", &m);
-    let id = queue_id(&reply).unwrap_or_else(|| panic!("{reply}"));
+    let id = queued(&reply);
     let v = stored_auth(&g, &id);
     assert_eq!(v["authentication"]["dmarc"]["result"], "temperror", "{v}");
 }

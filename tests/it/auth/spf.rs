@@ -22,7 +22,7 @@ fn spf_strict_refuses_fail_and_records_pass() {
         "a@pass.test",
         &w.message("a@pass.test", Some("pass.test"), "x"),
     );
-    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let id = queued(&r);
     let v = stored_auth(&g, &id);
     let a = &v["authentication"];
     assert_eq!(a["spf"]["result"], "pass");
@@ -92,7 +92,7 @@ fn spf_lookup_limit_gives_permerror() {
         "a@lookups.test",
         &w.message("a@lookups.test", None, "x"),
     );
-    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let id = queued(&r);
     assert_eq!(
         stored_auth(&g, &id)["authentication"]["spf"]["result"],
         "permerror"
@@ -124,7 +124,7 @@ fn spf_results_land_in_the_json() {
         &["r@example.test"],
         &w.message("postmaster@pass.test", None, "bounce"),
     );
-    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let id = queued(&r);
     let spf = &stored_auth(&g, &id)["authentication"]["spf"];
     assert_eq!(
         (
@@ -146,7 +146,7 @@ fn spf_results_land_in_the_json() {
         "a@pass.test",
         &w.message("a@pass.test", None, "m"),
     );
-    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let id = queued(&r);
     assert_eq!(
         stored_auth(&g, &id)["authentication"]["spf"]["result"],
         "temperror"
@@ -163,7 +163,7 @@ fn spf_void_lookup_limit_gives_permerror() {
         "a@void.test",
         &w.message("a@void.test", None, "v"),
     );
-    let id = queue_id(&r).unwrap_or_else(|| panic!("{r}"));
+    let id = queued(&r);
     assert_eq!(
         stored_auth(&g, &id)["authentication"]["spf"]["result"],
         "permerror"
