@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use hyper::body::Bytes;
-use serde_json::json;
 
 use super::ShardState;
 use crate::delivery::retry::{self, Verdict};
 use crate::delivery::webhook::{Attempt, Webhook};
 use crate::spool::{store, Spooled};
+
+mod dead;
+mod inline;
 
 /// Deliveries in flight per shard.
 const MAX_IN_FLIGHT: usize = 64;
@@ -160,29 +162,6 @@ impl Outbox {
         }
     }
 
-    /// Re-drives a dead letter: its payload is posted again; delivered, the
-    /// file is deleted; refused again, its attempt log grows.
-    pub(crate) fn push_dead(&self, path: std::path::PathBuf, mut doc: serde_json::Value) {
-        let id = doc["dead_letter"]["webhook_id"]
-            .as_str()
-            .or(doc["metadata"]["queue_id"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        let earlier = match doc.as_object_mut().and_then(|o| o.remove("dead_letter")) {
-            Some(serde_json::Value::Object(mut d)) => match d.remove("attempts") {
-                Some(serde_json::Value::Array(a)) => a,
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
-        self.enqueue(Item::Dead {
-            path,
-            id,
-            payload: doc,
-            earlier,
-        });
-    }
-
     fn enqueue(&self, item: Item) {
         self.ready.borrow_mut().push_back(Pending {
             item,
@@ -208,101 +187,6 @@ impl Outbox {
                 break;
             }
             ready.push_back(entry.remove());
-        }
-    }
-
-    /// True when the client should wait for the receiver's answer: sync or
-    /// hybrid mode, one recipient (one answer cannot speak for several),
-    /// and the receiver neither disabled nor behind an open breaker.
-    pub(crate) fn answers_inline(&self, msg: &Spooled) -> bool {
-        self.cfg.mode != WebhookMode::Async
-            && msg.envelope.recipients.len() == 1
-            && !self.disabled.get()
-            && self.breaker.borrow().open_until.is_none()
-    }
-
-    /// Posts a just-spooled message while the client waits and turns the
-    /// answer into the SMTP completion. The message is already durable:
-    /// whatever the answer, the spool's bookkeeping stays exact.
-    pub(crate) async fn deliver_inline(
-        &self,
-        state: &Rc<ShardState>,
-        msg: Spooled,
-    ) -> crate::smtp::Completion {
-        use crate::smtp::{Completion, Reply};
-        let id = msg.envelope.id.clone();
-        let body = Bytes::from(store::payload(&msg.envelope, &msg.message, None));
-        let post = self.cfg.client.post(&id, body);
-        let answer = match self.cfg.mode {
-            WebhookMode::Hybrid(deadline) => {
-                future::or(async { Some(post.await) }, async {
-                    glommio::timer::sleep(deadline).await;
-                    None
-                })
-                .await
-            }
-            _ => Some(post.await),
-        };
-        let Some(a) = answer else {
-            // Hybrid, no answer in time: accept now, deliver in the background.
-            tracing::debug!(shard = state.id, %id, "receiver slower than webhook_sync_deadline; accepted, delivering asynchronously");
-            self.push(msg);
-            return Completion::Spooled { id };
-        };
-        record_attempt(state, &a);
-        let verdict = retry::classify(a.status);
-        if self.note_answer(state.id, a.status, verdict) {
-            // Gone for good, which is not the sender's doing: the message is
-            // durable already, so it is accepted and kept for when delivery
-            // is enabled again, like every message queued on this shard.
-            self.push(msg);
-            return Completion::Spooled { id };
-        }
-        let reason: String = a
-            .detail
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    ' '
-                }
-            })
-            .take(200)
-            .collect();
-        match (verdict, a.status) {
-            (Verdict::Delivered, _) => {
-                record_delivered(state, Some(msg.envelope.received_at_ms));
-                state
-                    .delivery
-                    .push_with(msg, self.cfg.store_mode == StoreMode::Always);
-                Completion::Spooled { id }
-            }
-            (Verdict::Permanent, Some(status)) => {
-                // Refused by the application: the client bounces it, so the
-                // spool forgets it (it was never acknowledged).
-                state.delivery.push_with(msg, false);
-                Completion::Refused(Reply::new(
-                    550,
-                    "5.7.1",
-                    format!(
-                        "Rejected by the receiving application (HTTP {status}): {}",
-                        reason.trim()
-                    ),
-                ))
-            }
-            _ => {
-                // Temporary: the client retries, so the spool forgets this copy.
-                state.delivery.push_with(msg, false);
-                let what = a
-                    .status
-                    .map_or_else(|| reason.trim().to_string(), |s| format!("HTTP {s}"));
-                Completion::Refused(Reply::new(
-                    451,
-                    "4.3.0",
-                    format!("Receiving application unavailable ({what}), try again later"),
-                ))
-            }
         }
     }
 
@@ -502,93 +386,7 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
             outbox.defer(p);
             let _ = outbox.wake.0.try_send(());
         }
-        _ => dead_letter(state, p, verdict, &body).await,
-    }
-}
-
-/// Writes the message and its attempt log to `data_dir/dead/` (durably),
-/// then lets the spool forget it. A re-driven dead letter keeps its earlier
-/// attempts and gets the new ones appended.
-async fn dead_letter(state: &Rc<ShardState>, p: Pending, verdict: Verdict, payload: &[u8]) {
-    let Some(outbox) = state.outbox.as_ref() else {
-        return;
-    };
-    let last = p.attempts.last();
-    let reason = match (verdict, last.and_then(|a| a.status)) {
-        (Verdict::Permanent, Some(s)) => format!("receiver refused the message with HTTP {s}"),
-        (_, Some(s)) => format!(
-            "retries exhausted ({} attempts); last answer HTTP {s}",
-            p.attempts.len()
-        ),
-        (_, None) => format!(
-            "retries exhausted ({} attempts); last error: {}",
-            p.attempts.len(),
-            last.map_or("", |a| a.detail.as_str())
-        ),
-    };
-    let dir = state.data_dir.join("dead");
-    let (id, path, mut attempts) = match &p.item {
-        Item::Recipient { share, id, .. } => {
-            let name = share
-                .msg
-                .borrow()
-                .as_ref()
-                .map(|m| store::path_for(&state.data_dir, &m.envelope))
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_default();
-            // msg_<unix>_<id>.json, or msg_<unix>_<id>.<n>.json per recipient.
-            let name = match id.rsplit_once('.') {
-                Some((_, n)) => name.replace(".json", &format!(".{n}.json")),
-                None => name,
-            };
-            (id.clone(), dir.join(name), Vec::new())
-        }
-        Item::Dead {
-            path, id, earlier, ..
-        } => (id.clone(), path.clone(), earlier.clone()),
-    };
-    attempts.extend(p.attempts.iter().map(|a| {
-        json!({
-            "at": chrono::DateTime::from_timestamp_millis(a.at_ms).unwrap_or_default().to_rfc3339(),
-            "status": a.status,
-            "latency_ms": a.latency.as_millis() as u64,
-            "detail": a.detail,
-        })
-    }));
-    // The posted bytes, read back: a rare path, so the common one never
-    // builds a JSON tree.
-    let mut doc: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-    doc["dead_letter"] = json!({ "reason": reason, "webhook_id": id, "attempts": attempts });
-    let target = path.clone();
-    let written = glommio::executor()
-        .spawn_blocking(move || -> std::io::Result<()> {
-            if !dir.exists() {
-                // The folder's own entry must be durable too (with
-                // store_mode never, nothing else syncs data_dir).
-                std::fs::create_dir_all(&dir)?;
-                crate::fsutil::sync_dir(dir.parent().expect("dead/ is inside data_dir"))?;
-            }
-            let mut bytes = serde_json::to_vec_pretty(&doc)?;
-            bytes.push(b'\n');
-            crate::fsutil::replace_file(&target, &bytes, 0o640)?;
-            crate::fsutil::sync_dir(&dir)
-        })
-        .await;
-    match written {
-        Ok(()) => {
-            state.stats.borrow_mut().webhook_dead_letters += 1;
-            tracing::warn!(shard = state.id, %id, %reason, path = %path.display(), "message moved to the dead-letter folder");
-            if let Item::Recipient { share, .. } = &p.item {
-                finish(state, share, true);
-            }
-        }
-        Err(e) => {
-            // Cannot record it as dead: keep it and try the webhook again later.
-            tracing::error!(shard = state.id, %id, error = %e, "cannot write the dead letter; keeping the message queued");
-            let mut p = p;
-            p.due = Instant::now() + Duration::from_secs(60);
-            outbox.defer(p);
-        }
+        _ => dead::dead_letter(state, p, verdict, &body).await,
     }
 }
 

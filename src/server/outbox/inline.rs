@@ -1,0 +1,108 @@
+//! Sync and hybrid delivery: the client waits for the receiver's answer.
+
+use std::rc::Rc;
+
+use futures_lite::future;
+use hyper::body::Bytes;
+
+use super::{record_attempt, record_delivered, Outbox, StoreMode, WebhookMode};
+use crate::delivery::retry::{self, Verdict};
+use crate::server::ShardState;
+use crate::spool::{store, Spooled};
+
+impl Outbox {
+    /// True when the client should wait for the receiver's answer: sync or
+    /// hybrid mode, one recipient (one answer cannot speak for several),
+    /// and the receiver neither disabled nor behind an open breaker.
+    pub(crate) fn answers_inline(&self, msg: &Spooled) -> bool {
+        self.cfg.mode != WebhookMode::Async
+            && msg.envelope.recipients.len() == 1
+            && !self.disabled.get()
+            && self.breaker.borrow().open_until.is_none()
+    }
+
+    /// Posts a just-spooled message while the client waits and turns the
+    /// answer into the SMTP completion. The message is already durable:
+    /// whatever the answer, the spool's bookkeeping stays exact.
+    pub(crate) async fn deliver_inline(
+        &self,
+        state: &Rc<ShardState>,
+        msg: Spooled,
+    ) -> crate::smtp::Completion {
+        use crate::smtp::{Completion, Reply};
+        let id = msg.envelope.id.clone();
+        let body = Bytes::from(store::payload(&msg.envelope, &msg.message, None));
+        let post = self.cfg.client.post(&id, body);
+        let answer = match self.cfg.mode {
+            WebhookMode::Hybrid(deadline) => {
+                future::or(async { Some(post.await) }, async {
+                    glommio::timer::sleep(deadline).await;
+                    None
+                })
+                .await
+            }
+            _ => Some(post.await),
+        };
+        let Some(a) = answer else {
+            // Hybrid, no answer in time: accept now, deliver in the background.
+            tracing::debug!(shard = state.id, %id, "receiver slower than webhook_sync_deadline; accepted, delivering asynchronously");
+            self.push(msg);
+            return Completion::Spooled { id };
+        };
+        record_attempt(state, &a);
+        let verdict = retry::classify(a.status);
+        if self.note_answer(state.id, a.status, verdict) {
+            // Gone for good, which is not the sender's doing: the message is
+            // durable already, so it is accepted and kept for when delivery
+            // is enabled again, like every message queued on this shard.
+            self.push(msg);
+            return Completion::Spooled { id };
+        }
+        let reason: String = a
+            .detail
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    ' '
+                }
+            })
+            .take(200)
+            .collect();
+        match (verdict, a.status) {
+            (Verdict::Delivered, _) => {
+                record_delivered(state, Some(msg.envelope.received_at_ms));
+                state
+                    .delivery
+                    .push_with(msg, self.cfg.store_mode == StoreMode::Always);
+                Completion::Spooled { id }
+            }
+            (Verdict::Permanent, Some(status)) => {
+                // Refused by the application: the client bounces it, so the
+                // spool forgets it (it was never acknowledged).
+                state.delivery.push_with(msg, false);
+                Completion::Refused(Reply::new(
+                    550,
+                    "5.7.1",
+                    format!(
+                        "Rejected by the receiving application (HTTP {status}): {}",
+                        reason.trim()
+                    ),
+                ))
+            }
+            _ => {
+                // Temporary: the client retries, so the spool forgets this copy.
+                state.delivery.push_with(msg, false);
+                let what = a
+                    .status
+                    .map_or_else(|| reason.trim().to_string(), |s| format!("HTTP {s}"));
+                Completion::Refused(Reply::new(
+                    451,
+                    "4.3.0",
+                    format!("Receiving application unavailable ({what}), try again later"),
+                ))
+            }
+        }
+    }
+}
