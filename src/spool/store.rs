@@ -26,7 +26,14 @@ pub fn path_for(data_dir: &Path, env: &Envelope) -> PathBuf {
         .join(format!("{:04}", at.year()))
         .join(format!("{:02}", at.month()))
         .join(format!("{:02}", at.day()))
-        .join(format!("msg_{}_{}.json", at.timestamp(), env.id))
+        .join(file_name(env, &env.id))
+}
+
+/// GoMail's file name for a message, `msg_<unix>_<id>.json`; `id` is the
+/// queue id, or a per-recipient webhook id (`<queue id>.<n>`) for a dead
+/// letter.
+pub fn file_name(env: &Envelope, id: &str) -> String {
+    format!("msg_{}_{id}.json", received_at(env).timestamp())
 }
 
 fn received_at(env: &Envelope) -> DateTime<Utc> {

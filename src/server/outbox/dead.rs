@@ -65,18 +65,13 @@ pub(super) async fn dead_letter(
     let dir = state.data_dir.join("dead");
     let (id, path, mut attempts) = match &p.item {
         Item::Recipient { share, id, .. } => {
+            // msg_<unix>_<id>.json, the id per recipient when there are several.
             let name = share
                 .msg
                 .borrow()
                 .as_ref()
-                .map(|m| store::path_for(&state.data_dir, &m.envelope))
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .map(|m| store::file_name(&m.envelope, id))
                 .unwrap_or_default();
-            // msg_<unix>_<id>.json, or msg_<unix>_<id>.<n>.json per recipient.
-            let name = match id.rsplit_once('.') {
-                Some((_, n)) => name.replace(".json", &format!(".{n}.json")),
-                None => name,
-            };
             (id.clone(), dir.join(name), Vec::new())
         }
         Item::Dead {
