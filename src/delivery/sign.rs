@@ -80,14 +80,19 @@ pub fn signature_header_all(
     timestamp: i64,
     body: &[u8],
 ) -> String {
-    let mut parts = Vec::new();
-    if !secrets.is_empty() {
-        parts.push(signature_header(secrets, id, timestamp, body));
-    }
+    // The signed content, `<id>.<timestamp>.<body>`, is the same for every
+    // scheme: built once.
+    let mut signed = Vec::with_capacity(id.len() + 24 + body.len());
+    signed.extend_from_slice(id.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(timestamp.to_string().as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    let mut parts: Vec<String> = secrets
+        .iter()
+        .map(|s| format!("v1,{}", base64_encode(hmac::sign(&s.0, &signed).as_ref())))
+        .collect();
     if let Some(k) = key {
-        let mut signed = Vec::with_capacity(id.len() + 24 + body.len());
-        signed.extend_from_slice(format!("{id}.{timestamp}.").as_bytes());
-        signed.extend_from_slice(body);
         parts.push(format!("v1a,{}", base64_encode(k.0.sign(&signed).as_ref())));
     }
     parts.join(" ")
@@ -95,17 +100,7 @@ pub fn signature_header_all(
 
 /// The HMAC (`v1`) part of the `webhook-signature` header.
 pub fn signature_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut signed = Vec::with_capacity(id.len() + 24 + body.len());
-    signed.extend_from_slice(id.as_bytes());
-    signed.push(b'.');
-    signed.extend_from_slice(timestamp.to_string().as_bytes());
-    signed.push(b'.');
-    signed.extend_from_slice(body);
-    secrets
-        .iter()
-        .map(|s| format!("v1,{}", base64_encode(hmac::sign(&s.0, &signed).as_ref())))
-        .collect::<Vec<_>>()
-        .join(" ")
+    signature_header_all(secrets, None, id, timestamp, body)
 }
 
 /// Standard base64 with padding.
