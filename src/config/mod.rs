@@ -146,7 +146,7 @@ impl Value {
         })
     }
 
-    fn text_list(self) -> Vec<String> {
+    pub(super) fn text_list(self) -> Vec<String> {
         match self {
             Value::List(items) => items,
             other => vec![other.text()],

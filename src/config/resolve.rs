@@ -23,12 +23,7 @@ pub(super) fn resolve(
     };
     let list = |k: &str| match settings.get(k) {
         Some((Value::List(l), _)) => l.clone(),
-        Some((v, _)) => Value::from_text(&v.text(), Kind::List)
-            .text()
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
+        Some((v, _)) => Value::from_text(&v.text(), Kind::List).text_list(),
         None => Vec::new(),
     };
     let int = |k: &str| get(k).parse::<u64>().unwrap_or(0);
@@ -229,8 +224,10 @@ pub(super) fn resolve(
         log_level: get("log_level"),
         log_format: get("log_format"),
         log_file: get("log_file"),
-        tls_enabled: parse_bool(&get("tls_enabled")).unwrap_or(true),
-        starttls_enabled: parse_bool(&get("starttls_enabled")).unwrap_or(true),
+        // Keys with a default always have a checked value here: no
+        // fallback repeats the table's defaults.
+        tls_enabled: parse_bool(&get("tls_enabled")).expect("checked at load"),
+        starttls_enabled: parse_bool(&get("starttls_enabled")).expect("checked at load"),
         smtps_listen,
         tls_cert_file: path_of("tls_cert_file"),
         tls_key_file: path_of("tls_key_file"),
@@ -239,13 +236,12 @@ pub(super) fn resolve(
         tls_cipher_suites: list("tls_cipher_suites"),
         api_listen,
         metrics_listen,
-        metrics_enabled: parse_bool(&get("metrics_enabled")).unwrap_or(true),
+        metrics_enabled: parse_bool(&get("metrics_enabled")).expect("checked at load"),
         metrics_path,
         http_read_timeout: keys::parse_duration(&get("http_timeouts.read"))
-            .unwrap_or(std::time::Duration::from_secs(30)),
+            .expect("checked at load"),
         dns_servers,
-        dns_timeout: keys::parse_duration(&get("dns_timeout"))
-            .unwrap_or(std::time::Duration::from_secs(5)),
+        dns_timeout: keys::parse_duration(&get("dns_timeout")).expect("checked at load"),
         settings,
     })
 }
