@@ -90,7 +90,7 @@ fn a_receiver_that_hangs_or_hangs_up_is_retried() {
     // gomail gave up on the silent attempt at its timeout, not at the hang's end.
     let gap = log[1].at - log[0].at;
     assert!(
-        gap >= Duration::from_secs(2) && gap < Duration::from_millis(2900),
+        gap >= Duration::from_secs(2) && gap < Duration::from_secs(5),
         "{gap:?}"
     );
     // The receiver logs before it answers: let gomail read the 200 first.

@@ -32,7 +32,7 @@ pub(crate) const HANG: u16 = 1;
 /// In a script: read the request, then close the connection without an answer.
 pub(crate) const CLOSE: u16 = 2;
 /// Longer than the `webhook_timeout` that [`Receiver::config`] sets.
-const HANG_FOR: Duration = Duration::from_secs(3);
+const HANG_FOR: Duration = Duration::from_secs(6);
 
 #[derive(Debug, Clone)]
 pub(crate) struct Received {
