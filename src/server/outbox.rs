@@ -53,6 +53,18 @@ pub enum StoreMode {
     Never,
 }
 
+impl StoreMode {
+    /// Whether a message goes to the JSON store too, once its deliveries
+    /// are over (`dead`: one of them ended as a dead letter).
+    pub(crate) fn keeps(self, dead: bool) -> bool {
+        match self {
+            StoreMode::Always => true,
+            StoreMode::OnFailure => dead,
+            StoreMode::Never => false,
+        }
+    }
+}
+
 /// `webhook_mode`: whether the client waits for the receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookMode {
@@ -435,10 +447,7 @@ fn finish(state: &Rc<ShardState>, share: &Share, dead: bool) {
     let Some(outbox) = state.outbox.as_ref() else {
         return;
     };
-    let store = match outbox.cfg.store_mode {
-        StoreMode::Always => true,
-        StoreMode::OnFailure => share.any_dead.get(),
-        StoreMode::Never => false,
-    };
-    state.delivery.push_with(msg, store);
+    state
+        .delivery
+        .push_with(msg, outbox.cfg.store_mode.keeps(share.any_dead.get()));
 }

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use futures_lite::future;
 use hyper::body::Bytes;
 
-use super::{record_attempt, record_delivered, Outbox, StoreMode, WebhookMode};
+use super::{record_attempt, record_delivered, Outbox, WebhookMode};
 use crate::delivery::retry::{self, Verdict};
 use crate::server::ShardState;
 use crate::spool::{store, Spooled};
@@ -58,24 +58,12 @@ impl Outbox {
             self.push(msg);
             return Completion::Spooled { id };
         }
-        let reason: String = a
-            .detail
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    ' '
-                }
-            })
-            .take(200)
-            .collect();
         match (verdict, a.status) {
             (Verdict::Delivered, _) => {
                 record_delivered(state, Some(msg.envelope.received_at_ms));
                 state
                     .delivery
-                    .push_with(msg, self.cfg.store_mode == StoreMode::Always);
+                    .push_with(msg, self.cfg.store_mode.keeps(false));
                 Completion::Spooled { id }
             }
             (Verdict::Permanent, Some(status)) => {
@@ -87,7 +75,7 @@ impl Outbox {
                     "5.7.1",
                     format!(
                         "Rejected by the receiving application (HTTP {status}): {}",
-                        reason.trim()
+                        printable(&a.detail)
                     ),
                 ))
             }
@@ -96,7 +84,7 @@ impl Outbox {
                 state.delivery.push_with(msg, false);
                 let what = a
                     .status
-                    .map_or_else(|| reason.trim().to_string(), |s| format!("HTTP {s}"));
+                    .map_or_else(|| printable(&a.detail), |s| format!("HTTP {s}"));
                 Completion::Refused(Reply::new(
                     451,
                     "4.3.0",
@@ -105,4 +93,21 @@ impl Outbox {
             }
         }
     }
+}
+
+/// The receiver's words, fit for an SMTP reply: printable ASCII, at most
+/// 200 characters.
+fn printable(detail: &str) -> String {
+    let text: String = detail
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .take(200)
+        .collect();
+    text.trim().to_string()
 }
