@@ -186,23 +186,29 @@ impl Session {
     }
 
     fn write_ehlo(&self, out: &mut Vec<u8>) {
-        let mut lines = vec![
-            self.cfg.hostname.clone(),
-            "PIPELINING".to_string(),
-            format!("SIZE {}", self.cfg.limits.max_message_size),
-            "8BITMIME".to_string(),
-            "SMTPUTF8".to_string(),
-            "CHUNKING".to_string(),
-            "ENHANCEDSTATUSCODES".to_string(),
-        ];
-        if self.tls.is_some() {
-            lines.push("REQUIRETLS".to_string());
+        // Only the hostname and SIZE lines are formatted; the keywords are
+        // borrowed.
+        let last = if self.tls.is_some() {
+            Some("REQUIRETLS")
         } else if self.cfg.starttls {
-            lines.push("STARTTLS".to_string());
+            Some("STARTTLS")
+        } else {
+            None
+        };
+        Reply::new(250, "", self.cfg.hostname.clone()).write_line(out, false);
+        Reply::new(250, "", "PIPELINING").write_line(out, false);
+        Reply::new(
+            250,
+            "",
+            format!("SIZE {}", self.cfg.limits.max_message_size),
+        )
+        .write_line(out, false);
+        let keywords = ["8BITMIME", "SMTPUTF8", "CHUNKING", "ENHANCEDSTATUSCODES"];
+        for (i, kw) in keywords.iter().enumerate() {
+            Reply::new(250, "", *kw).write_line(out, last.is_none() && i + 1 == keywords.len());
         }
-        let n = lines.len();
-        for (i, line) in lines.into_iter().enumerate() {
-            Reply::new(250, "", line).write_line(out, i + 1 == n);
+        if let Some(kw) = last {
+            Reply::new(250, "", kw).write_line(out, true);
         }
     }
 }
