@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// Sends an unsigned message from `from` through `src`; returns the SPF
+/// object gomail stored for it.
+fn spf_of(w: &World, g: &Gomail, src: &str, from: &str) -> serde_json::Value {
+    let r = send(g, src, from, &w.message(from, None, "spf"));
+    let id = queued(&r);
+    stored_auth(g, &id)["authentication"]["spf"].clone()
+}
+
 #[test]
 fn spf_strict_refuses_fail_and_records_pass() {
     let w = world();
@@ -86,15 +94,8 @@ fn spf_soft_and_none_accept_and_record_failures() {
 fn spf_lookup_limit_gives_permerror() {
     let w = world();
     let g = w.gomail("");
-    let r = send(
-        &g,
-        "127.0.0.1",
-        "a@lookups.test",
-        &w.message("a@lookups.test", None, "x"),
-    );
-    let id = queued(&r);
     assert_eq!(
-        stored_auth(&g, &id)["authentication"]["spf"]["result"],
+        spf_of(&w, &g, "127.0.0.1", "a@lookups.test")["result"],
         "permerror"
     );
 }
@@ -111,9 +112,7 @@ fn spf_results_land_in_the_json() {
         ("127.0.0.1", "a@neutral.test", "neutral"),
         ("127.0.0.1", "a@nospf.test", "none"),
     ] {
-        let r = send(&g, src, from, &w.message(from, None, "m"));
-        let id = queue_id(&r).unwrap_or_else(|| panic!("{from}: {r}"));
-        let spf = &stored_auth(&g, &id)["authentication"]["spf"];
+        let spf = spf_of(&w, &g, src, from);
         assert_eq!(spf["result"], want, "{src} {from}: {spf}");
     }
     // The null sender is checked with the HELO identity.
@@ -140,15 +139,8 @@ fn spf_results_land_in_the_json() {
         "dns_servers: [\"{}\"]\ndns_timeout: 1s\ndkim_enabled: false\ndmarc_enabled: false\n",
         silent.local_addr().unwrap()
     ));
-    let r = send(
-        &g,
-        "127.0.0.1",
-        "a@pass.test",
-        &w.message("a@pass.test", None, "m"),
-    );
-    let id = queued(&r);
     assert_eq!(
-        stored_auth(&g, &id)["authentication"]["spf"]["result"],
+        spf_of(&w, &g, "127.0.0.1", "a@pass.test")["result"],
         "temperror"
     );
 }
@@ -157,15 +149,8 @@ fn spf_results_land_in_the_json() {
 fn spf_void_lookup_limit_gives_permerror() {
     let w = world();
     let g = w.gomail("");
-    let r = send(
-        &g,
-        "127.0.0.1",
-        "a@void.test",
-        &w.message("a@void.test", None, "v"),
-    );
-    let id = queued(&r);
     assert_eq!(
-        stored_auth(&g, &id)["authentication"]["spf"]["result"],
+        spf_of(&w, &g, "127.0.0.1", "a@void.test")["result"],
         "permerror"
     );
 }
