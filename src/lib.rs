@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //! - [`smtp`]: the sans-IO protocol (commands, replies, DATA/BDAT, session).
+//! - [`admission`]: per-client limits, rates and bans (pure tables, the ban service).
 //! - [`config`]: YAML + `MAIL_*` + flags, checked against the key table.
 //! - [`spool`]: the durable per-shard queue and the JSON store.
 //! - [`tls`]: TLS policy, certificates, self-signed fallback.
 //! - [`server`]: shards wired to sessions, spool, store and TLS.
 //! - [`control`]: the control plane: health and Prometheus metrics over HTTP.
 //! - [`delivery`]: webhook signing, retry policy and the HTTP client.
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod control;

@@ -70,6 +70,43 @@ enum Cmd {
         #[command(subcommand)]
         action: QueueCmd,
     },
+    /// Bans: list, ban, unban (through the running server's API).
+    Security {
+        #[command(subcommand)]
+        action: SecurityCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecurityCmd {
+    /// List the bans in force: address, reason, automatic or manual, since, expires.
+    BannedIps {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Ban an address or CIDR block on every shard.
+    Ban {
+        /// `192.0.2.7`, `2001:db8::/48`, `198.51.100.0/24`.
+        ip: String,
+        /// How long (default: ban_duration), e.g. 30m, 2h, 7d.
+        #[arg(long)]
+        duration: Option<String>,
+        /// Why (shown in `banned-ips` and the log).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Lift the ban of an address or block (exactly as listed).
+    Unban {
+        /// The address or block.
+        ip: String,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
 }
 
 /// Which dead letters: ids, and/or a time range (RFC 3339 or Unix seconds).
@@ -179,11 +216,18 @@ fn sources(cfg: &ConfigArg, flags: Vec<(String, String)>) -> Sources {
 }
 
 fn main() -> ExitCode {
-    // A shard that panics would leave its share of connections hanging;
-    // stop the whole process instead (systemd restarts it, and the spool
-    // recovers every acknowledged message).
+    // A panic inside a connection's task is contained there: it costs that
+    // connection only (the shard logs it and counts it in
+    // gomail_connection_panics_total). Any other panic would leave a
+    // shard's connections hanging; stop the whole process instead
+    // (systemd restarts it, and the spool recovers every acknowledged
+    // message).
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if gomail::server::panic_is_contained() {
+            tracing::error!(%info, "a connection's task panicked; only that connection is lost");
+            return;
+        }
         default_hook(info);
         tracing::error!(%info, "gomail panicked; exiting so that it can be restarted");
         std::process::exit(70);
@@ -240,6 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serve(config, sources)
         }
         Cmd::Queue { action } => queue(action),
+        Cmd::Security { action } => security(action),
         Cmd::Config { action } => match action {
             ConfigCmd::Show { cfg } => {
                 print!("{}", config::load(&sources(&cfg, Vec::new()))?.show());
@@ -329,19 +374,13 @@ fn queue(action: QueueCmd) -> anyhow::Result<()> {
         QueueCmd::Retry { select: s, cfg } => {
             let c = load(&cfg)?;
             let sel = selection(&s, true)?;
-            let token = c
-                .text("bearer_token")
-                .context("bearer_token must be set: retry goes through the running server's API")?;
+            let (addr, token) = api_of(&c, "retry")?;
             let mut body =
                 serde_json::json!({ "ids": sel.ids, "since": sel.since, "until": sel.until });
             if s.all {
                 body["all"] = serde_json::Value::Bool(true);
             }
-            let mut addr = c.api_listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            let (status, answer) = api_post(addr, "/queue/retry", &token, &body.to_string())
+            let (status, answer) = api_request(addr, "POST", "/queue/retry", &token, &body.to_string())
                 .with_context(|| format!("is gomail running? (API {addr})"))?;
             if status != 200 {
                 anyhow::bail!("the server answered {status}: {answer}");
@@ -352,9 +391,10 @@ fn queue(action: QueueCmd) -> anyhow::Result<()> {
     }
 }
 
-/// A minimal HTTP/1.1 POST to the local control plane.
-fn api_post(
+/// A minimal HTTP/1.1 request to the local control plane.
+fn api_request(
     addr: std::net::SocketAddr,
+    method: &str,
     path: &str,
     token: &str,
     body: &str,
@@ -364,7 +404,7 @@ fn api_post(
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: gomail\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: gomail\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = String::new();
@@ -372,6 +412,79 @@ fn api_post(
     let (head, answer) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok((status, answer.to_string()))
+}
+
+/// The running server's API address and token, from the configuration.
+fn api_of(c: &Config, what: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
+    let token = c
+        .text("bearer_token")
+        .with_context(|| format!("bearer_token must be set: {what} goes through the running server's API"))?;
+    let mut addr = c.api_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok((addr, token))
+}
+
+/// One API call; the answer's JSON on success, the server's error otherwise.
+fn api_call(c: &Config, what: &str, method: &str, path: &str, body: &str) -> anyhow::Result<serde_json::Value> {
+    let (addr, token) = api_of(c, what)?;
+    let (status, answer) = api_request(addr, method, path, &token, body)
+        .with_context(|| format!("is gomail running? (API {addr})"))?;
+    if !(200..300).contains(&status) {
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        match v["message"].as_str() {
+            Some(m) => anyhow::bail!("the server answered {status}: {m}"),
+            None => anyhow::bail!("the server answered {status}: {answer}"),
+        }
+    }
+    serde_json::from_str(&answer).with_context(|| format!("the server's answer is not JSON: {answer}"))
+}
+
+fn security(action: SecurityCmd) -> anyhow::Result<()> {
+    let load = |cfg: &ConfigArg| config::load(&sources(cfg, Vec::new()));
+    let line = |b: &serde_json::Value| {
+        format!(
+            "{:<24} {:<6} since {}  expires {}  {}",
+            b["ip"].as_str().unwrap_or("?"),
+            b["source"].as_str().unwrap_or("?"),
+            b["since"].as_str().unwrap_or("?"),
+            b["expires"].as_str().unwrap_or("?"),
+            b["reason"].as_str().unwrap_or("")
+        )
+    };
+    match action {
+        SecurityCmd::BannedIps { json, cfg } => {
+            let v = api_call(&load(&cfg)?, "banned-ips", "GET", "/api/v1/bans", "")?;
+            if json {
+                println!("{v}");
+                return Ok(());
+            }
+            let bans = v["bans"].as_array().cloned().unwrap_or_default();
+            for b in &bans {
+                println!("{}", line(b));
+            }
+            eprintln!("{} ban(s) in force", bans.len());
+            Ok(())
+        }
+        SecurityCmd::Ban {
+            ip,
+            duration,
+            reason,
+            cfg,
+        } => {
+            let body = serde_json::json!({ "ip": ip, "duration": duration, "reason": reason });
+            let v = api_call(&load(&cfg)?, "ban", "POST", "/api/v1/bans", &body.to_string())?;
+            println!("banned {}", line(&v["ban"]));
+            Ok(())
+        }
+        SecurityCmd::Unban { ip, cfg } => {
+            let path = format!("/api/v1/bans/{}", ip.trim().replace('/', "%2F"));
+            let v = api_call(&load(&cfg)?, "unban", "DELETE", &path, "")?;
+            println!("unbanned {}", line(&v["unbanned"]));
+            Ok(())
+        }
+    }
 }
 
 fn inactive_note(status: Status) -> &'static str {
@@ -473,8 +586,10 @@ fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
             read_timeout: cfg.http_read_timeout,
             bearer_token: cfg.text("bearer_token"),
             data_dir: cfg.data_dir.clone(),
+            trusted: cfg.trusted_networks.clone(),
         },
         server.stats_handle(),
+        server.bans(),
     )?;
     let mut addrs: Vec<String> = server.smtp_addrs().iter().map(|a| a.to_string()).collect();
     addrs.extend(server.smtps_addrs().iter().map(|a| format!("{a} (TLS)")));

@@ -5,6 +5,7 @@
 //! its connections, its spool and its delivery task. The main thread only
 //! starts shards, asks them for counters and tells them to stop.
 
+mod admit;
 mod conn;
 mod delivery;
 mod outbox;
@@ -16,6 +17,8 @@ use webhook_settings::WebhookSettings;
 pub use stats::{LatencyHistogram, ShardStats, LATENCY_BOUNDS_US};
 
 pub use outbox::{StoreMode, WebhookMode};
+
+pub use conn::panic_is_contained;
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -29,6 +32,10 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use shards::{PoolConfig, ShardContext, ShardPool, Snapshot};
 
+use crate::admission::bans::{BanList, Policy};
+use crate::admission::service::{BanError, Bans, Reporter};
+use crate::admission::table::Table;
+use crate::admission::Settings as AdmissionSettings;
 use crate::auth::dns::DnsRuntime;
 use crate::auth::{AuthSettings, ShardAuth};
 use crate::config::Config;
@@ -62,6 +69,9 @@ pub enum ServerError {
     /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The ban file cannot be read or the ban service cannot start.
+    #[error(transparent)]
+    Bans(#[from] BanError),
     /// Another gomail holds data_dir.
     #[error("another gomail process is using data_dir {0} (lock file gomail.lock is held); stop it or choose another data_dir")]
     Locked(PathBuf),
@@ -98,7 +108,20 @@ pub(crate) struct ShardState {
     pub(crate) outbox: Option<outbox::Outbox>,
     pub(crate) stats: RefCell<ShardStats>,
     pub(crate) active: Cell<u64>,
-    pub(crate) max_connections: u64,
+    /// Limits, rates, bans and timeouts.
+    pub(crate) admission: Arc<AdmissionSettings>,
+    /// This shard's per-client table (exact: `shards::steer` sends every
+    /// connection of a client here).
+    pub(crate) table: RefCell<Table>,
+    /// The bans in force (published by the ban service).
+    pub(crate) bans: Snapshot<BanList>,
+    /// Where violations are reported.
+    pub(crate) reporter: Reporter,
+    /// Connections open over all shards (`max_total_connections`).
+    pub(crate) total: Arc<std::sync::atomic::AtomicU64>,
+    /// The shard's one read buffer: connections borrow it only while a
+    /// read completes, so an idle connection holds none.
+    pub(crate) read_buf: RefCell<Vec<u8>>,
     /// `spool_max_backlog` for this shard: undelivered messages past which
     /// new ones are deferred with `452 4.3.1`.
     pub(crate) max_backlog: u64,
@@ -129,6 +152,7 @@ pub struct Server {
     tls: Option<Snapshot<Arc<ServerConfig>>>,
     /// Kept alive for the shards' DNS lookups.
     _dns: Option<Arc<DnsRuntime>>,
+    bans: Bans,
     _lock: File,
 }
 
@@ -173,26 +197,45 @@ impl Server {
         } else {
             Vec::new()
         };
-        let listen: Vec<(SocketAddr, bool)> = plain
+        let count = cfg.shards;
+        // Every shard's listeners, bound here in shard order so that the
+        // steering program's index is the shard's id (shards::steer).
+        let mut per_shard: Vec<Vec<(socket2::Socket, bool)>> =
+            (0..count).map(|_| Vec::new()).collect();
+        for (addr, implicit) in plain
             .iter()
             .map(|a| (*a, false))
             .chain(implicit.iter().map(|a| (*a, true)))
-            .collect();
+        {
+            for (i, sock) in shards::steer::bind_group(addr, count)?.into_iter().enumerate() {
+                per_shard[i].push((sock, implicit));
+            }
+        }
+        let listeners: Arc<std::sync::Mutex<Vec<Option<Vec<(socket2::Socket, bool)>>>>> =
+            Arc::new(std::sync::Mutex::new(per_shard.into_iter().map(Some).collect()));
+        let admission = Arc::new(AdmissionSettings::from_config(cfg));
+        let (bans, reporter) = Bans::start(
+            &cfg.data_dir,
+            Policy {
+                threshold: admission.ban_threshold,
+                window: admission.ban_window,
+                duration: admission.ban_duration,
+            },
+        )?;
+        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ban_list = bans.list();
         let session = Arc::new(SessionConfig {
             hostname: cfg.mail_hostname.clone(),
             domains: cfg.domains(),
             limits: Limits {
                 max_message_size: cfg.max_message_size,
                 max_recipients: cfg.max_recipients,
+                session_timeout: admission.session_timeout,
                 ..Limits::default()
             },
             starttls: tls.is_some() && cfg.starttls_enabled,
             check_sender: auth.spf,
         });
-        let count = cfg.shards;
-        let per_shard = (cfg.max_total_connections as u64)
-            .div_ceil(count as u64)
-            .max(1);
         let backlog_per_shard = cfg
             .number("spool_max_backlog")
             .div_ceil(count as u64)
@@ -213,8 +256,14 @@ impl Server {
                 let session = session.clone();
                 let data_dir = data_dir.clone();
                 let hostname = hostname.clone();
-                let listen = listen.clone();
+                let listen = listeners.lock().expect("listeners")[ctx.id]
+                    .take()
+                    .unwrap_or_default();
                 let ready = ready_tx.clone();
+                let admission = admission.clone();
+                let reporter = reporter.clone();
+                let total = total.clone();
+                let ban_list = ban_list.clone();
                 let tls = shard_tls.clone();
                 let dns = shard_dns.clone();
                 let auth = auth.clone();
@@ -225,8 +274,11 @@ impl Server {
                         hostname,
                         data_dir,
                         listen,
-                        max_connections: per_shard,
                         max_backlog: backlog_per_shard,
+                        admission,
+                        reporter,
+                        total,
+                        bans: ban_list,
                         tls,
                         dns,
                         auth,
@@ -258,6 +310,7 @@ impl Server {
             smtps_addrs: implicit,
             tls,
             _dns: dns,
+            bans,
             _lock: lock,
         };
         if let Some(e) = failure {
@@ -287,6 +340,11 @@ impl Server {
         let built = build_tls(cfg)?;
         snapshot.store(built.config);
         Ok(())
+    }
+
+    /// The ban service (for the control plane's ban endpoints).
+    pub fn bans(&self) -> Bans {
+        self.bans.clone()
     }
 
     /// Number of shards.
@@ -376,10 +434,13 @@ struct ShardSetup {
     session: Arc<SessionConfig>,
     hostname: String,
     data_dir: PathBuf,
-    /// Addresses to listen on, and whether each is implicit TLS.
-    listen: Vec<(SocketAddr, bool)>,
-    max_connections: u64,
+    /// This shard's listeners, and whether each is implicit TLS.
+    listen: Vec<(socket2::Socket, bool)>,
     max_backlog: u64,
+    admission: Arc<AdmissionSettings>,
+    reporter: Reporter,
+    total: Arc<std::sync::atomic::AtomicU64>,
+    bans: Snapshot<BanList>,
     tls: Option<Snapshot<Arc<ServerConfig>>>,
     dns: Option<Arc<DnsRuntime>>,
     auth: Arc<AuthSettings>,
@@ -396,8 +457,11 @@ async fn run_shard(
         hostname,
         data_dir,
         listen,
-        max_connections,
         max_backlog,
+        admission,
+        reporter,
+        total,
+        bans,
         tls,
         dns,
         auth,
@@ -426,16 +490,10 @@ async fn run_shard(
             return;
         }
     };
-    let mut listeners = Vec::new();
-    for (addr, implicit) in &listen {
-        match shards::bind(*addr) {
-            Ok(l) => listeners.push((l, *implicit)),
-            Err(e) => {
-                let _ = ready.send((id, Err(e.to_string()))).await;
-                return;
-            }
-        }
-    }
+    let listeners: Vec<_> = listen
+        .into_iter()
+        .map(|(sock, implicit)| (shards::steer::adopt(sock), implicit))
+        .collect();
     let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
     let state = Rc::new(ShardState {
         id,
@@ -451,7 +509,12 @@ async fn run_shard(
             ..ShardStats::default()
         }),
         active: Cell::new(0),
-        max_connections,
+        table: RefCell::new(Table::new(admission.clone())),
+        admission,
+        bans,
+        reporter,
+        total,
+        read_buf: RefCell::new(vec![0; conn::READ_CHUNK]),
         max_backlog,
         tls,
         auth: shard_auth,
@@ -461,6 +524,7 @@ async fn run_shard(
         state.deliver(msg);
     }
     let deliverer = glommio::spawn_local(delivery::run(state.clone()));
+    let sweeper = glommio::spawn_local(admit::sweep(state.clone()));
     let sender = glommio::spawn_local(outbox::run(state.clone()));
     let mut acceptors = Vec::new();
     for (l, implicit) in listeners {
@@ -521,6 +585,7 @@ async fn run_shard(
                 }
                 sender.cancel().await;
                 deliverer.cancel().await;
+                sweeper.cancel().await;
                 let _ = reply.send(()).await;
                 break;
             }

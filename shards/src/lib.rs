@@ -22,6 +22,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 pub use glommio;
 
 pub mod http;
+pub mod steer;
 
 /// glommio refuses to start an executor below this much lockable memory.
 pub const MIN_MEMLOCK: u64 = 512 * 1024;
@@ -151,7 +152,7 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 /// never blocked by connections in TIME-WAIT), `IPV6_V6ONLY` for IPv6 (so
 /// `0.0.0.0:25` and `[::]:25` can both be listed), and `SO_REUSEPORT` when
 /// `shared` (one listener per shard on the same port).
-fn listen_socket(addr: SocketAddr, shared: bool) -> io::Result<socket2::Socket> {
+pub(crate) fn listen_socket(addr: SocketAddr, shared: bool) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv6() {
         Domain::IPV6

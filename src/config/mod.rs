@@ -248,6 +248,8 @@ pub struct Config {
     pub max_recipients: usize,
     /// Concurrent SMTP connections over all shards.
     pub max_total_connections: usize,
+    /// `trusted_networks`: clients never limited or banned.
+    pub trusted_networks: crate::admission::Networks,
     /// Root of the spool and the JSON store.
     pub data_dir: PathBuf,
     /// `debug`, `info`, `warn` or `error`.

@@ -205,6 +205,17 @@ pub(super) fn resolve(
             "`never` needs api_endpoint, or mail would go nowhere".into(),
         ));
     }
+    let mut trusted_networks = crate::admission::Networks::default();
+    for n in list("trusted_networks") {
+        trusted_networks
+            .0
+            .push(n.parse().map_err(|e| invalid("trusted_networks", e))?);
+    }
+    for k in ["smtp_rate_window", "ban_window", "smtp_write_timeout", "smtp_session_timeout"] {
+        if keys::parse_duration(&get(k)).is_some_and(|d| d.is_zero()) {
+            return Err(invalid(k, "must be longer than 0s".into()));
+        }
+    }
     let data_dir = PathBuf::from(get("data_dir"));
     if data_dir.as_os_str().is_empty() {
         return Err(invalid("data_dir", "must not be empty".into()));
@@ -220,6 +231,7 @@ pub(super) fn resolve(
         max_message_size,
         max_recipients,
         max_total_connections,
+        trusted_networks,
         data_dir,
         log_level: get("log_level"),
         log_format: get("log_format"),

@@ -7,8 +7,23 @@ use std::fmt::Write;
 
 use crate::server::{ShardStats, LATENCY_BOUNDS_US};
 
+/// The ban service's figures: bans in force, and bans made by source
+/// (auto, manual).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BanCounts {
+    /// Bans in force.
+    pub active: u64,
+    /// Bans made since start: automatic, manual.
+    pub made: [u64; 2],
+}
+
+/// Every `reason` of `gomail_connections_refused_total`.
+const REFUSAL_REASONS: [&str; 6] = ["per_ip", "total", "rate", "banned", "pregreet", "dnsbl"];
+/// Every `limit` of `gomail_rate_limited_total`.
+const RATE_LIMITS: [&str; 3] = ["connection", "message", "recipient"];
+
 /// Renders every shard's counters, labelled `shard="N"`.
-pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
+pub fn render(stats: &[ShardStats], uptime_s: u64, bans: BanCounts) -> String {
     let mut out = String::with_capacity(4096);
     let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&ShardStats) -> u64| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -28,12 +43,6 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
         "gauge",
         "SMTP connections open now.",
         &|s| s.connections_active,
-    );
-    family(
-        "gomail_connections_refused_total",
-        "counter",
-        "SMTP connections refused at the connection limit (421).",
-        &|s| s.connections_refused,
     );
     family(
         "gomail_messages_accepted_total",
@@ -150,6 +159,53 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
         &|s| s.webhook_dead_letters,
     );
 
+    family(
+        "gomail_smtp_write_timeouts_total",
+        "counter",
+        "Connections closed because the client did not take its replies within smtp_write_timeout.",
+        &|s| s.write_timeouts,
+    );
+    labelled(
+        &mut out,
+        stats,
+        "gomail_connections_refused_total",
+        "SMTP connections refused at connect, by reason.",
+        "reason",
+        &REFUSAL_REASONS,
+        |s| &s.refused_by,
+    );
+    labelled(
+        &mut out,
+        stats,
+        "gomail_rate_limited_total",
+        "Connections (421) and MAIL or RCPT commands (450) refused by a per-client rate limit.",
+        "limit",
+        &RATE_LIMITS,
+        |s| &s.rate_limited,
+    );
+    let kinds: Vec<&str> = crate::admission::Violation::ALL
+        .iter()
+        .map(|v| v.as_str())
+        .collect();
+    labelled(
+        &mut out,
+        stats,
+        "gomail_violations_total",
+        "Client violations counted toward automatic bans, by kind.",
+        "kind",
+        &kinds,
+        |s| &s.violations,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP gomail_bans_active Clients and blocks banned now.\n# TYPE gomail_bans_active gauge\ngomail_bans_active {}",
+        bans.active
+    );
+    let _ = writeln!(
+        out,
+        "# HELP gomail_bans_total Bans made since start, by source.\n# TYPE gomail_bans_total counter\ngomail_bans_total{{source=\"auto\"}} {}\ngomail_bans_total{{source=\"manual\"}} {}",
+        bans.made[0], bans.made[1]
+    );
     let _ = writeln!(
         out,
         "# HELP gomail_tls_handshakes_total TLS handshakes completed, by version and cipher."
@@ -215,6 +271,28 @@ pub fn render(stats: &[ShardStats], uptime_s: u64) -> String {
     out
 }
 
+/// Writes one counter family with a second label, every value of it on
+/// every shard (zeros included, so that rates start from the first scrape).
+fn labelled(
+    out: &mut String,
+    stats: &[ShardStats],
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+    get: impl Fn(&ShardStats) -> &std::collections::BTreeMap<&'static str, u64>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for s in stats {
+        let m = get(s);
+        for v in values {
+            let n = m.get(v).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}{{shard=\"{}\",{label}=\"{v}\"}} {n}", s.shard);
+        }
+    }
+}
+
 /// Writes one histogram family (cumulative buckets, sum, count) per shard.
 fn histogram(
     out: &mut String,
@@ -268,7 +346,12 @@ mod tests {
         }
         s.tls_by_suite
             .insert("TLSv1.3 TLS13_AES_128_GCM_SHA256".into(), 2);
-        let text = render(&[s], 5);
+        s.refused_by.insert("per_ip", 4);
+        let text = render(&[s], 5, BanCounts { active: 2, made: [3, 1] });
+        assert!(text.contains("gomail_connections_refused_total{shard=\"1\",reason=\"per_ip\"} 4\n"));
+        assert!(text.contains("gomail_connections_refused_total{shard=\"1\",reason=\"banned\"} 0\n"));
+        assert!(text.contains("gomail_bans_active 2\n"));
+        assert!(text.contains("gomail_bans_total{source=\"manual\"} 1\n"));
         assert!(text.contains("gomail_messages_accepted_total{shard=\"1\"} 3\n"));
         assert!(
             text.contains("gomail_spool_commit_seconds_bucket{shard=\"1\",le=\"0.00025\"} 1\n"),

@@ -4,8 +4,10 @@
 //! Serves `GET /health` and `GET /metrics` (Prometheus) on `api_host:port`,
 //! and the metrics alone on `api_host:metrics_port` when that is set. It
 //! reads shard counters by message ([`StatsHandle`]); it never touches a
-//! shard's state. The bearer-token API comes later.
+//! shard's state. Behind the bearer token: `POST /queue/retry` and the
+//! ban endpoints (`GET|POST /api/v1/bans`, `DELETE /api/v1/bans/<ip>`).
 
+mod bans;
 pub mod metrics;
 pub mod queue;
 
@@ -38,11 +40,14 @@ pub struct ControlConfig {
     pub bearer_token: Option<String>,
     /// `data_dir` (dead letters for `/queue/retry`).
     pub data_dir: std::path::PathBuf,
+    /// `trusted_networks`: bans of these are refused (they would not apply).
+    pub trusted: crate::admission::Networks,
 }
 
 struct Ctx {
     cfg: ControlConfig,
     stats: StatsHandle,
+    bans: crate::admission::service::Bans,
     started: Instant,
 }
 
@@ -55,7 +60,11 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Binds the listeners (errors name the address) and starts serving.
-    pub fn start(cfg: ControlConfig, stats: StatsHandle) -> std::io::Result<ControlPlane> {
+    pub fn start(
+        cfg: ControlConfig,
+        stats: StatsHandle,
+        bans: crate::admission::service::Bans,
+    ) -> std::io::Result<ControlPlane> {
         let mut listeners = Vec::new();
         for (addr, metrics_only) in
             std::iter::once((cfg.api, false)).chain(cfg.metrics.map(|m| (m, true)))
@@ -77,6 +86,7 @@ impl ControlPlane {
         let ctx = Arc::new(Ctx {
             cfg,
             stats,
+            bans,
             started: Instant::now(),
         });
         let thread = std::thread::Builder::new()
@@ -177,14 +187,14 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response<Full<Bytes>>
     )
 }
 
-/// `POST /queue/retry`: re-drive dead letters by id or time range.
-async fn queue_retry(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
+/// Checks `Authorization: Bearer <bearer_token>`; the refusal otherwise.
+fn authorize(req: &Request<Incoming>, ctx: &Ctx) -> Result<(), Response<Full<Bytes>>> {
     let Some(token) = ctx.cfg.bearer_token.as_deref() else {
-        return error(
+        return Err(error(
             StatusCode::FORBIDDEN,
             "forbidden",
             "set bearer_token to use the API",
-        );
+        ));
     };
     let presented = req
         .headers()
@@ -196,32 +206,45 @@ async fn queue_retry(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>>
     if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), token.as_bytes())
         .is_err()
     {
-        return error(
+        return Err(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "Invalid or missing bearer token",
-        );
+        ));
     }
+    Ok(())
+}
+
+/// Reads a JSON request body of at most 64 KiB.
+async fn json_body(req: Request<Incoming>) -> Result<serde_json::Value, Response<Full<Bytes>>> {
     use http_body_util::BodyExt;
     let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
     else {
-        return error(
+        return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             "request body over 64 KiB",
-        );
+        ));
     };
-    let v: serde_json::Value = match serde_json::from_slice(&body.to_bytes()) {
+    serde_json::from_slice(&body.to_bytes()).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+            &format!("body is not JSON: {e}"),
+        )
+    })
+}
+
+/// `POST /queue/retry`: re-drive dead letters by id or time range.
+async fn queue_retry(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
+    if let Err(r) = authorize(&req, ctx) {
+        return r;
+    }
+    let v = match json_body(req).await {
         Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "validation_error",
-                &format!("body is not JSON: {e}"),
-            )
-        }
+        Err(r) => return r,
     };
     let time = |k: &str| -> Result<Option<i64>, String> {
         match &v[k] {
@@ -273,6 +296,12 @@ async fn queue_retry(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>>
 
 async fn route(req: Request<Incoming>, ctx: &Ctx, metrics_only: bool) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if !metrics_only && (path == "/api/v1/bans" || path.starts_with("/api/v1/bans/")) {
+        if let Err(r) = authorize(&req, ctx) {
+            return r;
+        }
+        return bans::route(req, ctx).await;
+    }
     if !metrics_only && path == "/queue/retry" {
         if req.method() != Method::POST {
             return error(
@@ -314,7 +343,10 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, metrics_only: bool) -> Respons
         .collect();
     let uptime = ctx.started.elapsed().as_secs();
     if is_metrics {
-        let mut r = Response::new(Full::new(Bytes::from(metrics::render(&stats, uptime))));
+        let mut r = Response::new(Full::new(Bytes::from(metrics::render(&stats, uptime, {
+            let (active, made) = ctx.bans.counts();
+            metrics::BanCounts { active, made }
+        }))));
         r.headers_mut().insert(
             "content-type",
             "text/plain; version=0.0.4; charset=utf-8"

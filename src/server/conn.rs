@@ -15,14 +15,19 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::server::TlsStream;
 use glommio::net::{TcpListener, TcpStream};
 
-use super::ShardState;
+use super::{admit, ShardState};
 use crate::auth::{MessageVerdict, SenderCheck};
 use crate::smtp::{trace, Action, Completion, Reply, Session, TlsInfo, Transaction};
 use crate::spool::{Envelope, Spooled};
 use mail_auth::IprevOutput;
 
-/// Octets read per read call.
-const READ_CHUNK: usize = 16 * 1024;
+/// Octets read per read call (the size of the shard's one read buffer).
+pub(super) const READ_CHUNK: usize = 16 * 1024;
+
+/// Replies held for a client before they are written, even mid-batch: a
+/// client that pipelines thousands of commands and never reads gets its
+/// replies written (and so `smtp_write_timeout`), never buffered for.
+const MAX_PENDING_REPLIES: usize = 64 * 1024;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -141,33 +146,60 @@ pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, im
             Err(_) => continue,
         };
         state.stats.borrow_mut().connections_accepted += 1;
-        if state.active.get() >= state.max_connections {
-            state.stats.borrow_mut().connections_refused += 1;
-            glommio::spawn_local(async move {
-                let mut stream = stream;
-                if implicit_tls {
-                    return;
-                }
-                let mut out = Vec::new();
-                Reply::new(421, "4.7.0", "Error: too many connections, try again later")
-                    .write_to(&mut out);
-                let _ = stream.write_all(&out).await;
-                let _ = stream.close().await;
-            })
-            .detach();
-            continue;
-        }
+        let (admitted, banned) = match admit::admit(&state, peer.ip()) {
+            admit::Decision::Serve(a) => (a, None),
+            admit::Decision::Banned(a, reply) => (a, Some(reply)),
+            admit::Decision::Refuse(reply) => {
+                let timeout = state.admission.write_timeout;
+                glommio::spawn_local(async move {
+                    let mut stream = stream;
+                    if !implicit_tls {
+                        let mut out = Vec::new();
+                        reply.write_to(&mut out);
+                        write_within(&mut stream, &out, timeout).await;
+                    }
+                    let _ = stream.close().await;
+                })
+                .detach();
+                continue;
+            }
+        };
         state.active.set(state.active.get() + 1);
         let st = state.clone();
         glommio::spawn_local(async move {
-            if let Err(what) = contain(connection(&st, stream, peer, implicit_tls)).await {
+            let work = connection(&st, stream, peer, implicit_tls, &admitted, banned);
+            if let Err(what) = contain(work).await {
                 st.stats.borrow_mut().connection_panics += 1;
                 tracing::error!(shard = st.id, client = %peer.ip(), panic = %what, "a connection's task panicked (a bug in gomail): that connection is dropped, the shard goes on; a message it had not been answered 250 for was not accepted");
             }
+            drop(admitted);
             st.active.set(st.active.get() - 1);
         })
         .detach();
     }
+}
+
+/// Writes `bytes` unless the client takes longer than `timeout` to take
+/// them; false when it did not (or the connection failed).
+async fn write_within<W: AsyncWrite + Unpin>(stream: &mut W, bytes: &[u8], timeout: Duration) -> bool {
+    future::or(async { stream.write_all(bytes).await.is_ok() }, async {
+        glommio::timer::sleep(timeout).await;
+        false
+    })
+    .await
+}
+
+thread_local! {
+    /// Set while a contained task is being polled on this thread: the
+    /// binary's panic hook then lets the panic unwind to [`contain`]
+    /// instead of ending the process.
+    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True while the current thread polls a task whose panics [`contain`]
+/// catches (for the process's panic hook).
+pub fn panic_is_contained() -> bool {
+    CONTAINED.with(|c| c.get())
 }
 
 /// Runs `work`, containing a panic in it: glommio does not catch a task's
@@ -176,7 +208,14 @@ pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, im
 /// message.
 pub(super) async fn contain(work: impl std::future::Future<Output = ()>) -> Result<(), String> {
     use futures_util::FutureExt;
-    std::panic::AssertUnwindSafe(work)
+    let mut work = std::pin::pin!(work);
+    let flagged = future::poll_fn(move |cx| {
+        let was = CONTAINED.with(|c| c.replace(true));
+        let r = work.as_mut().poll(cx);
+        CONTAINED.with(|c| c.set(was));
+        r
+    });
+    std::panic::AssertUnwindSafe(flagged)
         .catch_unwind()
         .await
         .map_err(|p| {
@@ -187,20 +226,54 @@ pub(super) async fn contain(work: impl std::future::Future<Output = ()>) -> Resu
         })
 }
 
-/// One accepted connection: blocklists, the TLS handshake for implicit
-/// TLS, then the SMTP session.
+/// One accepted connection: pregreet, blocklists, the TLS handshake for
+/// implicit TLS, then the SMTP session.
 async fn connection(
     st: &Rc<ShardState>,
     mut stream: TcpStream,
     peer: SocketAddr,
     implicit_tls: bool,
+    admitted: &admit::Admitted,
+    banned: Option<Reply>,
 ) {
     let _ = stream.set_nodelay(true);
+    let ip = peer.ip().to_canonical();
+    let timeout = st.admission.write_timeout;
+    if let Some(reply) = banned {
+        if implicit_tls {
+            let _ = stream.close().await;
+            return;
+        }
+        let session = Session::refused(st.session.clone(), Instant::now(), reply);
+        serve(st, Conn::Plain(stream), session, peer).await;
+        return;
+    }
+    let wait = st.admission.pregreet_wait;
+    let pregreet = if !implicit_tls && !wait.is_zero() && !admitted.trusted() {
+        match spoke_first(&mut stream, wait).await {
+            Some(spoke) => spoke,
+            None => return,
+        }
+    } else {
+        false
+    };
+    if pregreet {
+        admit::refused(st, "pregreet");
+        admit::violation(st, crate::admission::client_key(ip), crate::admission::Violation::Pregreet);
+        tracing::info!(shard = st.id, client = %ip, wait_ms = wait.as_millis() as u64, "client refused: it sent data before the greeting");
+        let mut out = Vec::new();
+        Reply::pregreet(ip).write_to(&mut out);
+        write_within(&mut stream, &out, timeout).await;
+        let _ = stream.close().await;
+        return;
+    }
     if let Some(zones) = match &st.auth {
-        Some(auth) => auth.dnsbl(peer.ip()).await,
-        None => None,
+        Some(auth) if !admitted.trusted() => auth.dnsbl(peer.ip()).await,
+        _ => None,
     } {
         st.stats.borrow_mut().connections_blocked += 1;
+        admit::refused(st, "dnsbl");
+        admit::violation(st, crate::admission::client_key(ip), crate::admission::Violation::Dnsbl);
         tracing::info!(shard = st.id, client = %peer.ip(), zones = %zones.join(","), "client refused: listed by DNS blocklists");
         if !implicit_tls {
             let mut out = Vec::new();
@@ -214,7 +287,7 @@ async fn connection(
                 ),
             )
             .write_to(&mut out);
-            let _ = stream.write_all(&out).await;
+            write_within(&mut stream, &out, timeout).await;
         }
         let _ = stream.close().await;
         return;
@@ -230,9 +303,53 @@ async fn connection(
             Session::new(st.session.clone(), Instant::now()),
         ))
     };
-    if let Some((conn, session)) = conn {
+    if let Some((conn, mut session)) = conn {
+        if let Some(gate) = admitted.gate(ip) {
+            session.set_gate(gate);
+        }
         serve(st, conn, session, peer).await;
     }
+}
+
+/// Waits `wait` before the greeting: `Some(true)` when the client sent
+/// anything meanwhile (a pregreet: spam engines do not wait for the
+/// server), `Some(false)` when it waited, `None` when it went away.
+async fn spoke_first(stream: &mut TcpStream, wait: Duration) -> Option<bool> {
+    let mut probe = [0u8; 64];
+    future::or(
+        async {
+            match stream.read(&mut probe).await {
+                Ok(0) | Err(_) => None,
+                Ok(_) => Some(true),
+            }
+        },
+        async {
+            glommio::timer::sleep(wait).await;
+            Some(false)
+        },
+    )
+    .await
+}
+
+/// Reads what the client sent into `held`, through the shard's read buffer.
+/// The buffer is borrowed only inside each poll, so many connections
+/// waiting to read share one buffer.
+async fn read_some(
+    stream: &mut Conn,
+    buf: &std::cell::RefCell<Vec<u8>>,
+    held: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    future::poll_fn(|cx| {
+        let mut b = buf.borrow_mut();
+        match Pin::new(&mut *stream).poll_read(cx, &mut b[..]) {
+            Poll::Ready(Ok(n)) => {
+                held.extend_from_slice(&b[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    })
+    .await
 }
 
 enum Event {
@@ -242,10 +359,12 @@ enum Event {
 }
 
 async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, peer: SocketAddr) {
-    let mut out = Vec::with_capacity(1024);
+    let mut out = Vec::new();
     session.greet(&mut out);
-    let mut held: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut rbuf = vec![0u8; READ_CHUNK];
+    // Only what a read brought and the session has not used yet: empty
+    // (no allocation) while the connection is idle.
+    let mut held: Vec<u8> = Vec::new();
+    let write_timeout = state.admission.write_timeout;
     let mut shutdown_seen = false;
     let mut sender: Option<SenderCheck> = None;
     // iprev depends only on the client's address: asked once per connection.
@@ -253,6 +372,10 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
     loop {
         let mut start_tls = false;
         loop {
+            #[cfg(feature = "fault-injection")]
+            if held.starts_with(b"XFAULT PANIC\r\n") {
+                panic!("fault injection: XFAULT PANIC");
+            }
             let used = session.handle_input(&held, Instant::now(), &mut out);
             held.drain(..used);
             let mut progressed = false;
@@ -336,18 +459,34 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                     Action::Close => {}
                 }
             }
-            if !progressed || held.is_empty() || session.is_closed() {
+            if !progressed
+                || held.is_empty()
+                || session.is_closed()
+                || out.len() >= MAX_PENDING_REPLIES
+            {
                 break;
             }
         }
+        // Replies written early: pipelined commands are still held, to be
+        // answered before anything more is read.
+        let more = out.len() >= MAX_PENDING_REPLIES && !held.is_empty();
         if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
+            if !write_within(&mut stream, &out, write_timeout).await {
+                state.stats.borrow_mut().write_timeouts += 1;
+                tracing::info!(shard = state.id, client = %peer.ip(), pending = out.len(), timeout_s = write_timeout.as_secs(), "client closed: it did not take its replies within smtp_write_timeout");
                 break;
             }
-            out.clear();
+            if out.capacity() > 4096 {
+                out = Vec::new();
+            } else {
+                out.clear();
+            }
         }
         if session.is_closed() {
             break;
+        }
+        if more && !start_tls {
+            continue;
         }
         if start_tls {
             // Promise 4: whatever the client sent after STARTTLS in
@@ -365,8 +504,13 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                 None => return,
             }
         }
+        if held.is_empty() {
+            held = Vec::new();
+        } else if held.capacity() > 2 * held.len() + 1024 {
+            held.shrink_to_fit();
+        }
         let deadline = session.poll_timeout();
-        let read = async { Event::Read(stream.read(&mut rbuf).await) };
+        let read = async { Event::Read(read_some(&mut stream, &state.read_buf, &mut held).await) };
         let timer = async {
             match deadline {
                 Some(d) => {
@@ -385,7 +529,7 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
         };
         match future::or(read, future::or(timer, shutdown)).await {
             Event::Read(Ok(0)) | Event::Read(Err(_)) => break,
-            Event::Read(Ok(n)) => held.extend_from_slice(&rbuf[..n]),
+            Event::Read(Ok(_)) => {}
             Event::Timeout => session.handle_timeout(Instant::now(), &mut out),
             Event::Shutdown => {
                 shutdown_seen = true;

@@ -69,6 +69,16 @@ pub struct ShardStats {
     pub tls_handshake_failures: u64,
     /// Connection tasks that panicked (a bug) and were contained.
     pub connection_panics: u64,
+    /// Connections refused at connect, by reason (`per_ip`, `total`,
+    /// `rate`, `banned`, `pregreet`, `dnsbl`).
+    pub refused_by: BTreeMap<&'static str, u64>,
+    /// Rate-limit hits by limit (`connection`, `message`, `recipient`).
+    pub rate_limited: BTreeMap<&'static str, u64>,
+    /// Violations counted toward bans, by kind.
+    pub violations: BTreeMap<&'static str, u64>,
+    /// Connections closed because the client did not take its replies
+    /// within `smtp_write_timeout`.
+    pub write_timeouts: u64,
 }
 
 /// Upper bounds (µs) of [`LatencyHistogram`]'s buckets; a last, unbounded

@@ -39,6 +39,8 @@ pub struct Limits {
     pub data_block_timeout: Duration,
     /// Time allowed for one whole message body to arrive.
     pub data_total_timeout: Duration,
+    /// Time allowed for a whole session (`smtp_session_timeout`).
+    pub session_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +52,7 @@ impl Default for Limits {
             command_timeout: Duration::from_secs(300),
             data_block_timeout: Duration::from_secs(180),
             data_total_timeout: Duration::from_secs(600),
+            session_timeout: Duration::from_secs(600),
         }
     }
 }

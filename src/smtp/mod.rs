@@ -17,4 +17,6 @@ pub mod trace;
 
 pub use limits::Limits;
 pub use reply::Reply;
-pub use session::{Action, Completion, Session, SessionConfig, TlsInfo, Transaction};
+pub use session::{
+    Action, Completion, Gate, Misbehaviour, Session, SessionConfig, TlsInfo, Transaction,
+};

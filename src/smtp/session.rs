@@ -65,6 +65,38 @@ impl SessionConfig {
     }
 }
 
+/// The driver's admission policy, as the session sees it: per-client
+/// rates asked before MAIL and RCPT are accepted, and misbehaviour told.
+/// Pure decisions with `now` passed in; no IO.
+pub trait Gate {
+    /// MAIL FROM is about to be accepted: `Some(reply)` refuses it instead.
+    fn mail(&mut self, now: Instant) -> Option<Reply>;
+    /// RCPT TO (for one of our domains) is about to be accepted.
+    fn rcpt(&mut self, now: Instant) -> Option<Reply>;
+    /// The client did something that counts against it.
+    fn misbehaved(&mut self, what: Misbehaviour);
+}
+
+/// What a client did that its [`Gate`] is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// RCPT for a domain that is not ours.
+    Relay,
+    /// The session was closed for too many errors.
+    TooManyErrors,
+}
+
+struct GateBox(Box<dyn Gate>);
+
+impl std::fmt::Debug for GateBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
+/// How long a refused session ([`Session::refused`]) waits for QUIT.
+pub const REFUSED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A complete message and its envelope, handed to the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
@@ -180,12 +212,18 @@ pub struct Session {
     actions: VecDeque<Action>,
     /// When the current command line, data block or whole body is due.
     deadline: Instant,
+    /// When the whole session ends (`smtp_session_timeout`).
+    ends: Instant,
+    /// Set for a refused session: its greeting, and 503 to all but QUIT.
+    refusal: Option<Reply>,
+    gate: Option<GateBox>,
 }
 
 impl Session {
     /// A new session; call [`Session::greet`] next.
     pub fn new(cfg: Arc<SessionConfig>, now: Instant) -> Session {
         let deadline = now + cfg.limits.command_timeout;
+        let ends = now + cfg.limits.session_timeout;
         Session {
             cfg,
             state: State::Command,
@@ -195,11 +233,41 @@ impl Session {
             errors: 0,
             actions: VecDeque::new(),
             deadline,
+            ends,
+            refusal: None,
+            gate: None,
+        }
+    }
+
+    /// A session that refuses the client (a ban): [`Session::greet`] writes
+    /// `reply` instead of `220`, every command but QUIT gets `503` (RFC 5321
+    /// section 3.1), no message is read, and the session ends after QUIT or
+    /// [`REFUSED_TIMEOUT`].
+    pub fn refused(cfg: Arc<SessionConfig>, now: Instant, reply: Reply) -> Session {
+        let mut s = Session::new(cfg, now);
+        s.deadline = now + REFUSED_TIMEOUT;
+        s.ends = s.deadline;
+        s.refusal = Some(reply);
+        s
+    }
+
+    /// Sets the admission policy asked at MAIL and RCPT.
+    pub fn set_gate(&mut self, gate: Box<dyn Gate>) {
+        self.gate = Some(GateBox(gate));
+    }
+
+    fn misbehaved(&mut self, what: Misbehaviour) {
+        if let Some(g) = &mut self.gate {
+            g.0.misbehaved(what);
         }
     }
 
     /// Writes the `220` greeting.
     pub fn greet(&mut self, out: &mut Vec<u8>) {
+        if let Some(reply) = &self.refusal {
+            reply.write_to(out);
+            return;
+        }
         let greeting = Reply::new(220, "", format!("{} ESMTP gomail", self.cfg.hostname));
         greeting.write_to(out);
     }
@@ -246,14 +314,19 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Spooling | State::StartingTls | State::CheckingSender(_) | State::Closed => None,
-            _ => Some(self.deadline),
+            _ => Some(self.deadline.min(self.ends)),
         }
     }
 
-    /// Closes the session with a timeout reply if its deadline has passed.
+    /// Closes the session with a timeout reply if its deadline (or the
+    /// session's time limit) has passed.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<u8>) {
         if self.poll_timeout().is_some_and(|d| now >= d) {
-            Reply::TIMEOUT.write_to(out);
+            if now >= self.ends && self.refusal.is_none() {
+                Reply::SESSION_TIMEOUT.write_to(out);
+            } else {
+                Reply::TIMEOUT.write_to(out);
+            }
             self.close();
         }
     }
@@ -324,6 +397,10 @@ impl Session {
                     let line = &rest[..end];
                     if memchr::memchr2(b'\r', b'\n', line).is_some() {
                         self.reply(Reply::BARE_NEWLINE_COMMAND, out);
+                        continue;
+                    }
+                    if self.refusal.is_some() {
+                        self.refused_command(line, out);
                         continue;
                     }
                     self.deadline = now + self.cfg.limits.command_timeout;
@@ -413,6 +490,7 @@ impl Session {
             if self.errors >= self.cfg.limits.max_errors {
                 Reply::TOO_MANY_ERRORS.write_to(out);
                 self.close();
+                self.misbehaved(Misbehaviour::TooManyErrors);
             }
         }
     }

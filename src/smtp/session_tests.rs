@@ -584,3 +584,143 @@ fn random_scripts_keep_the_invariants() {
         );
     }
 }
+
+/// A gate that allows `mails` MAIL and `rcpts` RCPT commands, then refuses
+/// with 450, and records what it was told.
+struct Budget {
+    mails: u32,
+    rcpts: u32,
+    told: std::rc::Rc<std::cell::RefCell<Vec<Misbehaviour>>>,
+}
+
+impl Gate for Budget {
+    fn mail(&mut self, _now: Instant) -> Option<Reply> {
+        if self.mails == 0 {
+            return Some(Reply::new(450, "4.7.1", "mail rate"));
+        }
+        self.mails -= 1;
+        None
+    }
+    fn rcpt(&mut self, _now: Instant) -> Option<Reply> {
+        if self.rcpts == 0 {
+            return Some(Reply::new(450, "4.7.1", "rcpt rate"));
+        }
+        self.rcpts -= 1;
+        None
+    }
+    fn misbehaved(&mut self, what: Misbehaviour) {
+        self.told.borrow_mut().push(what);
+    }
+}
+
+fn gated(mails: u32, rcpts: u32) -> (Session, std::rc::Rc<std::cell::RefCell<Vec<Misbehaviour>>>) {
+    let told = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut s = Session::new(cfg(), Instant::now());
+    s.set_gate(Box::new(Budget {
+        mails,
+        rcpts,
+        told: told.clone(),
+    }));
+    (s, told)
+}
+
+fn feed(s: &mut Session, script: &[u8]) -> String {
+    let mut out = Vec::new();
+    let used = s.handle_input(script, Instant::now(), &mut out);
+    assert_eq!(used, script.len());
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn the_gate_refuses_mail_and_rcpt_past_their_rates() {
+    let (mut s, told) = gated(1, 2);
+    let r = feed(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<1@example.test>\r\nRCPT TO:<2@example.test>\r\n\
+          RCPT TO:<3@example.test>\r\nRSET\r\nMAIL FROM:<a@b.example>\r\n",
+    );
+    assert_eq!(
+        codes(&r),
+        ["250", "250", "250", "250", "450", "250", "450"],
+        "{r}"
+    );
+    // A duplicate recipient and a refused relay use no allowance; the
+    // relay attempt is told to the gate.
+    assert!(told.borrow().is_empty());
+    let (mut s, told) = gated(1, 1);
+    let r = feed(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@elsewhere.example>\r\nRCPT TO:<1@example.test>\r\nRCPT TO:<1@example.test>\r\n",
+    );
+    assert_eq!(codes(&r), ["250", "250", "550", "250", "250"], "{r}");
+    assert_eq!(*told.borrow(), [Misbehaviour::Relay]);
+}
+
+#[test]
+fn relay_attempts_and_error_closes_are_told_to_the_gate() {
+    let (mut s, told) = gated(10, 10);
+    feed(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@elsewhere.example>\r\n",
+    );
+    assert_eq!(*told.borrow(), [Misbehaviour::Relay]);
+    let script = b"BOGUS\r\n".repeat(Limits::default().max_errors as usize);
+    feed(&mut s, &script);
+    assert!(s.is_closed());
+    assert_eq!(
+        *told.borrow(),
+        [Misbehaviour::Relay, Misbehaviour::TooManyErrors]
+    );
+}
+
+#[test]
+fn a_refused_session_answers_503_until_quit_and_reads_no_message() {
+    let t0 = Instant::now();
+    let mut s = Session::refused(cfg(), t0, Reply::new(554, "5.7.1", "192.0.2.1 is banned"));
+    let mut out = Vec::new();
+    s.greet(&mut out);
+    assert_eq!(out, b"554 5.7.1 192.0.2.1 is banned\r\n");
+    let r = feed(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\nSubject: x\r\n\r\n.\r\nQUIT\r\n",
+    );
+    assert_eq!(
+        codes(&r),
+        ["503", "503", "503", "503", "503", "503", "503", "221"],
+        "{r}"
+    );
+    assert!(s.is_closed());
+    assert!(s.poll_action().is_some_and(|a| matches!(a, Action::Close)));
+    // Without QUIT it ends after REFUSED_TIMEOUT, whatever the client sends.
+    let mut s = Session::refused(cfg(), t0, Reply::new(554, "5.7.1", "banned"));
+    let mut out = Vec::new();
+    s.handle_input(b"NOOP\r\n", t0 + Duration::from_secs(9), &mut out);
+    assert_eq!(s.poll_timeout(), Some(t0 + REFUSED_TIMEOUT));
+    s.handle_timeout(t0 + REFUSED_TIMEOUT, &mut out);
+    assert!(s.is_closed());
+}
+
+#[test]
+fn a_session_ends_at_its_time_limit_however_busy() {
+    let t0 = Instant::now();
+    let cfg = Arc::new(SessionConfig {
+        limits: Limits {
+            session_timeout: Duration::from_secs(60),
+            ..cfg().limits.clone()
+        },
+        ..(*cfg()).clone()
+    });
+    let mut s = Session::new(cfg, t0);
+    let mut out = Vec::new();
+    for i in 0..59 {
+        s.handle_input(b"NOOP\r\n", t0 + Duration::from_secs(i), &mut out);
+    }
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    out.clear();
+    s.handle_timeout(t0 + Duration::from_secs(60), &mut out);
+    assert!(s.is_closed());
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "421 4.4.2 Error: session time limit exceeded, closing connection\r\n"
+    );
+}

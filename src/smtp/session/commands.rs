@@ -6,6 +6,16 @@ use std::time::Instant;
 use super::*;
 
 impl Session {
+    /// A refused session's answer: QUIT ends it, anything else is `503`.
+    pub(super) fn refused_command(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        if matches!(command::parse(line), Ok(Command::Quit)) {
+            Reply::BYE.write_to(out);
+            self.close();
+        } else {
+            self.reply(Reply::REFUSED_SESSION, out);
+        }
+    }
+
     pub(super) fn command(&mut self, line: &[u8], now: Instant, out: &mut Vec<u8>) {
         let cmd = match command::parse(line) {
             Ok(cmd) => cmd,
@@ -48,6 +58,8 @@ impl Session {
                 } else if params.require_tls && self.tls.is_none() {
                     // Not advertised without TLS (RFC 8689 section 4).
                     Reply::UNSUPPORTED_PARAM
+                } else if let Some(r) = self.gate.as_mut().and_then(|g| g.0.mail(now)) {
+                    r
                 } else {
                     let env = Envelope {
                         mail_from: path.address.to_string(),
@@ -77,7 +89,7 @@ impl Session {
                 self.reply(reply, out);
             }
             Command::Rcpt(path) => {
-                let reply = self.rcpt(path);
+                let reply = self.rcpt(path, now);
                 self.reply(reply, out);
             }
             Command::Data => {
@@ -149,7 +161,7 @@ impl Session {
         }
     }
 
-    fn rcpt(&mut self, path: command::Path<'_>) -> Reply {
+    fn rcpt(&mut self, path: command::Path<'_>, now: Instant) -> Reply {
         if self.helo.is_none() {
             return Reply::NEED_EHLO;
         }
@@ -169,6 +181,7 @@ impl Session {
         } else if self.cfg.accepts(path.domain) {
             path.address.to_string()
         } else {
+            self.misbehaved(Misbehaviour::Relay);
             return Reply::RELAY_DENIED;
         };
         if env
@@ -181,6 +194,12 @@ impl Session {
         if env.recipients.len() >= self.cfg.limits.max_recipients {
             return Reply::TOO_MANY_RECIPIENTS;
         }
+        if let Some(r) = self.gate.as_mut().and_then(|g| g.0.rcpt(now)) {
+            return r;
+        }
+        let Some(env) = self.envelope.as_mut() else {
+            return Reply::NEED_MAIL;
+        };
         env.recipients.push(address);
         Reply::RECIPIENT_OK
     }

@@ -1,0 +1,268 @@
+//! The ban service: one thread that owns the [`BanBook`], takes violation
+//! reports from the shards, persists bans in `data_dir/bans.json` and
+//! publishes every change as a new [`BanList`] snapshot.
+//!
+//! Shards never wait on it: a report is a `try_send` on a bounded channel
+//! (a full channel drops the report and counts it), and a shard reads the
+//! ban list once per connection from its snapshot. A manual ban is
+//! published before the API call returns, so the next connection on any
+//! shard sees it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shards::Snapshot;
+
+use super::bans::{Ban, BanBook, BanList, Policy};
+use super::{Cidr, Violation};
+
+/// Reports waiting for the service before shards start dropping them.
+const REPORT_QUEUE: usize = 16 * 1024;
+
+/// The longest the service sleeps between expiry checks.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A shard's report of one violation.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    /// The client key (see `client_key`).
+    pub key: IpAddr,
+    /// What it did.
+    pub kind: Violation,
+    /// The shard that saw it.
+    pub shard: usize,
+}
+
+/// Why the ban file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BanError {
+    /// Reading or writing `data_dir/bans.json` failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+struct Inner {
+    book: Mutex<BanBook>,
+    list: Snapshot<BanList>,
+    policy: Policy,
+    path: PathBuf,
+    /// Bans made, by source (auto, manual).
+    made: [AtomicU64; 2],
+    /// Reports dropped because the queue was full.
+    dropped: AtomicU64,
+}
+
+/// The ban service's handle: shards report through [`Bans::reporter`],
+/// the control plane bans and lists through it.
+#[derive(Clone)]
+pub struct Bans {
+    inner: Arc<Inner>,
+}
+
+/// A shard's end of the report channel.
+#[derive(Clone)]
+pub struct Reporter {
+    tx: SyncSender<Report>,
+    inner: Arc<Inner>,
+}
+
+impl Reporter {
+    /// Reports a violation; never waits.
+    pub fn report(&self, r: Report) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(r) {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl Bans {
+    /// Loads `data_dir/bans.json` (a damaged file is set aside and
+    /// reported, and the service starts with no bans) and starts the thread.
+    /// Returns the handle and the reporter the shards clone.
+    pub fn start(data_dir: &Path, policy: Policy) -> Result<(Bans, Reporter), BanError> {
+        let path = data_dir.join("bans.json");
+        let now = now_ms();
+        let saved = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<Ban>>(&bytes) {
+                Ok(bans) => bans,
+                Err(e) => {
+                    let aside = path.with_extension(format!("json.damaged-{}", now / 1000));
+                    let _ = std::fs::rename(&path, &aside);
+                    tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %e, "the ban file is damaged; it was set aside and gomail starts with no bans");
+                    Vec::new()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(BanError::Io {
+                    op: "read",
+                    path,
+                    source,
+                })
+            }
+        };
+        let book = BanBook::with_bans(saved, now);
+        if !book.is_empty() {
+            tracing::info!(bans = book.len(), path = %path.display(), "bans restored");
+        }
+        let inner = Arc::new(Inner {
+            list: Snapshot::new(book.snapshot()),
+            book: Mutex::new(book),
+            policy,
+            path,
+            made: [AtomicU64::new(0), AtomicU64::new(0)],
+            dropped: AtomicU64::new(0),
+        });
+        let (tx, rx) = std::sync::mpsc::sync_channel(REPORT_QUEUE);
+        let worker = inner.clone();
+        std::thread::Builder::new()
+            .name("bans".into())
+            .spawn(move || run(&worker, &rx))
+            .map_err(|source| BanError::Io {
+                op: "start the ban thread for",
+                path: inner.path.clone(),
+                source,
+            })?;
+        let reporter = Reporter {
+            tx,
+            inner: inner.clone(),
+        };
+        Ok((Bans { inner }, reporter))
+    }
+
+    /// The snapshot shards read.
+    pub fn list(&self) -> Snapshot<BanList> {
+        self.inner.list.clone()
+    }
+
+    /// Bans `net` by hand for `duration` (persisted, then published).
+    pub fn ban(&self, net: Cidr, duration: Duration, reason: String) -> Result<Ban, BanError> {
+        let mut book = self.inner.book.lock().expect("ban book");
+        let ban = book.ban(net, duration, reason, now_ms());
+        self.inner.commit(&book)?;
+        drop(book);
+        self.inner.made[1].fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(event = "ip_banned", ip = %ban.net, reason = %ban.reason, source = "manual", expires = %rfc3339(ban.expires_ms), "client banned by an operator");
+        Ok(ban)
+    }
+
+    /// Lifts the ban of exactly `net`; `None` when there was none.
+    pub fn unban(&self, net: Cidr) -> Result<Option<Ban>, BanError> {
+        let mut book = self.inner.book.lock().expect("ban book");
+        let Some(ban) = book.unban(net) else {
+            return Ok(None);
+        };
+        self.inner.commit(&book)?;
+        drop(book);
+        tracing::warn!(event = "ip_unbanned", ip = %ban.net, reason = %ban.reason, "ban lifted by an operator");
+        Ok(Some(ban))
+    }
+
+    /// The bans in force, by block.
+    pub fn bans(&self) -> Vec<Ban> {
+        let now = now_ms();
+        let book = self.inner.book.lock().expect("ban book");
+        book.bans().filter(|b| b.active(now)).cloned().collect()
+    }
+
+    /// Bans in force now, and bans made since start by source
+    /// (auto, manual), for `/metrics`.
+    pub fn counts(&self) -> (u64, [u64; 2]) {
+        let active = self.bans().len() as u64;
+        let made = [
+            self.inner.made[0].load(Ordering::Relaxed),
+            self.inner.made[1].load(Ordering::Relaxed),
+        ];
+        (active, made)
+    }
+
+    /// The configured `ban_duration`.
+    pub fn default_duration(&self) -> Duration {
+        self.inner.policy.duration
+    }
+}
+
+impl Inner {
+    /// Writes the bans durably, then publishes them.
+    fn commit(&self, book: &BanBook) -> Result<(), BanError> {
+        let bans: Vec<&Ban> = book.bans().collect();
+        let json = serde_json::to_vec_pretty(&bans).expect("bans serialize");
+        let err = |source| BanError::Io {
+            op: "write",
+            path: self.path.clone(),
+            source,
+        };
+        crate::fsutil::replace_file(&self.path, &json, 0o600).map_err(err)?;
+        if let Some(dir) = self.path.parent() {
+            crate::fsutil::sync_dir(dir).map_err(err)?;
+        }
+        self.list.store(book.snapshot());
+        Ok(())
+    }
+}
+
+fn run(inner: &Inner, rx: &Receiver<Report>) {
+    loop {
+        let wait = {
+            let book = inner.book.lock().expect("ban book");
+            book.next_expiry()
+                .map(|e| Duration::from_millis((e - now_ms()).clamp(0, TICK.as_millis() as i64) as u64))
+                .unwrap_or(TICK)
+        };
+        match rx.recv_timeout(wait) {
+            Ok(r) => {
+                let mut book = inner.book.lock().expect("ban book");
+                if let Some(ban) =
+                    book.violation(r.key, r.kind, &inner.policy, Instant::now(), now_ms())
+                {
+                    // Published even when the write fails: the ban holds
+                    // for this run, and the error says it will not last.
+                    if let Err(e) = inner.commit(&book) {
+                        inner.list.store(book.snapshot());
+                        tracing::error!(error = %e, "ban not saved; it holds until gomail restarts");
+                    }
+                    drop(book);
+                    inner.made[0].fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(event = "ip_banned", ip = %ban.net, reason = %ban.reason, count = ban.count, shard = r.shard, source = "auto", expires = %rfc3339(ban.expires_ms), "client banned automatically");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let mut book = inner.book.lock().expect("ban book");
+        let ended = book.expire(now_ms());
+        if ended.is_empty() {
+            continue;
+        }
+        if let Err(e) = inner.commit(&book) {
+            inner.list.store(book.snapshot());
+            tracing::error!(error = %e, "expired bans not saved");
+        }
+        drop(book);
+        for b in ended {
+            tracing::info!(event = "ban_expired", ip = %b.net, reason = %b.reason, source = b.source.as_str(), "ban expired");
+        }
+    }
+}
