@@ -36,4 +36,7 @@ if [[ $memlock != unlimited ]] && ((memlock < 512)); then
     ulimit -l 8192 || { echo "scripts/test.sh: ulimit -l is ${memlock} KiB; gomail needs >= 512 (raise it)" >&2; exit 1; }
 fi
 
-exec cargo test --workspace "$@"
+# fault-injection compiles the test-only faults (a command that panics a
+# connection's task) into the binary the integration tests run; release
+# builds never have it.
+exec cargo test --workspace --features fault-injection "$@"

@@ -380,8 +380,9 @@ fn queue(action: QueueCmd) -> anyhow::Result<()> {
             if s.all {
                 body["all"] = serde_json::Value::Bool(true);
             }
-            let (status, answer) = api_request(addr, "POST", "/queue/retry", &token, &body.to_string())
-                .with_context(|| format!("is gomail running? (API {addr})"))?;
+            let (status, answer) =
+                api_request(addr, "POST", "/queue/retry", &token, &body.to_string())
+                    .with_context(|| format!("is gomail running? (API {addr})"))?;
             if status != 200 {
                 anyhow::bail!("the server answered {status}: {answer}");
             }
@@ -416,9 +417,9 @@ fn api_request(
 
 /// The running server's API address and token, from the configuration.
 fn api_of(c: &Config, what: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
-    let token = c
-        .text("bearer_token")
-        .with_context(|| format!("bearer_token must be set: {what} goes through the running server's API"))?;
+    let token = c.text("bearer_token").with_context(|| {
+        format!("bearer_token must be set: {what} goes through the running server's API")
+    })?;
     let mut addr = c.api_listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -427,7 +428,13 @@ fn api_of(c: &Config, what: &str) -> anyhow::Result<(std::net::SocketAddr, Strin
 }
 
 /// One API call; the answer's JSON on success, the server's error otherwise.
-fn api_call(c: &Config, what: &str, method: &str, path: &str, body: &str) -> anyhow::Result<serde_json::Value> {
+fn api_call(
+    c: &Config,
+    what: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
     let (addr, token) = api_of(c, what)?;
     let (status, answer) = api_request(addr, method, path, &token, body)
         .with_context(|| format!("is gomail running? (API {addr})"))?;
@@ -438,7 +445,8 @@ fn api_call(c: &Config, what: &str, method: &str, path: &str, body: &str) -> any
             None => anyhow::bail!("the server answered {status}: {answer}"),
         }
     }
-    serde_json::from_str(&answer).with_context(|| format!("the server's answer is not JSON: {answer}"))
+    serde_json::from_str(&answer)
+        .with_context(|| format!("the server's answer is not JSON: {answer}"))
 }
 
 fn security(action: SecurityCmd) -> anyhow::Result<()> {
@@ -474,7 +482,13 @@ fn security(action: SecurityCmd) -> anyhow::Result<()> {
             cfg,
         } => {
             let body = serde_json::json!({ "ip": ip, "duration": duration, "reason": reason });
-            let v = api_call(&load(&cfg)?, "ban", "POST", "/api/v1/bans", &body.to_string())?;
+            let v = api_call(
+                &load(&cfg)?,
+                "ban",
+                "POST",
+                "/api/v1/bans",
+                &body.to_string(),
+            )?;
             println!("banned {}", line(&v["ban"]));
             Ok(())
         }

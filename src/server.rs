@@ -200,19 +200,22 @@ impl Server {
         let count = cfg.shards;
         // Every shard's listeners, bound here in shard order so that the
         // steering program's index is the shard's id (shards::steer).
-        let mut per_shard: Vec<Vec<(socket2::Socket, bool)>> =
-            (0..count).map(|_| Vec::new()).collect();
+        let mut per_shard: Vec<ShardListeners> = (0..count).map(|_| Vec::new()).collect();
         for (addr, implicit) in plain
             .iter()
             .map(|a| (*a, false))
             .chain(implicit.iter().map(|a| (*a, true)))
         {
-            for (i, sock) in shards::steer::bind_group(addr, count)?.into_iter().enumerate() {
+            for (i, sock) in shards::steer::bind_group(addr, count)?
+                .into_iter()
+                .enumerate()
+            {
                 per_shard[i].push((sock, implicit));
             }
         }
-        let listeners: Arc<std::sync::Mutex<Vec<Option<Vec<(socket2::Socket, bool)>>>>> =
-            Arc::new(std::sync::Mutex::new(per_shard.into_iter().map(Some).collect()));
+        let listeners: Arc<std::sync::Mutex<Vec<Option<ShardListeners>>>> = Arc::new(
+            std::sync::Mutex::new(per_shard.into_iter().map(Some).collect()),
+        );
         let admission = Arc::new(AdmissionSettings::from_config(cfg));
         let (bans, reporter) = Bans::start(
             &cfg.data_dir,
@@ -429,13 +432,15 @@ fn lock_data_dir(dir: &Path) -> Result<File, ServerError> {
     Ok(file)
 }
 
+/// A shard's listening sockets, and whether each is implicit TLS.
+type ShardListeners = Vec<(socket2::Socket, bool)>;
+
 /// What a shard needs to start.
 struct ShardSetup {
     session: Arc<SessionConfig>,
     hostname: String,
     data_dir: PathBuf,
-    /// This shard's listeners, and whether each is implicit TLS.
-    listen: Vec<(socket2::Socket, bool)>,
+    listen: ShardListeners,
     max_backlog: u64,
     admission: Arc<AdmissionSettings>,
     reporter: Reporter,

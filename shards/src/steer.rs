@@ -25,7 +25,7 @@ const SKF_NET_OFF: i32 = -0x100000;
 const MIX: u32 = 0x9E37_79B1;
 
 // Classic BPF opcodes (linux/filter.h).
-const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20)
 const TAX: u16 = 0x07; // BPF_MISC | BPF_TAX
 const XOR_X: u16 = 0x04 | 0xa0 | 0x08; // BPF_ALU | BPF_XOR | BPF_X
 const MUL_K: u16 = 0x04 | 0x20; // BPF_ALU | BPF_MUL | BPF_K
@@ -49,7 +49,12 @@ fn program(ipv6: bool, shards: usize) -> Vec<libc::sock_filter> {
     let at = |off: i32| (SKF_NET_OFF + off) as u32;
     let mut p = if ipv6 {
         // The source address starts at offset 8 of the IPv6 header.
-        vec![op(LD_W_ABS, at(8)), op(TAX, 0), op(LD_W_ABS, at(12)), op(XOR_X, 0)]
+        vec![
+            op(LD_W_ABS, at(8)),
+            op(TAX, 0),
+            op(LD_W_ABS, at(12)),
+            op(XOR_X, 0),
+        ]
     } else {
         // ... and at offset 12 of the IPv4 header.
         vec![op(LD_W_ABS, at(12))]
@@ -116,7 +121,9 @@ pub fn bind_group(addr: SocketAddr, shards: usize) -> Result<Vec<socket2::Socket
             addr,
             source: io::Error::new(
                 e.kind(),
-                format!("cannot steer connections by client address (SO_ATTACH_REUSEPORT_CBPF): {e}"),
+                format!(
+                    "cannot steer connections by client address (SO_ATTACH_REUSEPORT_CBPF): {e}"
+                ),
             ),
         })?;
     }

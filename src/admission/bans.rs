@@ -272,8 +272,12 @@ mod tests {
         let mut book = BanBook::default();
         let t0 = Instant::now();
         let key = ip("192.0.2.1");
-        assert!(book.violation(key, Violation::Relay, &POLICY, t0, 0).is_none());
-        assert!(book.violation(key, Violation::Relay, &POLICY, t0, 0).is_none());
+        assert!(book
+            .violation(key, Violation::Relay, &POLICY, t0, 0)
+            .is_none());
+        assert!(book
+            .violation(key, Violation::Relay, &POLICY, t0, 0)
+            .is_none());
         let ban = book
             .violation(key, Violation::Limit, &POLICY, t0, 1_000)
             .expect("the third violation bans");
@@ -294,7 +298,9 @@ mod tests {
         book.violation(key, Violation::Relay, &POLICY, t0, 0);
         book.violation(key, Violation::Relay, &POLICY, t0, 0);
         let later = t0 + Duration::from_secs(601);
-        assert!(book.violation(key, Violation::Relay, &POLICY, later, 0).is_none());
+        assert!(book
+            .violation(key, Violation::Relay, &POLICY, later, 0)
+            .is_none());
     }
 
     #[test]
@@ -314,7 +320,10 @@ mod tests {
         let list = book.snapshot();
         assert!(list.find(ip("2001:db8:1:2:ffff::1"), 1).is_some());
         assert!(list.find(ip("2001:db8:1:3::1"), 1).is_none());
-        assert_eq!(list.find(ip("198.51.100.77"), 1).unwrap().reason, "spam run");
+        assert_eq!(
+            list.find(ip("198.51.100.77"), 1).unwrap().reason,
+            "spam run"
+        );
         assert!(book.unban("198.51.100.0/24".parse().unwrap()).is_some());
         assert!(book.snapshot().find(ip("198.51.100.77"), 1).is_none());
     }
@@ -322,8 +331,18 @@ mod tests {
     #[test]
     fn expiry_removes_bans_and_a_restart_keeps_the_rest() {
         let mut book = BanBook::default();
-        book.ban("192.0.2.1".parse().unwrap(), Duration::from_secs(1), "a".into(), 0);
-        book.ban("192.0.2.2".parse().unwrap(), Duration::from_secs(9), "b".into(), 0);
+        book.ban(
+            "192.0.2.1".parse().unwrap(),
+            Duration::from_secs(1),
+            "a".into(),
+            0,
+        );
+        book.ban(
+            "192.0.2.2".parse().unwrap(),
+            Duration::from_secs(9),
+            "b".into(),
+            0,
+        );
         assert_eq!(book.next_expiry(), Some(1_000));
         let ended = book.expire(1_000);
         assert_eq!(ended.len(), 1);
@@ -345,6 +364,8 @@ mod tests {
             book.violation(key, Violation::Relay, &POLICY, t0, 0);
         }
         book.unban(Cidr::of_key(key)).unwrap();
-        assert!(book.violation(key, Violation::Relay, &POLICY, t0, 0).is_none());
+        assert!(book
+            .violation(key, Violation::Relay, &POLICY, t0, 0)
+            .is_none());
     }
 }

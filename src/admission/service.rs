@@ -228,7 +228,9 @@ fn run(inner: &Inner, rx: &Receiver<Report>) {
         let wait = {
             let book = inner.book.lock().expect("ban book");
             book.next_expiry()
-                .map(|e| Duration::from_millis((e - now_ms()).clamp(0, TICK.as_millis() as i64) as u64))
+                .map(|e| {
+                    Duration::from_millis((e - now_ms()).clamp(0, TICK.as_millis() as i64) as u64)
+                })
                 .unwrap_or(TICK)
         };
         match rx.recv_timeout(wait) {

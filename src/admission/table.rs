@@ -75,7 +75,10 @@ struct Entry {
 
 impl Entry {
     fn idle(&self, now: Instant) -> bool {
-        self.active == 0 && [self.conn, self.msg, self.rcpt].iter().all(|t| t.is_none_or(|t| t <= now))
+        self.active == 0
+            && [self.conn, self.msg, self.rcpt]
+                .iter()
+                .all(|t| t.is_none_or(|t| t <= now))
     }
 }
 
@@ -233,7 +236,10 @@ mod tests {
         }
         assert_eq!(t.connect(A, t0), Err(Refusal::Rate));
         // One more every window / limit = 12 s.
-        assert_eq!(t.connect(A, t0 + Duration::from_secs(11)), Err(Refusal::Rate));
+        assert_eq!(
+            t.connect(A, t0 + Duration::from_secs(11)),
+            Err(Refusal::Rate)
+        );
         assert_eq!(t.connect(A, t0 + Duration::from_secs(12)), Ok(()));
         t.disconnect(A, t0 + Duration::from_secs(12));
         // A whole quiet window later: a full burst again, and nothing held.
@@ -266,7 +272,10 @@ mod tests {
         for i in 0..MAX_ENTRIES as u32 {
             t.connect(IpAddr::V4(i.into()), now).unwrap();
         }
-        assert_eq!(t.connect(IpAddr::V4(u32::MAX.into()), now), Err(Refusal::Total));
+        assert_eq!(
+            t.connect(IpAddr::V4(u32::MAX.into()), now),
+            Err(Refusal::Total)
+        );
         t.disconnect(IpAddr::V4(0.into()), now);
         assert_eq!(t.connect(IpAddr::V4(u32::MAX.into()), now), Ok(()));
     }

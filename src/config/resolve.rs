@@ -211,7 +211,12 @@ pub(super) fn resolve(
             .0
             .push(n.parse().map_err(|e| invalid("trusted_networks", e))?);
     }
-    for k in ["smtp_rate_window", "ban_window", "smtp_write_timeout", "smtp_session_timeout"] {
+    for k in [
+        "smtp_rate_window",
+        "ban_window",
+        "smtp_write_timeout",
+        "smtp_session_timeout",
+    ] {
         if keys::parse_duration(&get(k)).is_some_and(|d| d.is_zero()) {
             return Err(invalid(k, "must be longer than 0s".into()));
         }

@@ -60,7 +60,10 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<By
                 Err(e) => return invalid(&e),
             };
             match ctx.bans.unban(net) {
-                Ok(Some(b)) => json(StatusCode::OK, serde_json::json!({ "unbanned": ban_json(&b) })),
+                Ok(Some(b)) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "unbanned": ban_json(&b) }),
+                ),
                 Ok(None) => error(
                     StatusCode::NOT_FOUND,
                     "not_found",
@@ -80,7 +83,7 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<By
 async fn add(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
     let v = match json_body(req).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(ip) = v["ip"].as_str() else {
         return invalid("`ip`: expected an address or CIDR block, e.g. \"192.0.2.7\"");
@@ -118,7 +121,10 @@ async fn add(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
         _ => return invalid("`reason`: expected a text of at most 512 bytes"),
     };
     match ctx.bans.ban(net, duration, reason) {
-        Ok(b) => json(StatusCode::CREATED, serde_json::json!({ "ban": ban_json(&b) })),
+        Ok(b) => json(
+            StatusCode::CREATED,
+            serde_json::json!({ "ban": ban_json(&b) }),
+        ),
         Err(e) => failed(e),
     }
 }

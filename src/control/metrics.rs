@@ -347,9 +347,20 @@ mod tests {
         s.tls_by_suite
             .insert("TLSv1.3 TLS13_AES_128_GCM_SHA256".into(), 2);
         s.refused_by.insert("per_ip", 4);
-        let text = render(&[s], 5, BanCounts { active: 2, made: [3, 1] });
-        assert!(text.contains("gomail_connections_refused_total{shard=\"1\",reason=\"per_ip\"} 4\n"));
-        assert!(text.contains("gomail_connections_refused_total{shard=\"1\",reason=\"banned\"} 0\n"));
+        let text = render(
+            &[s],
+            5,
+            BanCounts {
+                active: 2,
+                made: [3, 1],
+            },
+        );
+        assert!(
+            text.contains("gomail_connections_refused_total{shard=\"1\",reason=\"per_ip\"} 4\n")
+        );
+        assert!(
+            text.contains("gomail_connections_refused_total{shard=\"1\",reason=\"banned\"} 0\n")
+        );
         assert!(text.contains("gomail_bans_active 2\n"));
         assert!(text.contains("gomail_bans_total{source=\"manual\"} 1\n"));
         assert!(text.contains("gomail_messages_accepted_total{shard=\"1\"} 3\n"));

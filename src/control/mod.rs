@@ -187,10 +187,11 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response<Full<Bytes>>
     )
 }
 
-/// Checks `Authorization: Bearer <bearer_token>`; the refusal otherwise.
-fn authorize(req: &Request<Incoming>, ctx: &Ctx) -> Result<(), Response<Full<Bytes>>> {
+/// Checks `Authorization: Bearer <bearer_token>`; `Some(refusal)` when
+/// the request may not go on.
+fn refuse_unauthorized(req: &Request<Incoming>, ctx: &Ctx) -> Option<Response<Full<Bytes>>> {
     let Some(token) = ctx.cfg.bearer_token.as_deref() else {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "forbidden",
             "set bearer_token to use the API",
@@ -206,45 +207,47 @@ fn authorize(req: &Request<Incoming>, ctx: &Ctx) -> Result<(), Response<Full<Byt
     if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), token.as_bytes())
         .is_err()
     {
-        return Err(error(
+        return Some(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "Invalid or missing bearer token",
         ));
     }
-    Ok(())
+    None
 }
 
 /// Reads a JSON request body of at most 64 KiB.
-async fn json_body(req: Request<Incoming>) -> Result<serde_json::Value, Response<Full<Bytes>>> {
+async fn json_body(
+    req: Request<Incoming>,
+) -> Result<serde_json::Value, Box<Response<Full<Bytes>>>> {
     use http_body_util::BodyExt;
     let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
     else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             "request body over 64 KiB",
-        ));
+        )));
     };
     serde_json::from_slice(&body.to_bytes()).map_err(|e| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             "validation_error",
             &format!("body is not JSON: {e}"),
-        )
+        ))
     })
 }
 
 /// `POST /queue/retry`: re-drive dead letters by id or time range.
 async fn queue_retry(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
-    if let Err(r) = authorize(&req, ctx) {
+    if let Some(r) = refuse_unauthorized(&req, ctx) {
         return r;
     }
     let v = match json_body(req).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let time = |k: &str| -> Result<Option<i64>, String> {
         match &v[k] {
@@ -297,7 +300,7 @@ async fn queue_retry(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>>
 async fn route(req: Request<Incoming>, ctx: &Ctx, metrics_only: bool) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if !metrics_only && (path == "/api/v1/bans" || path.starts_with("/api/v1/bans/")) {
-        if let Err(r) = authorize(&req, ctx) {
+        if let Some(r) = refuse_unauthorized(&req, ctx) {
             return r;
         }
         return bans::route(req, ctx).await;

@@ -181,7 +181,11 @@ pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, im
 
 /// Writes `bytes` unless the client takes longer than `timeout` to take
 /// them; false when it did not (or the connection failed).
-async fn write_within<W: AsyncWrite + Unpin>(stream: &mut W, bytes: &[u8], timeout: Duration) -> bool {
+async fn write_within<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    bytes: &[u8],
+    timeout: Duration,
+) -> bool {
     future::or(async { stream.write_all(bytes).await.is_ok() }, async {
         glommio::timer::sleep(timeout).await;
         false
@@ -259,7 +263,11 @@ async fn connection(
     };
     if pregreet {
         admit::refused(st, "pregreet");
-        admit::violation(st, crate::admission::client_key(ip), crate::admission::Violation::Pregreet);
+        admit::violation(
+            st,
+            crate::admission::client_key(ip),
+            crate::admission::Violation::Pregreet,
+        );
         tracing::info!(shard = st.id, client = %ip, wait_ms = wait.as_millis() as u64, "client refused: it sent data before the greeting");
         let mut out = Vec::new();
         Reply::pregreet(ip).write_to(&mut out);
@@ -273,7 +281,11 @@ async fn connection(
     } {
         st.stats.borrow_mut().connections_blocked += 1;
         admit::refused(st, "dnsbl");
-        admit::violation(st, crate::admission::client_key(ip), crate::admission::Violation::Dnsbl);
+        admit::violation(
+            st,
+            crate::admission::client_key(ip),
+            crate::admission::Violation::Dnsbl,
+        );
         tracing::info!(shard = st.id, client = %peer.ip(), zones = %zones.join(","), "client refused: listed by DNS blocklists");
         if !implicit_tls {
             let mut out = Vec::new();

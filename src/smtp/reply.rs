@@ -64,15 +64,27 @@ impl Reply {
     }
     /// Over `smtp_connection_rate_limit`.
     pub fn connection_rate(ip: std::net::IpAddr) -> Reply {
-        Reply::new(421, "4.7.0", format!("Error: too many connections from {ip}, try again later"))
+        Reply::new(
+            421,
+            "4.7.0",
+            format!("Error: too many connections from {ip}, try again later"),
+        )
     }
     /// Over `smtp_message_rate_limit`, at MAIL (Postfix anvil's wording).
     pub fn message_rate(ip: std::net::IpAddr) -> Reply {
-        Reply::new(450, "4.7.1", format!("Error: too much mail from {ip}, try again later"))
+        Reply::new(
+            450,
+            "4.7.1",
+            format!("Error: too much mail from {ip}, try again later"),
+        )
     }
     /// Over `smtp_recipient_rate_limit`, at RCPT.
     pub fn recipient_rate(ip: std::net::IpAddr) -> Reply {
-        Reply::new(450, "4.7.1", format!("Error: too many recipients from {ip}, try again later"))
+        Reply::new(
+            450,
+            "4.7.1",
+            format!("Error: too many recipients from {ip}, try again later"),
+        )
     }
     /// Instead of the greeting, for a banned client.
     pub fn banned(ip: std::net::IpAddr) -> Reply {
@@ -80,7 +92,11 @@ impl Reply {
     }
     /// The client spoke before the greeting (`pregreet_wait`).
     pub fn pregreet(ip: std::net::IpAddr) -> Reply {
-        Reply::new(554, "5.5.1", format!("Error: {ip} sent data before the greeting"))
+        Reply::new(
+            554,
+            "5.5.1",
+            format!("Error: {ip} sent data before the greeting"),
+        )
     }
 
     // --- 2xx -----------------------------------------------------------------
@@ -133,8 +149,7 @@ impl Reply {
     pub const TOO_MANY_CONNECTIONS_TOTAL: Reply =
         r(421, "4.3.2", "Error: too many connections, try again later");
     /// A refused (banned) session: anything but QUIT (RFC 5321 section 3.1).
-    pub const REFUSED_SESSION: Reply =
-        r(503, "5.5.1", "Error: this session is refused; send QUIT");
+    pub const REFUSED_SESSION: Reply = r(503, "5.5.1", "Error: this session is refused; send QUIT");
     /// The server is shutting down.
     pub const SHUTTING_DOWN: Reply = r(421, "4.3.2", "Service shutting down, closing connection");
     /// A BDAT command without a usable size: its chunk cannot be skipped.

@@ -449,3 +449,17 @@ pub(crate) fn wait_until(within: Duration, what: &str, mut ok: impl FnMut() -> b
 pub(crate) fn metric(g: &Gomail, name: &str) -> f64 {
     sum(&http(g.api, "GET", "/metrics").2, &format!("{name}{{"))
 }
+
+/// A metric's value on the lines carrying `label` (e.g. `reason="per_ip"`;
+/// empty for all), summed over shards; unlabelled metrics too.
+pub(crate) fn metric_where(g: &Gomail, name: &str, label: &str) -> f64 {
+    http(g.api, "GET", "/metrics")
+        .2
+        .lines()
+        .filter(|l| {
+            (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                && l.contains(label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,5 +1,6 @@
 pub(crate) mod harness;
 
+mod admission;
 mod auth;
 mod dns;
 mod dns_relay;

@@ -21,7 +21,11 @@ fn first_line(addr: std::net::SocketAddr, src: &str) -> String {
 #[test]
 fn dns_blocklists_refuse_listed_clients_at_connect() {
     let w = world();
-    let g = w.gomail("dnsbl: [\"bl.test*2\", \"allow.test*-5\"]\ndnsbl_threshold: 2\n");
+    let g = w.gomail(
+        // Loopback is trusted by default, and trusted clients skip the
+        // blocklists (as Postfix's postscreen permits mynetworks).
+        "trusted_networks: []\nban_threshold: 0\ndnsbl: [\"bl.test*2\", \"allow.test*-5\"]\ndnsbl_threshold: 2\n",
+    );
     assert_eq!(
         first_line(g.addr, "127.0.0.2"),
         "554 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test\r\n"
@@ -34,13 +38,22 @@ fn dns_blocklists_refuse_listed_clients_at_connect() {
         first_line(g.addr, "127.0.0.3").starts_with("220 "),
         "allow-listed"
     );
+    use crate::it::harness::metric_where;
+    assert_eq!(
+        metric_where(&g, "gomail_connections_refused_total", "reason=\"dnsbl\""),
+        1.0
+    );
+    assert_eq!(
+        metric_where(&g, "gomail_violations_total", "kind=\"dnsbl\""),
+        1.0
+    );
 }
 
 #[test]
 fn a_blocklist_that_never_answers_costs_at_most_the_deadline() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let g = Gomail::start(&format!(
-        "dns_servers: [\"{}\"]\ndns_timeout: 20s\ndnsbl: [\"bl.test\"]\ndnsbl_timeout: 1s\nspf_enabled: false\ndkim_enabled: false\ndmarc_enabled: false\n",
+        "trusted_networks: []\ndns_servers: [\"{}\"]\ndns_timeout: 20s\ndnsbl: [\"bl.test\"]\ndnsbl_timeout: 1s\nspf_enabled: false\ndkim_enabled: false\ndmarc_enabled: false\n",
         silent.local_addr().unwrap()
     ));
     let t0 = std::time::Instant::now();
@@ -61,7 +74,7 @@ fn a_quiet_blocklist_does_not_hide_the_answer_of_another() {
     // comes first: asked in turn, it would use up the whole deadline.
     let relay = relay(w.dns.addr, "silent.test", Fault::Silent);
     let g = Gomail::start(&format!(
-        "dns_servers: [\"{}\"]\ndns_timeout: 20s\ndnsbl: [\"silent.test*2\", \"bl.test*2\"]\ndnsbl_threshold: 2\ndnsbl_timeout: 8s\nspf_enabled: false\ndkim_enabled: false\ndmarc_enabled: false\n",
+        "trusted_networks: []\ndns_servers: [\"{}\"]\ndns_timeout: 20s\ndnsbl: [\"silent.test*2\", \"bl.test*2\"]\ndnsbl_threshold: 2\ndnsbl_timeout: 8s\nspf_enabled: false\ndkim_enabled: false\ndmarc_enabled: false\n",
         relay.addr
     ));
     let t0 = std::time::Instant::now();
