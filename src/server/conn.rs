@@ -249,7 +249,7 @@ async fn connection(
             return;
         }
         let session = Session::refused(st.session.clone(), Instant::now(), reply);
-        serve(st, Conn::Plain(stream), session, peer).await;
+        Box::pin(serve(st, Conn::Plain(stream), session, peer)).await;
         return;
     }
     let wait = st.admission.pregreet_wait;
@@ -276,7 +276,7 @@ async fn connection(
         return;
     }
     if let Some(zones) = match &st.auth {
-        Some(auth) if !admitted.trusted() => auth.dnsbl(peer.ip()).await,
+        Some(auth) if !admitted.trusted() => Box::pin(auth.dnsbl(peer.ip())).await,
         _ => None,
     } {
         st.stats.borrow_mut().connections_blocked += 1;
@@ -305,10 +305,12 @@ async fn connection(
         return;
     }
     let conn = if implicit_tls {
-        handshake(st, stream, peer).await.map(|(tls, info)| {
-            let s = Session::new_tls(st.session.clone(), Instant::now(), info);
-            (Conn::Tls(Box::new(tls)), s)
-        })
+        Box::pin(handshake(st, stream, peer))
+            .await
+            .map(|(tls, info)| {
+                let s = Session::new_tls(st.session.clone(), Instant::now(), info);
+                (Conn::Tls(Box::new(tls)), s)
+            })
     } else {
         Some((
             Conn::Plain(stream),
@@ -319,7 +321,7 @@ async fn connection(
         if let Some(gate) = admitted.gate(ip) {
             session.set_gate(gate);
         }
-        serve(st, conn, session, peer).await;
+        Box::pin(serve(st, conn, session, peer)).await;
     }
 }
 
@@ -378,7 +380,9 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
     let mut held: Vec<u8> = Vec::new();
     let write_timeout = state.admission.write_timeout;
     let mut shutdown_seen = false;
-    let mut sender: Option<SenderCheck> = None;
+    // Boxed: kept only between MAIL and the end of DATA, so an idle
+    // connection's task does not carry its size.
+    let mut sender: Option<Box<SenderCheck>> = None;
     // iprev depends only on the client's address: asked once per connection.
     let mut iprev: Option<IprevOutput> = None;
     loop {
@@ -397,14 +401,15 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                         let verdict = match &state.auth {
                             Some(auth) => {
                                 let t0 = Instant::now();
-                                let check = auth.check_sender(peer.ip(), &helo, &mail_from).await;
+                                let check =
+                                    Box::pin(auth.check_sender(peer.ip(), &helo, &mail_from)).await;
                                 state
                                     .stats
                                     .borrow_mut()
                                     .auth_latency
                                     .observe(t0.elapsed().as_micros() as u64);
                                 let refusal = check.refusal.clone();
-                                sender = Some(check);
+                                sender = Some(Box::new(check));
                                 refusal
                             }
                             None => None,
@@ -438,17 +443,23 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                         let c = match &state.auth {
                             Some(auth) => {
                                 let check = match sender.take() {
-                                    Some(c) => c,
+                                    Some(c) => *c,
                                     None => {
-                                        auth.check_sender(peer.ip(), &tx.helo, &tx.mail_from).await
+                                        Box::pin(auth.check_sender(
+                                            peer.ip(),
+                                            &tx.helo,
+                                            &tx.mail_from,
+                                        ))
+                                        .await
                                     }
                                 };
                                 let t0 = Instant::now();
                                 if iprev.is_none() {
-                                    iprev = Some(auth.iprev(peer.ip()).await);
+                                    iprev = Some(Box::pin(auth.iprev(peer.ip())).await);
                                 }
                                 let iprev = iprev.as_ref().expect("set above");
-                                let verdict = auth.verify_message(&tx.body, &check, iprev).await;
+                                let verdict =
+                                    Box::pin(auth.verify_message(&tx.body, &check, iprev)).await;
                                 state
                                     .stats
                                     .borrow_mut()
@@ -459,10 +470,13 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                                         state.stats.borrow_mut().messages_refused_by_policy += 1;
                                         Completion::Refused(reply)
                                     }
-                                    None => accept_message(state, &tx, peer, Some(verdict)).await,
+                                    None => {
+                                        Box::pin(accept_message(state, &tx, peer, Some(verdict)))
+                                            .await
+                                    }
                                 }
                             }
-                            None => accept_message(state, &tx, peer, None).await,
+                            None => Box::pin(accept_message(state, &tx, peer, None)).await,
                         };
                         session.handle_completion(c, Instant::now(), &mut out);
                         progressed = true;
@@ -488,11 +502,8 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                 tracing::info!(shard = state.id, client = %peer.ip(), pending = out.len(), timeout_s = write_timeout.as_secs(), "client closed: it did not take its replies within smtp_write_timeout");
                 break;
             }
-            if out.capacity() > 4096 {
-                out = Vec::new();
-            } else {
-                out.clear();
-            }
+            // Nothing kept for an idle connection.
+            out = Vec::new();
         }
         if session.is_closed() {
             break;
@@ -507,7 +518,7 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
             let Conn::Plain(tcp) = std::mem::replace(&mut stream, Conn::Upgrading) else {
                 break;
             };
-            match handshake(state, tcp, peer).await {
+            match Box::pin(handshake(state, tcp, peer)).await {
                 Some((tls, info)) => {
                     stream = Conn::Tls(Box::new(tls));
                     session.handle_tls_established(info, Instant::now());
