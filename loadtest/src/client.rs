@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::reply::{read_reply, Reply};
 use crate::tls::{Negotiated, Stream, Tls, TlsMode};
@@ -76,6 +76,22 @@ pub(crate) struct Conn {
     io_timeout: Duration,
 }
 
+/// A TCP connection to `server`, from `source` if given (bound first, the
+/// kernel picking the port), with Nagle off.
+pub(crate) async fn connect(server: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// Runs `fut` under `limit`, naming `step` in any error.
 async fn timed<T>(
     limit: Duration,
@@ -100,20 +116,8 @@ impl Conn {
             ..
         } = dial;
         let started = Instant::now();
-        let connect = async {
-            let socket = if server.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            if let Some(ip) = source {
-                socket.bind(SocketAddr::new(ip, 0))?;
-            }
-            let stream = socket.connect(server).await?;
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        };
-        let mut stream = Stream::Plain(timed(io_timeout, "connect", connect).await?);
+        let tcp = timed(io_timeout, "connect", connect(server, source)).await?;
+        let mut stream = Stream::Plain(tcp);
         let mut handshake = None;
         if let Some(tls) = dial.tls.filter(|t| t.mode == TlsMode::Implicit) {
             let (s, took) = Conn::handshake(tls, stream, io_timeout).await?;

@@ -13,8 +13,14 @@
 //! `--starttls` or `--implicit-tls` add TLS to every connection (see the
 //! `tls` module) and a histogram of handshake times; `--handshake-only`
 //! counts handshakes instead of messages, to measure handshakes per second.
+//!
+//! `--hold N` is another kind of run (see the `hold` module): N idle
+//! connections, each greeted and past EHLO, then the time a fresh client
+//! waits for its 220 and, with `--server-pid`, the server's memory per held
+//! connection.
 
 mod client;
+mod hold;
 mod message;
 mod reply;
 mod report;
@@ -125,6 +131,8 @@ struct Args {
     /// connections does greeting, EHLO, the handshake and QUIT.
     #[arg(long, requires = "tls")]
     handshake_only: bool,
+    #[command(flatten)]
+    hold: hold::HoldArgs,
 }
 
 impl Args {
@@ -196,6 +204,21 @@ fn start(args: Args) -> anyhow::Result<Status> {
     let timeouts_ok = |t: f64| t.is_finite() && t > 0.0 && t < 1e9;
     if !timeouts_ok(args.timeout_s) || !timeouts_ok(args.io_timeout_s) {
         bail!("--timeout-s and --io-timeout-s must be positive numbers of seconds");
+    }
+    if args.hold.count.is_some() {
+        let common = hold::Common {
+            server,
+            sources,
+            sessions: usize::try_from(args.sessions)?,
+            helo: &args.helo,
+            io_timeout: Duration::from_secs_f64(args.io_timeout_s),
+            limit: Duration::from_secs_f64(args.timeout_s),
+        };
+        let plan = args
+            .hold
+            .plan(common, hold::ports_per_source())
+            .map_err(anyhow::Error::msg)?;
+        return start_hold(&args, plan);
     }
     let template = Template::new(&args.from, &args.to, &args.helo);
     let (size, data) = match &args.data_file {
@@ -303,6 +326,43 @@ fn start(args: Args) -> anyhow::Result<Status> {
     }
     for s in &report.error_samples {
         eprintln!("loadtest: error: {s}");
+    }
+    println!("{}", report.summary());
+    if let Some(path) = &args.json {
+        std::fs::write(path, report.json())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report.status())
+}
+
+/// Raises the descriptor limit, runs `--hold`, reports.
+fn start_hold(args: &Args, plan: hold::Plan) -> anyhow::Result<Status> {
+    let limit = hold::raise_nofile().map_err(anyhow::Error::msg)?;
+    hold::check_fds(plan.count as u64, limit)
+        .map_err(anyhow::Error::msg)
+        .context("--hold")?;
+    if let Some(pid) = plan.server_pid {
+        hold::vm_rss_kb(pid)
+            .map_err(anyhow::Error::msg)
+            .context("--server-pid")?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::try_from(args.threads)?)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let report = runtime.block_on(hold::run(Arc::new(plan)));
+    runtime.shutdown_background();
+    for s in report
+        .failures
+        .samples
+        .iter()
+        .chain(&report.probe_failures.samples)
+    {
+        eprintln!("loadtest: error: {s}");
+    }
+    for w in &report.warnings {
+        eprintln!("loadtest: warning: {w}");
     }
     println!("{}", report.summary());
     if let Some(path) = &args.json {

@@ -342,7 +342,7 @@ impl Report {
 
 /// A JSON object from keys and already-encoded values; `pretty` puts one
 /// key per line (serde_json's own map would sort the keys).
-fn object(fields: &[(&str, String)], pretty: bool) -> String {
+pub(crate) fn object(fields: &[(&str, String)], pretty: bool) -> String {
     let (open, sep, close) = if pretty {
         ("{\n  ", ",\n  ", "\n}\n")
     } else {
@@ -355,7 +355,7 @@ fn object(fields: &[(&str, String)], pretty: bool) -> String {
     format!("{open}{}{close}", body.join(sep))
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
