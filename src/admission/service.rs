@@ -161,10 +161,12 @@ impl Bans {
     pub fn ban(&self, net: Cidr, duration: Duration, reason: String) -> Result<Ban, BanError> {
         let mut book = self.inner.book.lock().expect("ban book");
         let ban = book.ban(net, duration, reason, now_ms());
-        self.inner.commit(&book)?;
+        // In force even when it cannot be saved; the error says it will
+        // not outlast a restart.
+        self.inner.commit_or_publish(&book)?;
         drop(book);
         self.inner.made[1].fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(event = "ip_banned", ip = %ban.net, reason = %ban.reason, source = "manual", expires = %rfc3339(ban.expires_ms), "client banned by an operator");
+        tracing::warn!(event = "ip_banned", ip = %ban.net, reason = %ban.reason, count = ban.count, source = "manual", expires = %rfc3339(ban.expires_ms), "client banned by an operator");
         Ok(ban)
     }
 
@@ -174,9 +176,9 @@ impl Bans {
         let Some(ban) = book.unban(net) else {
             return Ok(None);
         };
-        self.inner.commit(&book)?;
+        self.inner.commit_or_publish(&book)?;
         drop(book);
-        tracing::warn!(event = "ip_unbanned", ip = %ban.net, reason = %ban.reason, "ban lifted by an operator");
+        tracing::warn!(event = "ip_unbanned", ip = %ban.net, reason = %ban.reason, count = ban.count, source = ban.source.as_str(), "ban lifted by an operator");
         Ok(Some(ban))
     }
 
@@ -205,6 +207,13 @@ impl Bans {
 }
 
 impl Inner {
+    /// Like [`Inner::commit`], but publishes the bans even when they cannot
+    /// be written (they hold until gomail stops), and returns the error.
+    fn commit_or_publish(&self, book: &BanBook) -> Result<(), BanError> {
+        self.commit(book)
+            .inspect_err(|_| self.list.store(book.snapshot()))
+    }
+
     /// Writes the bans durably, then publishes them.
     fn commit(&self, book: &BanBook) -> Result<(), BanError> {
         let bans: Vec<&Ban> = book.bans().collect();
@@ -241,8 +250,7 @@ fn run(inner: &Inner, rx: &Receiver<Report>) {
                 {
                     // Published even when the write fails: the ban holds
                     // for this run, and the error says it will not last.
-                    if let Err(e) = inner.commit(&book) {
-                        inner.list.store(book.snapshot());
+                    if let Err(e) = inner.commit_or_publish(&book) {
                         tracing::error!(error = %e, "ban not saved; it holds until gomail restarts");
                     }
                     drop(book);
@@ -258,13 +266,12 @@ fn run(inner: &Inner, rx: &Receiver<Report>) {
         if ended.is_empty() {
             continue;
         }
-        if let Err(e) = inner.commit(&book) {
-            inner.list.store(book.snapshot());
+        if let Err(e) = inner.commit_or_publish(&book) {
             tracing::error!(error = %e, "expired bans not saved");
         }
         drop(book);
         for b in ended {
-            tracing::info!(event = "ban_expired", ip = %b.net, reason = %b.reason, source = b.source.as_str(), "ban expired");
+            tracing::info!(event = "ban_expired", ip = %b.net, reason = %b.reason, count = b.count, source = b.source.as_str(), "ban expired");
         }
     }
 }

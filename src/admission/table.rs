@@ -167,9 +167,13 @@ impl Table {
         }
     }
 
-    /// Drops the clients with nothing left to remember.
+    /// Drops the clients with nothing left to remember, and gives back the
+    /// memory a past flood of clients made the table take.
     pub fn sweep(&mut self, now: Instant) {
         self.entries.retain(|_, e| !e.idle(now));
+        if self.entries.capacity() > 4 * self.entries.len().max(1024) {
+            self.entries.shrink_to_fit();
+        }
     }
 
     /// Clients remembered now.

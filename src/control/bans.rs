@@ -35,11 +35,11 @@ fn invalid(message: &str) -> Response<Full<Bytes>> {
 }
 
 fn failed(e: impl std::fmt::Display) -> Response<Full<Bytes>> {
-    tracing::error!(error = %e, "ban change not saved");
+    tracing::error!(error = %e, "ban change not saved; it applies until gomail stops");
     error(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal_error",
-        &format!("the ban could not be saved: {e}"),
+        &format!("the change applies now but could not be saved, so a restart undoes it: {e}"),
     )
 }
 

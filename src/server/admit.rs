@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::ShardState;
-use crate::admission::bans::Ban;
 use crate::admission::service::{now_ms, Report};
 use crate::admission::table::{Limit, Refusal};
 use crate::admission::{client_key, Violation};
@@ -83,9 +82,6 @@ pub(super) fn admit(state: &Rc<ShardState>, ip: IpAddr) -> Decision {
         tracing::warn!(event = "connection_limit_exceeded", ip = %ip, reason = "total", count = total - 1, shard = state.id, "connection refused: max_total_connections reached");
         return Decision::Refuse(Reply::TOO_MANY_CONNECTIONS_TOTAL);
     }
-    let unref = |state: &Rc<ShardState>| {
-        state.total.fetch_sub(1, Ordering::Relaxed);
-    };
     if trusted {
         return Decision::Serve(Admitted {
             state: state.clone(),
@@ -94,7 +90,7 @@ pub(super) fn admit(state: &Rc<ShardState>, ip: IpAddr) -> Decision {
     }
     if let Some(ban) = state.bans.load().find(ip, now_ms()) {
         refused(state, "banned");
-        log_banned(state, ip, ban);
+        tracing::debug!(shard = state.id, ip = %ip, ban = %ban.net, reason = %ban.reason, "banned client refused");
         return Decision::Banned(
             Admitted {
                 state: state.clone(),
@@ -111,7 +107,7 @@ pub(super) fn admit(state: &Rc<ShardState>, ip: IpAddr) -> Decision {
             key: Some(key),
         }),
         Err(r) => {
-            unref(state);
+            state.total.fetch_sub(1, Ordering::Relaxed);
             refused(state, r.as_str());
             violation(state, key, Violation::Limit);
             match r {
@@ -132,15 +128,14 @@ pub(super) fn admit(state: &Rc<ShardState>, ip: IpAddr) -> Decision {
     }
 }
 
-fn log_banned(state: &ShardState, ip: IpAddr, ban: &Ban) {
-    tracing::debug!(shard = state.id, ip = %ip, ban = %ban.net, reason = %ban.reason, "banned client refused");
-}
-
 /// Counts a connection refused for `reason` (`gomail_connections_refused_total`).
 pub(super) fn refused(state: &ShardState, reason: &'static str) {
-    let mut s = state.stats.borrow_mut();
-    s.connections_refused += 1;
-    *s.refused_by.entry(reason).or_default() += 1;
+    *state
+        .stats
+        .borrow_mut()
+        .refused_by
+        .entry(reason)
+        .or_default() += 1;
 }
 
 fn rate_limited(state: &ShardState, ip: IpAddr, limit: Limit) {

@@ -14,8 +14,6 @@ pub struct ShardStats {
     pub connections_accepted: u64,
     /// Connections open now.
     pub connections_active: u64,
-    /// Connections turned away at the connection limit.
-    pub connections_refused: u64,
     /// Messages made durable and acknowledged with `250`.
     pub messages_accepted: u64,
     /// Octets of accepted messages.

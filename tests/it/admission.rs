@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::harness::{metric, metric_where, queued, wait_until, Client, Gomail};
+use super::harness::{greet_from, metric, metric_where, queued, wait_until, Client, Gomail};
 
 /// Limits on, nothing trusted, no automatic bans (tests that want them set
 /// `ban_threshold`).
@@ -29,19 +29,6 @@ fn api_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Connects from `src` and reads the first reply line (greeting or refusal).
-fn greet_from(addr: SocketAddr, src: IpAddr) -> (BufReader<TcpStream>, String) {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    (r, line)
 }
 
 /// Sends a command line on a connection opened by [`greet_from`].
@@ -560,4 +547,88 @@ fn ipv4_refusals_name_the_client() {
         greet_from(g.addr, ip("127.0.12.1")).1,
         "421 4.7.0 Too many connections from 127.0.12.1\r\n"
     );
+}
+
+/// The log lines (JSON) whose `event` field is `event`.
+fn events(log: &std::path::Path, event: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["event"] == event)
+        .collect()
+}
+
+#[test]
+fn bans_unbans_expiries_and_limit_hits_are_logged_as_named_events() {
+    let port = api_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("gomail.log");
+    let g = Gomail::start(&format!(
+        "port: {port}\nbearer_token: secret-admin-token\nlog_level: info\nlog_format: json\n\
+         log_file: \"{}\"\ntrusted_networks: []\nmax_connections_per_ip: 1\n\
+         smtp_message_rate_limit: 1\nban_threshold: 3\n",
+        log.display()
+    ));
+    // A limit hit: the second connection of one client.
+    let _first = greet_from(g.addr, v4(0, 13, 1));
+    assert!(greet_from(g.addr, v4(0, 13, 1)).1.starts_with("421 "));
+    // A rate hit: the second MAIL.
+    let mut c = Client::connect_from(g.addr, Some(v4(0, 13, 2)));
+    c.cmd("EHLO c");
+    c.cmd("MAIL FROM:<a@example.org>");
+    c.cmd("RSET");
+    assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("450 "));
+    // Three relay attempts: an automatic ban.
+    let mut c = Client::connect_from(g.addr, Some(v4(0, 13, 3)));
+    c.cmd("EHLO c");
+    assert!(c.cmd("MAIL FROM:<a@example.org>").starts_with("250"));
+    for _ in 0..3 {
+        assert!(c.cmd("RCPT TO:<x@elsewhere.example>").starts_with("550"));
+    }
+    // A manual ban, lifted; another that expires.
+    assert!(gomail_cli(&g, &["security", "ban", "127.0.13.9", "--reason", "probe"]).0);
+    assert!(gomail_cli(&g, &["security", "unban", "127.0.13.9"]).0);
+    assert!(gomail_cli(&g, &["security", "ban", "127.0.13.8", "--duration", "1s"]).0);
+    wait_until(Duration::from_secs(10), "ban_expired in the log", || {
+        !events(&log, "ban_expired").is_empty()
+    });
+    let limit = &events(&log, "connection_limit_exceeded")[0]["fields"];
+    assert_eq!(
+        (&limit["ip"], &limit["reason"], &limit["count"]),
+        (
+            &serde_json::json!("127.0.13.1"),
+            &serde_json::json!("per_ip"),
+            &serde_json::json!(1)
+        )
+    );
+    assert!(limit["shard"].is_u64());
+    let rate = &events(&log, "rate_limit_exceeded")[0]["fields"];
+    assert_eq!(
+        (&rate["ip"], &rate["reason"]),
+        (
+            &serde_json::json!("127.0.13.2"),
+            &serde_json::json!("message")
+        )
+    );
+    wait_until(Duration::from_secs(5), "the automatic ban in the log", || {
+        events(&log, "ip_banned").iter().any(|v| v["fields"]["source"] == "auto")
+    });
+    let banned = events(&log, "ip_banned");
+    let auto = banned
+        .iter()
+        .map(|v| &v["fields"])
+        .find(|f| f["source"] == "auto")
+        .expect("the automatic ban is logged");
+    assert_eq!(auto["ip"], "127.0.13.3");
+    assert_eq!(auto["count"], 3);
+    assert!(auto["shard"].is_u64() && auto["reason"].as_str().unwrap().contains("relay"));
+    assert!(banned
+        .iter()
+        .any(|v| v["fields"]["ip"] == "127.0.13.9" && v["fields"]["reason"] == "probe"));
+    assert_eq!(events(&log, "ip_unbanned")[0]["fields"]["ip"], "127.0.13.9");
+    assert_eq!(events(&log, "ban_expired")[0]["fields"]["ip"], "127.0.13.8");
+    // The admin token is in no log line.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("secret-admin-token"));
 }

@@ -43,9 +43,10 @@ impl Gomail {
             &config,
             format!(
                 "smtp_listen: [\"{listen}\"]\nprimary_domain: example.test\nadditional_domains: [other.test]\n\
-                 mail_hostname: mx.example.test\ndata_dir: \"{}\"\nlog_level: warn\n{port}{auth}{extra}",
+                 mail_hostname: mx.example.test\ndata_dir: \"{}\"\n{level}{port}{auth}{extra}",
                 data_dir.display(),
                 port = if extra.lines().any(|l| l.starts_with("port:")) { "" } else { "port: 0\n" },
+                level = if extra.lines().any(|l| l.starts_with("log_level:")) { "" } else { "log_level: warn\n" },
                 // Hermetic by default: authentication checks only in the
                 // tests that bring their own DNS server.
                 auth = if extra.contains("dns_servers") {
@@ -462,4 +463,21 @@ pub(crate) fn metric_where(g: &Gomail, name: &str, label: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Connects from `src` and reads the server's first reply line (its
+/// greeting, or a refusal); the connection stays open for more.
+pub(crate) fn greet_from(
+    addr: SocketAddr,
+    src: std::net::IpAddr,
+) -> (BufReader<TcpStream>, String) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    (r, line)
 }

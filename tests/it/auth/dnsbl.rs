@@ -5,17 +5,7 @@ use super::*;
 
 /// Connects from `src` and returns the server's first line.
 fn first_line(addr: std::net::SocketAddr, src: &str) -> String {
-    use std::io::{BufRead, BufReader};
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let ip: IpAddr = src.parse().unwrap();
-    sock.bind(&std::net::SocketAddr::new(ip, 0).into()).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    let s: std::net::TcpStream = sock.into();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(15)))
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    line
+    crate::it::harness::greet_from(addr, src.parse().unwrap()).1
 }
 
 #[test]
