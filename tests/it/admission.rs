@@ -611,9 +611,15 @@ fn bans_unbans_expiries_and_limit_hits_are_logged_as_named_events() {
             &serde_json::json!("message")
         )
     );
-    wait_until(Duration::from_secs(5), "the automatic ban in the log", || {
-        events(&log, "ip_banned").iter().any(|v| v["fields"]["source"] == "auto")
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "the automatic ban in the log",
+        || {
+            events(&log, "ip_banned")
+                .iter()
+                .any(|v| v["fields"]["source"] == "auto")
+        },
+    );
     let banned = events(&log, "ip_banned");
     let auto = banned
         .iter()
