@@ -41,7 +41,7 @@ enum Cmd {
         /// API port (`port`).
         #[arg(long)]
         port: Option<String>,
-        /// API bearer token (`bearer_token`).
+        /// Webhook bearer token (`bearer_token`).
         #[arg(long)]
         bearer_token: Option<String>,
         /// Log level (`log_level`): debug, info, warn, error.
@@ -141,7 +141,7 @@ enum QueueCmd {
         #[command(flatten)]
         cfg: ConfigArg,
     },
-    /// Deliver dead letters again; needs the server running (and bearer_token).
+    /// Deliver dead letters again; needs the server running (and admin_token).
     Retry {
         #[command(flatten)]
         select: Select,
@@ -417,8 +417,8 @@ fn api_request(
 
 /// The running server's API address and token, from the configuration.
 fn api_of(c: &Config, what: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
-    let token = c.text("bearer_token").with_context(|| {
-        format!("bearer_token must be set: {what} goes through the running server's API")
+    let token = c.text("admin_token").with_context(|| {
+        format!("admin_token must be set: {what} goes through the running server's management API")
     })?;
     let mut addr = c.api_listen;
     if addr.ip().is_unspecified() {
@@ -598,7 +598,13 @@ fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
             metrics_enabled: cfg.metrics_enabled,
             metrics_path: cfg.metrics_path.clone(),
             read_timeout: cfg.http_read_timeout,
-            bearer_token: cfg.text("bearer_token"),
+            handler_timeout: cfg.duration("http_timeouts.handler"),
+            admin_token: cfg.text("admin_token"),
+            rate_limit: (
+                cfg.number("rate_limit_per_minute").min(u64::from(u32::MAX)) as u32,
+                cfg.number("rate_limit_burst").min(u64::from(u32::MAX)) as u32,
+            ),
+            trusted_proxies: cfg.trusted_proxies.clone(),
             data_dir: cfg.data_dir.clone(),
             trusted: cfg.trusted_networks.clone(),
         },

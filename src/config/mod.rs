@@ -250,6 +250,8 @@ pub struct Config {
     pub max_total_connections: usize,
     /// `trusted_networks`: clients never limited or banned.
     pub trusted_networks: crate::admission::Networks,
+    /// `trusted_proxies`: API peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: crate::admission::Networks,
     /// Root of the spool and the JSON store.
     pub data_dir: PathBuf,
     /// `debug`, `info`, `warn` or `error`.

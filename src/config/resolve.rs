@@ -211,7 +211,22 @@ pub(super) fn resolve(
             .0
             .push(n.parse().map_err(|e| invalid("trusted_networks", e))?);
     }
+    let mut trusted_proxies = crate::admission::Networks::default();
+    for n in list("trusted_proxies") {
+        trusted_proxies
+            .0
+            .push(n.parse().map_err(|e| invalid("trusted_proxies", e))?);
+    }
+    if let (Some(a), Some(b)) = (settings.get("admin_token"), settings.get("bearer_token")) {
+        if a.0.text() == b.0.text() {
+            return Err(invalid(
+                "admin_token",
+                "must differ from bearer_token: the webhook receiver is sent bearer_token and must not be able to manage the server (value not shown)".into(),
+            ));
+        }
+    }
     for k in [
+        "http_timeouts.handler",
         "smtp_rate_window",
         "ban_window",
         "smtp_write_timeout",
@@ -237,6 +252,7 @@ pub(super) fn resolve(
         max_recipients,
         max_total_connections,
         trusted_networks,
+        trusted_proxies,
         data_dir,
         log_level: get("log_level"),
         log_format: get("log_format"),

@@ -4,11 +4,10 @@
 //!   201 with the ban (published to every shard before the answer);
 //! - `DELETE /api/v1/bans/<ip or cidr>`: 200 with the lifted ban, 404 if none.
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
 
-use super::{error, json, json_body, Ctx};
+use super::{error, json, json_body, Answer, Ctx};
 use crate::admission::bans::Ban;
 use crate::admission::Cidr;
 
@@ -30,11 +29,11 @@ pub(super) fn ban_json(b: &Ban) -> serde_json::Value {
     })
 }
 
-fn invalid(message: &str) -> Response<Full<Bytes>> {
+fn invalid(message: &str) -> Answer {
     error(StatusCode::BAD_REQUEST, "validation_error", message)
 }
 
-fn failed(e: impl std::fmt::Display) -> Response<Full<Bytes>> {
+fn failed(e: impl std::fmt::Display) -> Answer {
     tracing::error!(error = %e, "ban change not saved; it applies until gomail stops");
     error(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -43,7 +42,7 @@ fn failed(e: impl std::fmt::Display) -> Response<Full<Bytes>> {
     )
 }
 
-pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
+pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Answer {
     let path = req.uri().path().to_string();
     let target = path
         .strip_prefix("/api/v1/bans/")
@@ -80,8 +79,8 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<By
     }
 }
 
-async fn add(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
-    let v = match json_body(req).await {
+async fn add(req: Request<Incoming>, ctx: &Ctx) -> Answer {
+    let v = match json_body(req, ctx).await {
         Ok(v) => v,
         Err(r) => return *r,
     };

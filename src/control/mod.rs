@@ -4,12 +4,18 @@
 //! Serves `GET /health` and `GET /metrics` (Prometheus) on `api_host:port`,
 //! and the metrics alone on `api_host:metrics_port` when that is set. It
 //! reads shard counters by message ([`StatsHandle`]); it never touches a
-//! shard's state. Behind the bearer token: `POST /queue/retry` and the
-//! ban endpoints (`GET|POST /api/v1/bans`, `DELETE /api/v1/bans/<ip>`).
+//! shard's state. Behind `admin_token`: `POST /queue/retry` and the ban
+//! endpoints (`GET|POST /api/v1/bans`, `DELETE /api/v1/bans/<ip>`).
+//!
+//! Every response carries a request id (`X-Request-ID`, taken from the
+//! client when sane), the security headers and the client's rate-limit
+//! figures; every error is GoMail's JSON shape with the request id.
 
 mod bans;
 pub mod metrics;
 pub mod queue;
+pub mod ratelimit;
+pub mod request;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,10 +40,18 @@ pub struct ControlConfig {
     pub metrics_enabled: bool,
     /// `metrics_path`.
     pub metrics_path: String,
-    /// `http_timeouts.read`: time allowed for a request's headers.
+    /// `http_timeouts.read`: time allowed for a request's headers, and for
+    /// its body.
     pub read_timeout: Duration,
-    /// `bearer_token`: required by the API's write endpoints.
-    pub bearer_token: Option<String>,
+    /// `http_timeouts.handler`: time allowed for the server's answer.
+    pub handler_timeout: Duration,
+    /// `admin_token`: required by the management endpoints. Unset: they
+    /// answer 403.
+    pub admin_token: Option<String>,
+    /// `rate_limit_per_minute` and `rate_limit_burst`, per client.
+    pub rate_limit: (u32, u32),
+    /// `trusted_proxies`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: crate::admission::Networks,
     /// `data_dir` (dead letters for `/queue/retry`).
     pub data_dir: std::path::PathBuf,
     /// `trusted_networks`: bans of these are refused (they would not apply).
@@ -48,7 +62,16 @@ struct Ctx {
     cfg: ControlConfig,
     stats: StatsHandle,
     bans: crate::admission::service::Bans,
+    limiter: std::sync::Mutex<ratelimit::Limiter>,
     started: Instant,
+}
+
+/// The response type of every handler.
+type Answer = Response<Full<Bytes>>;
+
+tokio::task_local! {
+    /// The request id of the request being handled, for error bodies.
+    static REQUEST_ID: String;
 }
 
 /// The running control plane.
@@ -84,6 +107,10 @@ impl ControlPlane {
             .build()?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ctx = Arc::new(Ctx {
+            limiter: std::sync::Mutex::new(ratelimit::Limiter::new(
+                cfg.rate_limit.0,
+                cfg.rate_limit.1,
+            )),
             cfg,
             stats,
             bans,
@@ -146,7 +173,7 @@ impl Drop for ControlPlane {
 
 async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, metrics_only: bool) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "control plane accept failed");
@@ -159,7 +186,7 @@ async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, metrics_only: b
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(req, &ctx, metrics_only).await) }
+                async move { Ok::<_, Infallible>(handle(req, &ctx, peer, metrics_only).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -170,7 +197,87 @@ async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, metrics_only: b
     }
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+/// The five security headers every response carries.
+const SECURITY_HEADERS: [(&str, &str); 5] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("x-xss-protection", "1; mode=block"),
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains",
+    ),
+    ("content-security-policy", "default-src 'none'"),
+];
+
+/// One request from the socket to the answer: request id, client address,
+/// rate limit, the handler under `http_timeouts.handler`, then the headers
+/// every answer carries.
+async fn handle(req: Request<Incoming>, ctx: &Ctx, peer: SocketAddr, metrics_only: bool) -> Answer {
+    let id = request::request_id(req.headers().get("x-request-id").map(|v| v.as_bytes()));
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client = request::client_ip(peer.ip(), forwarded, &ctx.cfg.trusted_proxies);
+    let path = req.uri().path().to_string();
+    // Health checks and scrapes are counted against nobody's bucket.
+    let looks = path == "/health" || path == ctx.cfg.metrics_path;
+    let verdict = ctx.limiter.lock().expect("limiter").check(
+        crate::admission::client_key(client),
+        Instant::now(),
+        !looks,
+    );
+    let call = Call {
+        client,
+        endpoint: path.clone(),
+    };
+    let mut answer = REQUEST_ID
+        .scope(id.clone(), async {
+            if !verdict.allowed {
+                let secs = verdict.retry_after.as_secs().max(1);
+                tracing::warn!(event = "rate_limit_exceeded", ip = %client, request_id = %id, endpoint = %path, limit = verdict.limit, "API client over rate_limit_per_minute");
+                let mut r = error_with(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    &format!("too many requests; retry in {secs}s"),
+                    serde_json::json!({ "retry_after": secs }),
+                );
+                r.headers_mut().insert("retry-after", secs.into());
+                return r;
+            }
+            match tokio::time::timeout(ctx.cfg.handler_timeout, route(req, ctx, &call, metrics_only)).await {
+                Ok(r) => r,
+                Err(_) => error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "the request was not answered within http_timeouts.handler",
+                ),
+            }
+        })
+        .await;
+    let h = answer.headers_mut();
+    for (k, v) in SECURITY_HEADERS {
+        h.insert(k, hyper::header::HeaderValue::from_static(v));
+    }
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    if verdict.limit > 0 {
+        let reset = chrono::Utc::now().timestamp() as u64 + verdict.reset.as_secs();
+        h.insert("x-ratelimit-limit", verdict.limit.into());
+        h.insert("x-ratelimit-remaining", verdict.remaining.into());
+        h.insert("x-ratelimit-reset", reset.into());
+    }
+    answer
+}
+
+/// Who made a request, for the audit log.
+struct Call {
+    client: std::net::IpAddr,
+    endpoint: String,
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Answer {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -180,51 +287,78 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     r
 }
 
-fn error(status: StatusCode, kind: &str, message: &str) -> Response<Full<Bytes>> {
+/// GoMail's error shape: `{"error","message","details","request_id"}`.
+fn error_with(status: StatusCode, kind: &str, message: &str, details: serde_json::Value) -> Answer {
+    let id = REQUEST_ID.try_with(String::clone).unwrap_or_default();
     json(
         status,
-        serde_json::json!({ "error": kind, "message": message }),
+        serde_json::json!({ "error": kind, "message": message, "details": details, "request_id": id }),
     )
 }
 
-/// Checks `Authorization: Bearer <bearer_token>`; `Some(refusal)` when
-/// the request may not go on.
-fn refuse_unauthorized(req: &Request<Incoming>, ctx: &Ctx) -> Option<Response<Full<Bytes>>> {
-    let Some(token) = ctx.cfg.bearer_token.as_deref() else {
+fn error(status: StatusCode, kind: &str, message: &str) -> Answer {
+    error_with(status, kind, message, serde_json::json!({}))
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme is
+/// case-insensitive, RFC 7235).
+fn presented_token(req: &Request<Incoming>) -> Option<&str> {
+    let v = req.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Checks the request's token against `admin_token` (management
+/// endpoints); `Some(refusal)` when the request may not go on. Failures
+/// and successes are audit events; the token itself is never logged.
+fn refuse_unauthorized(req: &Request<Incoming>, ctx: &Ctx, call: &Call) -> Option<Answer> {
+    let id = REQUEST_ID.try_with(String::clone).unwrap_or_default();
+    let Some(token) = ctx.cfg.admin_token.as_deref() else {
         return Some(error(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "set bearer_token to use the API",
+            "the management API is off: set admin_token (bearer_token is the webhook's credential and is not accepted here)",
         ));
     };
-    let presented = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    // Constant time: the comparison does not reveal where the token differs.
-    if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), token.as_bytes())
-        .is_err()
-    {
-        return Some(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Invalid or missing bearer token",
-        ));
-    }
-    None
+    let reason = match presented_token(req) {
+        None => "missing_token",
+        // Constant time: the comparison does not reveal where the token differs.
+        Some(p)
+            if aws_lc_rs::constant_time::verify_slices_are_equal(
+                p.as_bytes(),
+                token.as_bytes(),
+            )
+            .is_ok() =>
+        {
+            tracing::info!(event = "authentication_succeeded", ip = %call.client, request_id = %id, endpoint = %call.endpoint, method = %req.method(), "management call");
+            return None;
+        }
+        Some(_) => "invalid_token",
+    };
+    tracing::warn!(event = "authentication_failed", ip = %call.client, request_id = %id, endpoint = %call.endpoint, reason, "API request refused");
+    Some(error_with(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Invalid or missing bearer token",
+        serde_json::json!({ "reason": reason }),
+    ))
 }
 
-/// Reads a JSON request body of at most 64 KiB.
-async fn json_body(
-    req: Request<Incoming>,
-) -> Result<serde_json::Value, Box<Response<Full<Bytes>>>> {
+/// Reads a JSON request body of at most 64 KiB within `http_timeouts.read`.
+async fn json_body(req: Request<Incoming>, ctx: &Ctx) -> Result<serde_json::Value, Box<Answer>> {
     use http_body_util::BodyExt;
-    let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
-        .collect()
-        .await
-    else {
+    let collect = http_body_util::Limited::new(req.into_body(), 64 * 1024).collect();
+    let Ok(read) = tokio::time::timeout(ctx.cfg.read_timeout, collect).await else {
+        return Err(Box::new(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the request body did not arrive within http_timeouts.read",
+        )));
+    };
+    let Ok(body) = read else {
         return Err(Box::new(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
@@ -241,11 +375,11 @@ async fn json_body(
 }
 
 /// `POST /queue/retry`: re-drive dead letters by id or time range.
-async fn queue_retry(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
-    if let Some(r) = refuse_unauthorized(&req, ctx) {
+async fn queue_retry(req: Request<Incoming>, ctx: &Ctx, call: &Call) -> Answer {
+    if let Some(r) = refuse_unauthorized(&req, ctx, call) {
         return r;
     }
-    let v = match json_body(req).await {
+    let v = match json_body(req, ctx).await {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -297,10 +431,10 @@ async fn queue_retry(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>>
     )
 }
 
-async fn route(req: Request<Incoming>, ctx: &Ctx, metrics_only: bool) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: bool) -> Answer {
     let path = req.uri().path();
     if !metrics_only && (path == "/api/v1/bans" || path.starts_with("/api/v1/bans/")) {
-        if let Some(r) = refuse_unauthorized(&req, ctx) {
+        if let Some(r) = refuse_unauthorized(&req, ctx, call) {
             return r;
         }
         return bans::route(req, ctx).await;
@@ -313,7 +447,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, metrics_only: bool) -> Respons
                 "use POST",
             );
         }
-        return queue_retry(req, ctx).await;
+        return queue_retry(req, ctx, call).await;
     }
     let is_metrics = ctx.cfg.metrics_enabled && path == ctx.cfg.metrics_path;
     let is_health = !metrics_only && path == "/health";

@@ -251,7 +251,7 @@ fn manual_bans_apply_at_once_on_every_shard_expire_and_survive_a_restart() {
     let port = api_port();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let extra = format!("port: {port}\nbearer_token: test-admin-token\nshards: 4\n{UNTRUSTED}");
+    let extra = format!("port: {port}\nadmin_token: test-admin-token\nshards: 4\n{UNTRUSTED}");
     let mut g = Gomail::start_on(&data, &extra);
     // Eight addresses of one /24, steered to all four shards.
     let block: Vec<IpAddr> = (1..=8).map(|i| v4(0, 4, i)).collect();
@@ -335,7 +335,7 @@ fn manual_bans_apply_at_once_on_every_shard_expire_and_survive_a_restart() {
 #[test]
 fn bad_ban_requests_get_clear_errors() {
     let port = api_port();
-    let g = Gomail::start(&format!("port: {port}\nbearer_token: tok\n"));
+    let g = Gomail::start(&format!("port: {port}\nadmin_token: tok\n"));
     let (ok, _, err) = gomail_cli(&g, &["security", "ban", "not-an-ip"]);
     assert!(!ok && err.contains("not an IP address"), "{err}");
     let (ok, _, err) = gomail_cli(&g, &["security", "ban", "192.0.2.1", "--duration", "soon"]);
@@ -565,7 +565,7 @@ fn bans_unbans_expiries_and_limit_hits_are_logged_as_named_events() {
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("gomail.log");
     let g = Gomail::start(&format!(
-        "port: {port}\nbearer_token: secret-admin-token\nlog_level: info\nlog_format: json\n\
+        "port: {port}\nadmin_token: secret-admin-token\nlog_level: info\nlog_format: json\n\
          log_file: \"{}\"\ntrusted_networks: []\nmax_connections_per_ip: 1\n\
          smtp_message_rate_limit: 1\nban_threshold: 3\n",
         log.display()

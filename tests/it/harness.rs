@@ -407,25 +407,43 @@ pub(crate) fn b64encode(data: &[u8]) -> String {
 
 /// One HTTP/1.1 request; returns (status, content-type, body).
 pub(crate) fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    let (status, headers, body) = http_with(addr, method, path, &[], "");
+    let ctype = headers.get("content-type").cloned().unwrap_or_default();
+    (status, ctype, body)
+}
+
+/// One HTTP/1.1 request with extra header lines and a body; returns the
+/// status, the response headers (names lower case) and the body.
+pub(crate) fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, std::collections::BTreeMap<String, String>, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: gomail\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: gomail\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     let status = head[9..12].parse().unwrap();
-    let ctype = head
+    let headers = head
         .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    (status, ctype, body.to_string())
+        .skip(1)
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    (status, headers, body.to_string())
 }
 
 /// Sums a metric over shards (lines `name{shard="N"...} value`).

@@ -1,6 +1,7 @@
 pub(crate) mod harness;
 
 mod admission;
+mod api;
 mod auth;
 mod dns;
 mod dns_relay;

@@ -198,7 +198,7 @@ fn gomail_cli(g: &Gomail, args: &[&str]) -> (bool, String, String) {
 #[test]
 fn dead_letters_are_listed_retried_and_purged_while_the_server_runs() {
     let rx = receiver(Mode::Fixed(422));
-    let g = Gomail::start(&rx.config("port: 21027\nstore_mode: never\n"));
+    let g = Gomail::start(&rx.config("port: 21027\nstore_mode: never\nadmin_token: admin-456\n"));
     let ids = send(&g, 2, "dead");
     wait_until(
         Duration::from_secs(10),
@@ -248,14 +248,17 @@ fn dead_letters_are_listed_retried_and_purged_while_the_server_runs() {
     assert!(ok && out.contains("purged 1"), "{out}");
     assert_eq!(gomail_cli(&g, &["queue", "list"]).1, "");
 
-    // The API refuses a wrong token.
+    // The API refuses a wrong token, and the webhook's own credential
+    // (bearer_token, which the receiver holds).
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(g.api).unwrap();
-    write!(s, "POST /queue/retry HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer wrong\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
-    assert!(raw.contains("\"error\":\"unauthorized\""), "{raw}");
+    for token in ["wrong", "tok-123"] {
+        let mut s = std::net::TcpStream::connect(g.api).unwrap();
+        write!(s, "POST /queue/retry HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+        assert!(raw.contains("\"error\":\"unauthorized\""), "{raw}");
+    }
 }
 
 #[test]

@@ -1,0 +1,254 @@
+//! The control plane's API security, from outside: tokens, the admin
+//! credential apart from the webhook's, per-client rate limits with their
+//! headers, security headers, request ids and the body read timeout.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use super::harness::{http_with, wait_until, Gomail};
+
+const ADMIN: &str = "admin-secret-7f3a";
+
+/// Every management endpoint, as (method, path, body).
+const MANAGEMENT: [(&str, &str, &str); 4] = [
+    ("GET", "/api/v1/bans", ""),
+    ("POST", "/api/v1/bans", r#"{"ip":"192.0.2.1"}"#),
+    ("DELETE", "/api/v1/bans/192.0.2.1", ""),
+    ("POST", "/queue/retry", r#"{"all":true}"#),
+];
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn management_endpoints_take_only_the_admin_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("gomail.log");
+    let g = Gomail::start(&format!(
+        "admin_token: {ADMIN}\nbearer_token: webhook-cred-9\nrate_limit_per_minute: 0\n\
+         log_level: info\nlog_format: json\nlog_file: \"{}\"\n",
+        log.display()
+    ));
+    for (method, path, body) in MANAGEMENT {
+        let refused = [
+            (vec![], "missing_token"),
+            (
+                vec![("Authorization", "Bearer wrong".to_string())],
+                "invalid_token",
+            ),
+            // The webhook receiver's credential manages nothing.
+            (
+                vec![("Authorization", "Bearer webhook-cred-9".to_string())],
+                "invalid_token",
+            ),
+            (vec![("Authorization", ADMIN.to_string())], "missing_token"),
+        ];
+        for (headers, reason) in refused {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (status, resp, text) = http_with(g.api, method, path, &h, body);
+            assert_eq!(status, 401, "{method} {path} {headers:?}: {text}");
+            let v = json(&text);
+            assert_eq!(v["error"], "unauthorized");
+            assert_eq!(v["details"]["reason"], reason);
+            assert_eq!(v["request_id"], resp["x-request-id"].as_str());
+        }
+        // The scheme is case-insensitive (RFC 7235).
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let auth = format!("{scheme} {ADMIN}");
+            let (status, _, text) =
+                http_with(g.api, method, path, &[("Authorization", &auth)], body);
+            assert!(
+                (200..300).contains(&status) || status == 404,
+                "{method} {path} with {scheme}: {status} {text}"
+            );
+        }
+    }
+    wait_until(Duration::from_secs(5), "audit events in the log", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("authentication_succeeded")
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let failed: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["event"] == "authentication_failed")
+        .collect();
+    assert_eq!(failed.len(), 16, "four refusals on each of four endpoints");
+    assert!(failed
+        .iter()
+        .any(|v| v["fields"]["reason"] == "missing_token"
+            && v["fields"]["endpoint"] == "/queue/retry"));
+    assert!(failed.iter().all(|v| v["fields"]["ip"] == "127.0.0.1"));
+    assert!(!text.contains(ADMIN), "the admin token is never logged");
+    assert!(
+        !text.contains("webhook-cred-9"),
+        "the webhook token is never logged"
+    );
+}
+
+#[test]
+fn without_an_admin_token_the_management_api_is_closed() {
+    let g = Gomail::start("bearer_token: webhook-cred-9\n");
+    for (method, path, body) in MANAGEMENT {
+        let (status, _, text) = http_with(
+            g.api,
+            method,
+            path,
+            &[("Authorization", "Bearer webhook-cred-9")],
+            body,
+        );
+        assert_eq!(status, 403, "{method} {path}: {text}");
+        assert_eq!(json(&text)["error"], "forbidden");
+    }
+    // The same token for both is refused at start-up.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("g.yaml");
+    std::fs::write(&cfg, "bearer_token: same\nadmin_token: same\n").unwrap();
+    let (ok, _, err) =
+        super::cli::gomail(&["config", "validate", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("admin_token") && err.contains("must differ"),
+        "{err}"
+    );
+    assert!(!err.contains("same"), "the value is not shown: {err}");
+}
+
+#[test]
+fn a_burst_gets_429_with_the_headers_and_the_bucket_refills() {
+    let g = Gomail::start(&format!(
+        "admin_token: {ADMIN}\nrate_limit_per_minute: 60\nrate_limit_burst: 3\n"
+    ));
+    let auth = format!("Bearer {ADMIN}");
+    let get = |extra: &[(&str, &str)]| {
+        let mut h = vec![("Authorization", auth.as_str())];
+        h.extend_from_slice(extra);
+        http_with(g.api, "GET", "/api/v1/bans", &h, "")
+    };
+    for left in [2, 1, 0] {
+        let (status, h, _) = get(&[]);
+        assert_eq!(status, 200);
+        assert_eq!(h["x-ratelimit-limit"], "60");
+        assert_eq!(h["x-ratelimit-remaining"], left.to_string());
+        let reset: i64 = h["x-ratelimit-reset"].parse().unwrap();
+        assert!(reset >= chrono::Utc::now().timestamp());
+    }
+    // A spoofed X-Forwarded-For from a peer that is not a trusted proxy
+    // does not give another bucket.
+    let (status, h, text) = get(&[("X-Forwarded-For", "198.51.100.7")]);
+    assert_eq!(status, 429, "{text}");
+    let v = json(&text);
+    assert_eq!(v["error"], "rate_limited");
+    assert_eq!(v["details"]["retry_after"], 1);
+    assert_eq!(h["retry-after"], "1");
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    assert_eq!(
+        h["x-content-type-options"], "nosniff",
+        "security headers on a 429"
+    );
+    // Health checks and scrapes take nothing and are never refused.
+    assert_eq!(http_with(g.api, "GET", "/health", &[], "").0, 200);
+    // One token a second comes back.
+    wait_until(Duration::from_secs(5), "the bucket to refill", || {
+        get(&[]).0 == 200
+    });
+}
+
+#[test]
+fn forwarded_for_is_believed_from_trusted_proxies_only() {
+    let g = Gomail::start(&format!(
+        "admin_token: {ADMIN}\nrate_limit_per_minute: 60\nrate_limit_burst: 1\ntrusted_proxies: [\"127.0.0.1\"]\n"
+    ));
+    let auth = format!("Bearer {ADMIN}");
+    // Behind the trusted proxy each client has its own bucket.
+    for client in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        let h = [
+            ("Authorization", auth.as_str()),
+            ("X-Forwarded-For", client),
+        ];
+        assert_eq!(
+            http_with(g.api, "GET", "/api/v1/bans", &h, "").0,
+            200,
+            "{client}"
+        );
+    }
+    let h = [
+        ("Authorization", auth.as_str()),
+        ("X-Forwarded-For", "198.51.100.1"),
+    ];
+    assert_eq!(http_with(g.api, "GET", "/api/v1/bans", &h, "").0, 429);
+}
+
+#[test]
+fn every_answer_has_the_security_headers_and_a_request_id() {
+    let g = Gomail::start(&format!(
+        "admin_token: {ADMIN}\nrate_limit_per_minute: 60\nrate_limit_burst: 2\n"
+    ));
+    let answers = [
+        http_with(g.api, "GET", "/health", &[], ""),
+        http_with(
+            g.api,
+            "GET",
+            "/api/v1/bans",
+            &[("X-Request-ID", "trace-abc.123")],
+            "",
+        ),
+        http_with(g.api, "GET", "/nope", &[], ""),
+        http_with(
+            g.api,
+            "GET",
+            "/api/v1/bans",
+            &[("X-Request-ID", "bad id with spaces")],
+            "",
+        ),
+    ];
+    let codes: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(codes, [200, 401, 404, 429]);
+    for (status, h, body) in &answers {
+        assert_eq!(h["x-content-type-options"], "nosniff", "{status}");
+        assert_eq!(h["x-frame-options"], "DENY", "{status}");
+        assert_eq!(h["x-xss-protection"], "1; mode=block", "{status}");
+        assert_eq!(
+            h["strict-transport-security"], "max-age=31536000; includeSubDomains",
+            "{status}"
+        );
+        assert_eq!(
+            h["content-security-policy"], "default-src 'none'",
+            "{status}"
+        );
+        if *status >= 400 {
+            assert_eq!(
+                json(body)["request_id"],
+                h["x-request-id"].as_str(),
+                "{status}"
+            );
+        }
+    }
+    assert_eq!(
+        answers[1].1["x-request-id"], "trace-abc.123",
+        "a sane id is echoed"
+    );
+    let made = &answers[3].1["x-request-id"];
+    assert_eq!(made.len(), 36, "an insane id is replaced by a UUID: {made}");
+}
+
+#[test]
+fn a_slow_body_is_cut_at_the_read_timeout() {
+    let g = Gomail::start(&format!(
+        "admin_token: {ADMIN}\nhttp_timeouts:\n  read: 1s\n"
+    ));
+    let mut s = std::net::TcpStream::connect(g.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t0 = std::time::Instant::now();
+    write!(
+        s,
+        "POST /api/v1/bans HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 40\r\n\r\n{{\"ip\":"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+    assert!(raw.contains("\"error\":\"timeout\""), "{raw}");
+    assert!(t0.elapsed() >= Duration::from_millis(900));
+}
