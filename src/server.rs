@@ -113,8 +113,11 @@ pub(crate) struct ShardState {
     /// This shard's per-client table (exact: `shards::steer` sends every
     /// connection of a client here).
     pub(crate) table: RefCell<Table>,
-    /// The bans in force (published by the ban service).
-    pub(crate) bans: Snapshot<BanList>,
+    /// The bans in force (published by the ban service), read through a
+    /// shard-local cache: one pointer check per connection.
+    pub(crate) bans: RefCell<shards::SnapshotCache<BanList>>,
+    /// Limit-hit log lines written this second.
+    pub(crate) log_budget: RefCell<admit::LogBudget>,
     /// Where violations are reported.
     pub(crate) reporter: Reporter,
     /// Connections open over all shards (`max_total_connections`).
@@ -223,6 +226,7 @@ impl Server {
                 threshold: admission.ban_threshold,
                 window: admission.ban_window,
                 duration: admission.ban_duration,
+                limit_every: admission.rate_window,
             },
         )?;
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -516,7 +520,8 @@ async fn run_shard(
         active: Cell::new(0),
         table: RefCell::new(Table::new(admission.clone())),
         admission,
-        bans,
+        bans: RefCell::new(bans.cache()),
+        log_budget: RefCell::new(admit::LogBudget::default()),
         reporter,
         total,
         read_buf: RefCell::new(vec![0; conn::READ_CHUNK]),

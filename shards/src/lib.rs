@@ -413,6 +413,22 @@ impl<T> Snapshot<T> {
     pub fn store(&self, value: T) {
         self.inner.store(Arc::new(value));
     }
+
+    /// A reader for one shard: [`SnapshotCache::load`] checks one pointer
+    /// and touches no shared reference count while the value is unchanged.
+    pub fn cache(&self) -> SnapshotCache<T> {
+        SnapshotCache(arc_swap::cache::Cache::new(self.inner.clone()))
+    }
+}
+
+/// A shard-local reader of a [`Snapshot`] (see [`Snapshot::cache`]).
+pub struct SnapshotCache<T>(arc_swap::cache::Cache<Arc<ArcSwap<T>>, Arc<T>>);
+
+impl<T> SnapshotCache<T> {
+    /// The current value.
+    pub fn load(&mut self) -> &Arc<T> {
+        self.0.load()
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,14 @@ use super::{client_key, Cidr, Violation};
 /// with nothing recent are forgotten first, then new ones are not counted.
 pub const MAX_TRACKED: usize = 1 << 16;
 
+/// Automatic bans held at most: past that a client is refused by its
+/// limits but not banned (each ban is written to disk; an IPv6 /48 holds
+/// 65,536 client keys). Manual bans are not limited.
+pub const MAX_AUTO_BANS: usize = 10_000;
+
+/// The longest ban: ten years.
+pub const MAX_BAN: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// How a ban was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,8 +109,15 @@ impl BanList {
 /// The ban service's state (see the module docs).
 #[derive(Debug, Default)]
 pub struct BanBook {
-    violations: HashMap<IpAddr, VecDeque<Instant>>,
+    /// Per client key: when each recent violation was, and whether it was
+    /// a limit hit.
+    violations: HashMap<IpAddr, VecDeque<(Instant, bool)>>,
     bans: BTreeMap<Cidr, Ban>,
+    /// Bans that are not one client key (wider or narrower blocks).
+    blocks: usize,
+    auto_bans: usize,
+    /// When the violation table was last pruned.
+    pruned: Option<Instant>,
 }
 
 /// What the book needs to decide automatic bans.
@@ -114,19 +129,54 @@ pub struct Policy {
     pub window: Duration,
     /// `ban_duration`.
     pub duration: Duration,
+    /// Limit hits count at most once per this time (`smtp_rate_window`):
+    /// a client that keeps going over its limits is banned, one that
+    /// bursts over them once is not.
+    pub limit_every: Duration,
 }
 
 impl BanBook {
     /// A book holding `bans` (read back from disk); expired ones are dropped.
     pub fn with_bans(bans: Vec<Ban>, now_ms: i64) -> BanBook {
-        BanBook {
-            violations: HashMap::new(),
-            bans: bans
-                .into_iter()
-                .filter(|b| b.active(now_ms))
-                .map(|b| (b.net, b))
-                .collect(),
+        let mut book = BanBook::default();
+        for b in bans.into_iter().filter(|b| b.active(now_ms)) {
+            book.insert(b);
         }
+        book
+    }
+
+    /// Adds `ban`, replacing one of the same block.
+    fn insert(&mut self, ban: Ban) {
+        let counts = |b: &Ban| {
+            (
+                usize::from(!b.net.is_key()),
+                usize::from(b.source == Source::Auto),
+            )
+        };
+        let (blocks, autos) = counts(&ban);
+        self.blocks += blocks;
+        self.auto_bans += autos;
+        if let Some(old) = self.bans.insert(ban.net, ban) {
+            let (blocks, autos) = counts(&old);
+            self.blocks -= blocks;
+            self.auto_bans -= autos;
+        }
+    }
+
+    /// Removes the ban of exactly `net`.
+    fn remove(&mut self, net: &Cidr) -> Option<Ban> {
+        let old = self.bans.remove(net)?;
+        self.blocks -= usize::from(!old.net.is_key());
+        self.auto_bans -= usize::from(old.source == Source::Auto);
+        Some(old)
+    }
+
+    /// True when a ban in force covers `key`: one lookup, plus a scan of
+    /// the block bans when there are any.
+    fn covers(&self, key: IpAddr, now_ms: i64) -> bool {
+        let active = |b: &Ban| b.active(now_ms) && b.net.contains(key);
+        self.bans.get(&Cidr::of_key(key)).is_some_and(active)
+            || (self.blocks > 0 && self.bans.values().any(active))
     }
 
     /// Counts a violation by `key`; returns the ban it triggers, if any.
@@ -138,26 +188,43 @@ impl BanBook {
         now: Instant,
         now_ms: i64,
     ) -> Option<Ban> {
-        if policy.threshold == 0 || self.snapshot_find(key, now_ms) {
+        if policy.threshold == 0 || self.covers(key, now_ms) {
             return None;
         }
         if !self.violations.contains_key(&key) && self.violations.len() >= MAX_TRACKED {
-            let window = policy.window;
-            self.violations
-                .retain(|_, q| q.back().is_some_and(|&t| now.duration_since(t) < window));
+            // Pruned at most once a second: a flood of new keys must not
+            // make every report scan the table.
+            if self
+                .pruned
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                self.pruned = Some(now);
+                let window = policy.window;
+                self.violations.retain(|_, q| {
+                    q.back()
+                        .is_some_and(|&(t, _)| now.duration_since(t) < window)
+                });
+            }
             if self.violations.len() >= MAX_TRACKED {
                 return None;
             }
         }
         let q = self.violations.entry(key).or_default();
-        q.push_back(now);
         while q
             .front()
-            .is_some_and(|&t| now.duration_since(t) >= policy.window)
+            .is_some_and(|&(t, _)| now.duration_since(t) >= policy.window)
         {
             q.pop_front();
         }
-        if (q.len() as u32) < policy.threshold {
+        let limit = kind == Violation::Limit;
+        if limit
+            && q.iter()
+                .any(|&(t, l)| l && now.duration_since(t) < policy.limit_every)
+        {
+            return None;
+        }
+        q.push_back((now, limit));
+        if (q.len() as u32) < policy.threshold || self.auto_bans >= MAX_AUTO_BANS {
             return None;
         }
         let count = q.len() as u32;
@@ -172,19 +239,14 @@ impl BanBook {
             source: Source::Auto,
             count,
             since_ms: now_ms,
-            expires_ms: now_ms.saturating_add(policy.duration.as_millis() as i64),
+            expires_ms: expiry(now_ms, policy.duration),
         };
-        self.bans.insert(ban.net, ban.clone());
+        self.insert(ban.clone());
         Some(ban)
     }
 
-    fn snapshot_find(&self, key: IpAddr, now_ms: i64) -> bool {
-        self.bans
-            .values()
-            .any(|b| b.active(now_ms) && b.net.contains(key))
-    }
-
-    /// Bans `net` by hand, replacing a ban of the same block.
+    /// Bans `net` by hand (at most [`MAX_BAN`]), replacing a ban of the
+    /// same block.
     pub fn ban(&mut self, net: Cidr, duration: Duration, reason: String, now_ms: i64) -> Ban {
         let ban = Ban {
             net,
@@ -192,15 +254,15 @@ impl BanBook {
             source: Source::Manual,
             count: 0,
             since_ms: now_ms,
-            expires_ms: now_ms.saturating_add(duration.as_millis() as i64),
+            expires_ms: expiry(now_ms, duration),
         };
-        self.bans.insert(net, ban.clone());
+        self.insert(ban.clone());
         ban
     }
 
     /// Lifts the ban of exactly `net`; its clients' violations start over.
     pub fn unban(&mut self, net: Cidr) -> Option<Ban> {
-        let ban = self.bans.remove(&net)?;
+        let ban = self.remove(&net)?;
         self.violations.retain(|k, _| !net.contains(*k));
         Some(ban)
     }
@@ -213,10 +275,7 @@ impl BanBook {
             .filter(|b| !b.active(now_ms))
             .map(|b| b.net)
             .collect();
-        ended
-            .into_iter()
-            .filter_map(|n| self.bans.remove(&n))
-            .collect()
+        ended.iter().filter_map(|n| self.remove(n)).collect()
     }
 
     /// When the next ban ends, Unix milliseconds.
@@ -253,6 +312,12 @@ impl BanBook {
     }
 }
 
+/// When a ban made at `now_ms` for `duration` ends (at most [`MAX_BAN`]).
+fn expiry(now_ms: i64, duration: Duration) -> i64 {
+    let ms = i64::try_from(duration.min(MAX_BAN).as_millis()).unwrap_or(i64::MAX);
+    now_ms.saturating_add(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +326,7 @@ mod tests {
         threshold: 3,
         window: Duration::from_secs(600),
         duration: Duration::from_secs(3600),
+        limit_every: Duration::from_secs(60),
     };
 
     fn ip(s: &str) -> IpAddr {
@@ -353,6 +419,51 @@ mod tests {
         let book = BanBook::with_bans(back, 2_000);
         assert_eq!(book.len(), 1);
         assert!(BanBook::with_bans(book.bans().cloned().collect(), 9_000).is_empty());
+    }
+
+    #[test]
+    fn limit_hits_count_once_per_rate_window() {
+        let mut book = BanBook::default();
+        let t0 = Instant::now();
+        let key = ip("192.0.2.1");
+        // A burst over the limits: one violation, however many refusals.
+        for _ in 0..100 {
+            assert!(book
+                .violation(key, Violation::Limit, &POLICY, t0, 0)
+                .is_none());
+        }
+        // Still over them a minute and two minutes later: banned.
+        let m1 = t0 + Duration::from_secs(60);
+        assert!(book
+            .violation(key, Violation::Limit, &POLICY, m1, 0)
+            .is_none());
+        let m2 = t0 + Duration::from_secs(120);
+        assert!(book
+            .violation(key, Violation::Limit, &POLICY, m2, 0)
+            .is_some());
+    }
+
+    #[test]
+    fn automatic_bans_are_bounded_and_durations_capped() {
+        let mut book = BanBook::default();
+        let t0 = Instant::now();
+        let one = Policy {
+            threshold: 1,
+            ..POLICY
+        };
+        for i in 0..MAX_AUTO_BANS as u32 + 10 {
+            book.violation(IpAddr::V4(i.into()), Violation::Relay, &one, t0, 0);
+        }
+        assert_eq!(book.len(), MAX_AUTO_BANS);
+        // Manual bans are not limited; a huge duration is capped.
+        let b = book.ban("10.0.0.0/8".parse().unwrap(), Duration::MAX, "x".into(), 0);
+        assert_eq!(b.expires_ms, MAX_BAN.as_millis() as i64);
+        assert_eq!(book.len(), MAX_AUTO_BANS + 1);
+        // A client inside the banned block is not counted again.
+        assert!(!book.violations.contains_key(&ip("10.1.2.3")));
+        assert!(book
+            .violation(ip("10.1.2.3"), Violation::Relay, &one, t0, 1)
+            .is_none());
     }
 
     #[test]

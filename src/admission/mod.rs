@@ -32,10 +32,21 @@ use crate::config::Config;
 /// let one host take 2^64 of them).
 pub fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
+        v4 @ IpAddr::V4(_) => v4,
+        v6 => masked(v6, 64),
+    }
+}
+
+/// `addr` with every bit past `prefix` cleared.
+fn masked(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
         IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(bits))
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
         }
     }
 }
@@ -100,13 +111,12 @@ impl FromStr for Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = a
+        let raw: IpAddr = a
             .trim_matches(['[', ']'])
             .parse()
             .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
-        let addr = addr.to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
+        let max = if raw.is_ipv4() { 32 } else { 128 };
+        let mut prefix = match p {
             None => max,
             Some(p) => p
                 .parse::<u8>()
@@ -114,16 +124,16 @@ impl FromStr for Cidr {
                 .filter(|&p| p <= max)
                 .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
         };
-        let addr = match addr {
-            IpAddr::V4(v4) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::V4((u32::from(v4) & mask).into())
+        // An IPv4-mapped block (`::ffff:192.0.2.0/120`) is the IPv4 block,
+        // as clients are compared in their IPv4 form.
+        let mut addr = raw;
+        if let IpAddr::V6(v6) = raw {
+            if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix >= 96) {
+                addr = IpAddr::V4(v4);
+                prefix -= 96;
             }
-            IpAddr::V6(v6) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-        };
+        }
+        let addr = masked(addr, prefix);
         Ok(Cidr { addr, prefix })
     }
 }
@@ -272,6 +282,9 @@ mod tests {
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("203.0.113.1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        let mapped: Cidr = "::ffff:192.0.2.0/120".parse().unwrap();
+        assert_eq!(mapped.to_string(), "192.0.2.0/24");
+        assert!(mapped.contains("192.0.2.200".parse().unwrap()));
         assert!("example.org".parse::<Cidr>().is_err());
     }
 }

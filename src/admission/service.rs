@@ -3,8 +3,10 @@
 //! publishes every change as a new [`BanList`] snapshot.
 //!
 //! Shards never wait on it: a report is a `try_send` on a bounded channel
-//! (a full channel drops the report and counts it), and a shard reads the
-//! ban list once per connection from its snapshot. A manual ban is
+//! (a full channel drops the report and counts it in
+//! `gomail_ban_reports_dropped_total`), and a shard reads the ban list once
+//! per connection from its snapshot. Reports are handled in batches, with
+//! one write of the ban file per batch. A manual ban is
 //! published before the API call returns, so the next connection on any
 //! shard sees it.
 
@@ -25,6 +27,10 @@ const REPORT_QUEUE: usize = 16 * 1024;
 
 /// The longest the service sleeps between expiry checks.
 const TICK: Duration = Duration::from_secs(1);
+
+/// Reports handled before one commit: under a flood, bans are written to
+/// disk once per batch, not once per ban.
+const BATCH: usize = 1024;
 
 /// A shard's report of one violation.
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +97,8 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn rfc3339(ms: i64) -> String {
+/// Unix milliseconds as RFC 3339 (UTC, seconds).
+pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -105,23 +112,26 @@ impl Bans {
         let path = data_dir.join("bans.json");
         let now = now_ms();
         let saved = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<Vec<Ban>>(&bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            read => match read.map_err(|e| e.to_string()).and_then(|bytes| {
+                serde_json::from_slice::<Vec<Ban>>(&bytes).map_err(|e| e.to_string())
+            }) {
                 Ok(bans) => bans,
                 Err(e) => {
+                    // Unreadable or damaged: set aside, and serve without
+                    // bans rather than not at all.
                     let aside = path.with_extension(format!("json.damaged-{}", now / 1000));
-                    let _ = std::fs::rename(&path, &aside);
+                    if let Err(source) = std::fs::rename(&path, &aside) {
+                        return Err(BanError::Io {
+                            op: "set aside the unreadable ban file",
+                            path,
+                            source,
+                        });
+                    }
                     tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %e, "the ban file is damaged; it was set aside and gomail starts with no bans");
                     Vec::new()
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
-                return Err(BanError::Io {
-                    op: "read",
-                    path,
-                    source,
-                })
-            }
         };
         let book = BanBook::with_bans(saved, now);
         if !book.is_empty() {
@@ -157,17 +167,18 @@ impl Bans {
         self.inner.list.clone()
     }
 
-    /// Bans `net` by hand for `duration` (persisted, then published).
+    /// Bans `net` by hand for `duration` (persisted, then published). An
+    /// error means the ban applies but was not saved.
     pub fn ban(&self, net: Cidr, duration: Duration, reason: String) -> Result<Ban, BanError> {
         let mut book = self.inner.book.lock().expect("ban book");
         let ban = book.ban(net, duration, reason, now_ms());
         // In force even when it cannot be saved; the error says it will
         // not outlast a restart.
-        self.inner.commit_or_publish(&book)?;
+        let saved = self.inner.commit_or_publish(&book);
         drop(book);
         self.inner.made[1].fetch_add(1, Ordering::Relaxed);
         tracing::warn!(event = "ip_banned", ip = %ban.net, reason = %ban.reason, count = ban.count, source = "manual", expires = %rfc3339(ban.expires_ms), "client banned by an operator");
-        Ok(ban)
+        saved.map(|()| ban)
     }
 
     /// Lifts the ban of exactly `net`; `None` when there was none.
@@ -189,15 +200,20 @@ impl Bans {
         book.bans().filter(|b| b.active(now)).cloned().collect()
     }
 
-    /// Bans in force now, and bans made since start by source
-    /// (auto, manual), for `/metrics`.
-    pub fn counts(&self) -> (u64, [u64; 2]) {
-        let active = self.bans().len() as u64;
+    /// Bans in force now, bans made since start by source (auto,
+    /// manual), and violation reports dropped because the service was
+    /// behind, for `/metrics`.
+    pub fn counts(&self) -> (u64, [u64; 2], u64) {
+        let now = now_ms();
+        let active = {
+            let book = self.inner.book.lock().expect("ban book");
+            book.bans().filter(|b| b.active(now)).count() as u64
+        };
         let made = [
             self.inner.made[0].load(Ordering::Relaxed),
             self.inner.made[1].load(Ordering::Relaxed),
         ];
-        (active, made)
+        (active, made, self.inner.dropped.load(Ordering::Relaxed))
     }
 
     /// The configured `ban_duration`.
@@ -217,7 +233,7 @@ impl Inner {
     /// Writes the bans durably, then publishes them.
     fn commit(&self, book: &BanBook) -> Result<(), BanError> {
         let bans: Vec<&Ban> = book.bans().collect();
-        let json = serde_json::to_vec_pretty(&bans).expect("bans serialize");
+        let json = serde_json::to_vec(&bans).expect("bans serialize");
         let err = |source| BanError::Io {
             op: "write",
             path: self.path.clone(),
@@ -242,24 +258,33 @@ fn run(inner: &Inner, rx: &Receiver<Report>) {
                 })
                 .unwrap_or(TICK)
         };
-        match rx.recv_timeout(wait) {
-            Ok(r) => {
-                let mut book = inner.book.lock().expect("ban book");
+        let first = match rx.recv_timeout(wait) {
+            Ok(r) => Some(r),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if let Some(first) = first {
+            let mut book = inner.book.lock().expect("ban book");
+            let mut made = Vec::new();
+            for r in std::iter::once(first).chain(rx.try_iter().take(BATCH - 1)) {
                 if let Some(ban) =
                     book.violation(r.key, r.kind, &inner.policy, Instant::now(), now_ms())
                 {
-                    // Published even when the write fails: the ban holds
-                    // for this run, and the error says it will not last.
-                    if let Err(e) = inner.commit_or_publish(&book) {
-                        tracing::error!(error = %e, "ban not saved; it holds until gomail restarts");
-                    }
-                    drop(book);
-                    inner.made[0].fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(event = "ip_banned", ip = %ban.net, reason = %ban.reason, count = ban.count, shard = r.shard, source = "auto", expires = %rfc3339(ban.expires_ms), "client banned automatically");
+                    made.push((ban, r.shard));
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            if !made.is_empty() {
+                // Published even when the write fails: the bans hold for
+                // this run, and the error says they will not last.
+                if let Err(e) = inner.commit_or_publish(&book) {
+                    tracing::error!(error = %e, "bans not saved; they hold until gomail restarts");
+                }
+            }
+            drop(book);
+            for (ban, shard) in made {
+                inner.made[0].fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(event = "ip_banned", ip = %ban.net, reason = %ban.reason, count = ban.count, shard, source = "auto", expires = %rfc3339(ban.expires_ms), "client banned automatically");
+            }
         }
         let mut book = inner.book.lock().expect("ban book");
         let ended = book.expire(now_ms());

@@ -31,13 +31,54 @@ pub enum Refusal {
     Total,
 }
 
-impl Refusal {
-    /// The `reason` label of `gomail_connections_refused_total`.
+/// Why a connection was refused at connect: the `reason` label of
+/// `gomail_connections_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// `max_connections_per_ip`.
+    PerIp,
+    /// `max_total_connections`, or a full client table.
+    Total,
+    /// `smtp_connection_rate_limit`.
+    Rate,
+    /// A ban.
+    Banned,
+    /// It spoke before the greeting.
+    Pregreet,
+    /// DNS blocklists.
+    Dnsbl,
+}
+
+impl RefusedBy {
+    /// Every reason, in metric order.
+    pub const ALL: [RefusedBy; 6] = [
+        RefusedBy::PerIp,
+        RefusedBy::Total,
+        RefusedBy::Rate,
+        RefusedBy::Banned,
+        RefusedBy::Pregreet,
+        RefusedBy::Dnsbl,
+    ];
+
+    /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::PerIp => "per_ip",
-            Refusal::Rate => "rate",
-            Refusal::Total => "total",
+            RefusedBy::PerIp => "per_ip",
+            RefusedBy::Total => "total",
+            RefusedBy::Rate => "rate",
+            RefusedBy::Banned => "banned",
+            RefusedBy::Pregreet => "pregreet",
+            RefusedBy::Dnsbl => "dnsbl",
+        }
+    }
+}
+
+impl From<Refusal> for RefusedBy {
+    fn from(r: Refusal) -> RefusedBy {
+        match r {
+            Refusal::PerIp => RefusedBy::PerIp,
+            Refusal::Rate => RefusedBy::Rate,
+            Refusal::Total => RefusedBy::Total,
         }
     }
 }

@@ -293,6 +293,16 @@ pub struct Config {
     settings: BTreeMap<&'static str, (Value, Origin)>,
 }
 
+/// The keys `gomail server` has a flag of its own for (`--port`, …).
+pub const SERVER_FLAGS: &[&str] = &[
+    "port",
+    "bearer_token",
+    "log_level",
+    "data_dir",
+    "smtp_listen",
+    "shards",
+];
+
 /// Loads and checks the configuration from `sources`.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let mut settings: BTreeMap<&'static str, (Value, Origin)> = BTreeMap::new();
@@ -326,7 +336,13 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         }
     }
     for (name, v) in &sources.flags {
-        let origin = Origin::Flag(name.replace(['_', '.'], "-"));
+        // `gomail server` has a flag of its own for a few keys; the rest
+        // come from `--set key=value`.
+        let origin = if SERVER_FLAGS.contains(&name.as_str()) {
+            Origin::Flag(name.replace(['_', '.'], "-"))
+        } else {
+            Origin::Flag(format!("set {name}"))
+        };
         let Some(key) = keys::find(name) else {
             return Err(unknown(name.clone(), origin));
         };

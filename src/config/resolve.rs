@@ -225,6 +225,14 @@ pub(super) fn resolve(
             ));
         }
     }
+    if keys::parse_duration(&get("ban_duration"))
+        .is_some_and(|d| d.is_zero() || d > crate::admission::bans::MAX_BAN)
+    {
+        return Err(invalid(
+            "ban_duration",
+            "must be longer than 0s and at most 10 years (3650d)".into(),
+        ));
+    }
     for k in [
         "http_timeouts.handler",
         "smtp_rate_window",

@@ -113,11 +113,29 @@ fn impossible_values_are_refused() {
         ),
         ("shards: 0\n", "shards"),
         ("port: 70000\n", "port"),
+        ("trusted_networks: [\"10.0.0.0/33\"]\n", "trusted_networks"),
+        ("trusted_proxies: [\"proxy\"]\n", "trusted_proxies"),
+        ("smtp_rate_window: 0s\n", "smtp_rate_window"),
+        ("ban_duration: 0s\n", "ban_duration"),
+        ("ban_duration: 4000d\n", "ban_duration"),
+        ("admin_token: x\nbearer_token: x\n", "admin_token"),
     ] {
         let err = load_text(text, &[], &[]).unwrap_err().to_string();
         assert!(err.contains(&format!("key `{key}`")), "{text}: {err}");
         assert!(err.contains(":1:"), "{text}: {err}");
     }
+}
+
+#[test]
+fn a_set_flag_is_named_as_written() {
+    let err = load_text("", &[], &[("smtp_rate_window", "0s")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("flag --set smtp_rate_window"), "{err}");
+    let err = load_text("", &[], &[("port", "70000")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("flag --port"), "{err}");
 }
 
 #[test]

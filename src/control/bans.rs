@@ -11,11 +11,7 @@ use super::{error, json, json_body, Answer, Ctx};
 use crate::admission::bans::Ban;
 use crate::admission::Cidr;
 
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
+use crate::admission::service::rfc3339;
 
 /// A ban as the API and `gomail security banned-ips --json` show it.
 pub(super) fn ban_json(b: &Ban) -> serde_json::Value {
@@ -108,8 +104,8 @@ async fn add(req: Request<Incoming>, ctx: &Ctx) -> Answer {
         },
         _ => return invalid("`duration`: expected whole seconds or a duration such as 2h"),
     };
-    if duration.is_zero() {
-        return invalid("`duration`: must be longer than 0s");
+    if duration.is_zero() || duration > crate::admission::bans::MAX_BAN {
+        return invalid("`duration`: must be longer than 0s and at most 10 years");
     }
     let reason = match &v["reason"] {
         serde_json::Value::Null => "banned by an operator".to_string(),

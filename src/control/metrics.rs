@@ -15,10 +15,10 @@ pub struct BanCounts {
     pub active: u64,
     /// Bans made since start: automatic, manual.
     pub made: [u64; 2],
+    /// Violation reports dropped because the ban service was behind.
+    pub dropped: u64,
 }
 
-/// Every `reason` of `gomail_connections_refused_total`.
-const REFUSAL_REASONS: [&str; 6] = ["per_ip", "total", "rate", "banned", "pregreet", "dnsbl"];
 /// Every `limit` of `gomail_rate_limited_total`.
 const RATE_LIMITS: [&str; 3] = ["connection", "message", "recipient"];
 
@@ -165,13 +165,17 @@ pub fn render(stats: &[ShardStats], uptime_s: u64, bans: BanCounts) -> String {
         "Connections closed because the client did not take its replies within smtp_write_timeout.",
         &|s| s.write_timeouts,
     );
+    let reasons: Vec<&str> = crate::admission::table::RefusedBy::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .collect();
     labelled(
         &mut out,
         stats,
         "gomail_connections_refused_total",
         "SMTP connections refused at connect, by reason.",
         "reason",
-        &REFUSAL_REASONS,
+        &reasons,
         |s| &s.refused_by,
     );
     labelled(
@@ -205,6 +209,11 @@ pub fn render(stats: &[ShardStats], uptime_s: u64, bans: BanCounts) -> String {
         out,
         "# HELP gomail_bans_total Bans made since start, by source.\n# TYPE gomail_bans_total counter\ngomail_bans_total{{source=\"auto\"}} {}\ngomail_bans_total{{source=\"manual\"}} {}",
         bans.made[0], bans.made[1]
+    );
+    let _ = writeln!(
+        out,
+        "# HELP gomail_ban_reports_dropped_total Violation reports dropped because the ban service was behind (bans may come late).\n# TYPE gomail_ban_reports_dropped_total counter\ngomail_ban_reports_dropped_total {}",
+        bans.dropped
     );
     let _ = writeln!(
         out,
@@ -353,6 +362,7 @@ mod tests {
             BanCounts {
                 active: 2,
                 made: [3, 1],
+                dropped: 0,
             },
         );
         assert!(

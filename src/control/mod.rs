@@ -481,8 +481,12 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
     let uptime = ctx.started.elapsed().as_secs();
     if is_metrics {
         let mut r = Response::new(Full::new(Bytes::from(metrics::render(&stats, uptime, {
-            let (active, made) = ctx.bans.counts();
-            metrics::BanCounts { active, made }
+            let (active, made, dropped) = ctx.bans.counts();
+            metrics::BanCounts {
+                active,
+                made,
+                dropped,
+            }
         }))));
         r.headers_mut().insert(
             "content-type",

@@ -3,10 +3,12 @@
 //! this file performs them: refusal replies, counters, log events,
 //! violation reports.
 //!
-//! Order at connect: ban list, then the global connection count, then the
-//! shard's per-client table (concurrency, connection rate). Trusted
-//! networks skip the ban list and the table; the global count applies to
-//! everyone, as it measures the server's own capacity.
+//! Order at connect: the ban list, then the global connection count,
+//! then the shard's per-client table (concurrency, connection rate).
+//! Trusted networks skip the ban list and the table; the global count
+//! applies to everyone, as it measures the server's own capacity. A banned
+//! client's refused sessions hold places in its table entry too, so being
+//! banned never buys more connections than `max_connections_per_ip`.
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::ShardState;
 use crate::admission::service::{now_ms, Report};
-use crate::admission::table::{Limit, Refusal};
+use crate::admission::table::{Limit, Refusal, RefusedBy};
 use crate::admission::{client_key, Violation};
 use crate::smtp::{Gate, Misbehaviour, Reply};
 
@@ -67,19 +69,51 @@ pub(super) enum Decision {
     /// Refuse it with this reply and close.
     Refuse(Reply),
     /// It is banned: answer with a refused session (554, then 503 to all
-    /// but QUIT). It holds its place in the global count meanwhile.
+    /// but QUIT). It holds its places meanwhile.
     Banned(Admitted, Reply),
+}
+
+/// Takes a place in the global count; false (nothing taken) when full.
+fn take_place(state: &ShardState) -> bool {
+    if state.total.fetch_add(1, Ordering::Relaxed) < state.admission.total {
+        return true;
+    }
+    state.total.fetch_sub(1, Ordering::Relaxed);
+    false
 }
 
 /// The admission decision for a connection from `ip`.
 pub(super) fn admit(state: &Rc<ShardState>, ip: IpAddr) -> Decision {
     let ip = ip.to_canonical();
     let trusted = state.admission.trusted.contains(ip);
-    let total = state.total.fetch_add(1, Ordering::Relaxed) + 1;
-    if total > state.admission.total {
-        state.total.fetch_sub(1, Ordering::Relaxed);
-        refused(state, Refusal::Total.as_str());
-        tracing::warn!(event = "connection_limit_exceeded", ip = %ip, reason = "total", count = total - 1, shard = state.id, "connection refused: max_total_connections reached");
+    let key = client_key(ip);
+    let banned = !trusted && state.bans.borrow_mut().load().find(ip, now_ms()).is_some();
+    if banned {
+        refused(state, RefusedBy::Banned);
+        // A banned client gets its refused session only within its own
+        // places; past them, the 554 and the door at once.
+        let placed = state
+            .table
+            .borrow_mut()
+            .connect(key, Instant::now())
+            .is_ok();
+        if placed && take_place(state) {
+            return Decision::Banned(
+                Admitted {
+                    state: state.clone(),
+                    key: Some(key),
+                },
+                Reply::banned(ip),
+            );
+        }
+        if placed {
+            state.table.borrow_mut().disconnect(key, Instant::now());
+        }
+        return Decision::Refuse(Reply::banned(ip));
+    }
+    if !take_place(state) {
+        refused(state, RefusedBy::Total);
+        state.log_limit(|| tracing::warn!(event = "connection_limit_exceeded", ip = %ip, reason = "total", count = state.admission.total, shard = state.id, "connection refused: max_total_connections reached"));
         return Decision::Refuse(Reply::TOO_MANY_CONNECTIONS_TOTAL);
     }
     if trusted {
@@ -88,53 +122,41 @@ pub(super) fn admit(state: &Rc<ShardState>, ip: IpAddr) -> Decision {
             key: None,
         });
     }
-    if let Some(ban) = state.bans.load().find(ip, now_ms()) {
-        refused(state, "banned");
-        tracing::debug!(shard = state.id, ip = %ip, ban = %ban.net, reason = %ban.reason, "banned client refused");
-        return Decision::Banned(
-            Admitted {
-                state: state.clone(),
-                key: None,
-            },
-            Reply::banned(ip),
-        );
-    }
-    let key = client_key(ip);
     let verdict = state.table.borrow_mut().connect(key, Instant::now());
-    match verdict {
-        Ok(()) => Decision::Serve(Admitted {
+    let Err(r) = verdict else {
+        return Decision::Serve(Admitted {
             state: state.clone(),
             key: Some(key),
-        }),
-        Err(r) => {
-            state.total.fetch_sub(1, Ordering::Relaxed);
-            refused(state, r.as_str());
+        });
+    };
+    state.total.fetch_sub(1, Ordering::Relaxed);
+    refused(state, r.into());
+    match r {
+        Refusal::PerIp => {
             violation(state, key, Violation::Limit);
-            match r {
-                Refusal::PerIp => {
-                    tracing::warn!(event = "connection_limit_exceeded", ip = %ip, reason = "per_ip", count = state.admission.per_ip, shard = state.id, "connection refused: max_connections_per_ip reached");
-                    Decision::Refuse(Reply::too_many_connections_from(ip))
-                }
-                Refusal::Rate => {
-                    rate_limited(state, ip, Limit::Connection);
-                    Decision::Refuse(Reply::connection_rate(ip))
-                }
-                Refusal::Total => {
-                    tracing::warn!(event = "connection_limit_exceeded", ip = %ip, reason = "table_full", count = crate::admission::table::MAX_ENTRIES, shard = state.id, "connection refused: the shard's client table is full");
-                    Decision::Refuse(Reply::TOO_MANY_CONNECTIONS_TOTAL)
-                }
-            }
+            state.log_limit(|| tracing::warn!(event = "connection_limit_exceeded", ip = %ip, reason = "per_ip", count = state.admission.per_ip, shard = state.id, "connection refused: max_connections_per_ip reached"));
+            Decision::Refuse(Reply::too_many_connections_from(ip))
+        }
+        Refusal::Rate => {
+            violation(state, key, Violation::Limit);
+            rate_limited(state, ip, Limit::Connection);
+            Decision::Refuse(Reply::connection_rate(ip))
+        }
+        Refusal::Total => {
+            // The table is full of other clients: not this one's doing.
+            state.log_limit(|| tracing::warn!(event = "connection_limit_exceeded", ip = %ip, reason = "table_full", count = crate::admission::table::MAX_ENTRIES, shard = state.id, "connection refused: the shard's client table is full"));
+            Decision::Refuse(Reply::TOO_MANY_CONNECTIONS_TOTAL)
         }
     }
 }
 
 /// Counts a connection refused for `reason` (`gomail_connections_refused_total`).
-pub(super) fn refused(state: &ShardState, reason: &'static str) {
+pub(super) fn refused(state: &ShardState, reason: RefusedBy) {
     *state
         .stats
         .borrow_mut()
         .refused_by
-        .entry(reason)
+        .entry(reason.as_str())
         .or_default() += 1;
 }
 
@@ -150,7 +172,7 @@ fn rate_limited(state: &ShardState, ip: IpAddr, limit: Limit) {
         Limit::Message => state.admission.message_rate,
         Limit::Recipient => state.admission.recipient_rate,
     };
-    tracing::warn!(event = "rate_limit_exceeded", ip = %ip, reason = limit.as_str(), count = configured, window_s = state.admission.rate_window.as_secs(), shard = state.id, "client over its rate limit");
+    state.log_limit(|| tracing::warn!(event = "rate_limit_exceeded", ip = %ip, reason = limit.as_str(), count = configured, window_s = state.admission.rate_window.as_secs(), shard = state.id, "client over its rate limit"));
 }
 
 /// Counts a violation and reports it to the ban service.
@@ -210,5 +232,55 @@ pub(super) async fn sweep(state: Rc<ShardState>) {
     loop {
         glommio::timer::sleep(SWEEP_EVERY).await;
         state.table.borrow_mut().sweep(Instant::now());
+    }
+}
+
+/// Limit-hit log lines a shard writes per second; past that they are
+/// counted and summed up in one line, so a flood cannot flood the log.
+pub(super) const LOG_BUDGET: u32 = 20;
+
+/// A shard's log budget for limit hits (see [`LOG_BUDGET`]).
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    since: Instant,
+    written: u32,
+    suppressed: u64,
+}
+
+impl Default for LogBudget {
+    fn default() -> LogBudget {
+        LogBudget {
+            since: Instant::now(),
+            written: 0,
+            suppressed: 0,
+        }
+    }
+}
+
+impl ShardState {
+    /// Writes a limit-hit log line within the shard's budget.
+    pub(super) fn log_limit(&self, line: impl FnOnce()) {
+        let mut b = self.log_budget.borrow_mut();
+        let now = Instant::now();
+        if now.duration_since(b.since) >= Duration::from_secs(1) {
+            if b.suppressed > 0 {
+                tracing::warn!(
+                    shard = self.id,
+                    suppressed = b.suppressed,
+                    "more limit hits than {LOG_BUDGET} a second; the rest were counted, not logged"
+                );
+            }
+            *b = LogBudget {
+                since: now,
+                ..LogBudget::default()
+            };
+        }
+        if b.written < LOG_BUDGET {
+            b.written += 1;
+            drop(b);
+            line();
+        } else {
+            b.suppressed += 1;
+        }
     }
 }

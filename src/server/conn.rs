@@ -16,6 +16,8 @@ use futures_rustls::server::TlsStream;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::{admit, ShardState};
+use crate::admission::table::RefusedBy;
+use crate::admission::{client_key, Violation};
 use crate::auth::{MessageVerdict, SenderCheck};
 use crate::smtp::{trace, Action, Completion, Reply, Session, TlsInfo, Transaction};
 use crate::spool::{Envelope, Spooled};
@@ -24,13 +26,13 @@ use mail_auth::IprevOutput;
 /// Octets read per read call (the size of the shard's one read buffer).
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 
-/// Replies held for a client before they are written, even mid-batch: a
-/// client that pipelines thousands of commands and never reads gets its
-/// replies written (and so `smtp_write_timeout`), never buffered for.
-const MAX_PENDING_REPLIES: usize = 64 * 1024;
+use crate::smtp::session::MAX_PENDING_REPLIES;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long closing a connection may take (a TLS close_notify).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A client connection, before or after TLS.
 enum Conn {
@@ -153,12 +155,7 @@ pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, im
                 let timeout = state.admission.write_timeout;
                 glommio::spawn_local(async move {
                     let mut stream = stream;
-                    if !implicit_tls {
-                        let mut out = Vec::new();
-                        reply.write_to(&mut out);
-                        write_within(&mut stream, &out, timeout).await;
-                    }
-                    let _ = stream.close().await;
+                    refuse_and_close(&mut stream, &reply, implicit_tls, timeout).await;
                 })
                 .detach();
                 continue;
@@ -179,18 +176,65 @@ pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, im
     }
 }
 
-/// Writes `bytes` unless the client takes longer than `timeout` to take
-/// them; false when it did not (or the connection failed).
+/// How a write to a client ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// All of it was sent (flushed, for TLS).
+    Done,
+    /// The client did not take it within the deadline.
+    TimedOut,
+    /// The connection failed.
+    Failed,
+}
+
+/// Writes and flushes `bytes` unless the client takes longer than
+/// `timeout` to take them.
 async fn write_within<W: AsyncWrite + Unpin>(
     stream: &mut W,
     bytes: &[u8],
     timeout: Duration,
-) -> bool {
-    future::or(async { stream.write_all(bytes).await.is_ok() }, async {
-        glommio::timer::sleep(timeout).await;
-        false
-    })
+) -> Written {
+    future::or(
+        async {
+            match stream.write_all(bytes).await {
+                Ok(()) if stream.flush().await.is_ok() => Written::Done,
+                _ => Written::Failed,
+            }
+        },
+        async {
+            glommio::timer::sleep(timeout).await;
+            Written::TimedOut
+        },
+    )
     .await
+}
+
+/// Closes the connection, waiting at most [`CLOSE_TIMEOUT`]: a TLS close
+/// writes an alert, which a client that does not read would never take.
+async fn close_within<W: AsyncWrite + Unpin>(stream: &mut W) {
+    future::or(
+        async {
+            let _ = stream.close().await;
+        },
+        glommio::timer::sleep(CLOSE_TIMEOUT),
+    )
+    .await
+}
+
+/// Writes one refusal (plaintext listeners only: an implicit-TLS client
+/// cannot read one before its handshake) and closes.
+async fn refuse_and_close(
+    stream: &mut TcpStream,
+    reply: &Reply,
+    implicit_tls: bool,
+    timeout: Duration,
+) {
+    if !implicit_tls {
+        let mut out = Vec::new();
+        reply.write_to(&mut out);
+        write_within(stream, &out, timeout).await;
+    }
+    close_within(stream).await;
 }
 
 thread_local! {
@@ -212,12 +256,17 @@ pub fn panic_is_contained() -> bool {
 /// message.
 pub(super) async fn contain(work: impl std::future::Future<Output = ()>) -> Result<(), String> {
     use futures_util::FutureExt;
+    /// Restores the flag however the poll ends, unwinding included.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CONTAINED.with(|c| c.set(self.0));
+        }
+    }
     let mut work = std::pin::pin!(work);
     let flagged = future::poll_fn(move |cx| {
-        let was = CONTAINED.with(|c| c.replace(true));
-        let r = work.as_mut().poll(cx);
-        CONTAINED.with(|c| c.set(was));
-        r
+        let _restore = Restore(CONTAINED.with(|c| c.replace(true)));
+        work.as_mut().poll(cx)
     });
     std::panic::AssertUnwindSafe(flagged)
         .catch_unwind()
@@ -245,7 +294,7 @@ async fn connection(
     let timeout = st.admission.write_timeout;
     if let Some(reply) = banned {
         if implicit_tls {
-            let _ = stream.close().await;
+            close_within(&mut stream).await;
             return;
         }
         let session = Session::refused(st.session.clone(), Instant::now(), reply);
@@ -262,17 +311,10 @@ async fn connection(
         false
     };
     if pregreet {
-        admit::refused(st, "pregreet");
-        admit::violation(
-            st,
-            crate::admission::client_key(ip),
-            crate::admission::Violation::Pregreet,
-        );
+        admit::refused(st, RefusedBy::Pregreet);
+        admit::violation(st, client_key(ip), Violation::Pregreet);
         tracing::info!(shard = st.id, client = %ip, wait_ms = wait.as_millis() as u64, "client refused: it sent data before the greeting");
-        let mut out = Vec::new();
-        Reply::pregreet(ip).write_to(&mut out);
-        write_within(&mut stream, &out, timeout).await;
-        let _ = stream.close().await;
+        refuse_and_close(&mut stream, &Reply::pregreet(ip), false, timeout).await;
         return;
     }
     if let Some(zones) = match &st.auth {
@@ -280,28 +322,19 @@ async fn connection(
         _ => None,
     } {
         st.stats.borrow_mut().connections_blocked += 1;
-        admit::refused(st, "dnsbl");
-        admit::violation(
-            st,
-            crate::admission::client_key(ip),
-            crate::admission::Violation::Dnsbl,
-        );
+        admit::refused(st, RefusedBy::Dnsbl);
+        admit::violation(st, client_key(ip), Violation::Dnsbl);
         tracing::info!(shard = st.id, client = %peer.ip(), zones = %zones.join(","), "client refused: listed by DNS blocklists");
-        if !implicit_tls {
-            let mut out = Vec::new();
-            Reply::new(
-                554,
-                "5.7.1",
-                format!(
-                    "Service unavailable; client [{}] blocked using {}",
-                    peer.ip(),
-                    zones.join(", ")
-                ),
-            )
-            .write_to(&mut out);
-            write_within(&mut stream, &out, timeout).await;
-        }
-        let _ = stream.close().await;
+        let reply = Reply::new(
+            554,
+            "5.7.1",
+            format!(
+                "Service unavailable; client [{}] blocked using {}",
+                peer.ip(),
+                zones.join(", ")
+            ),
+        );
+        refuse_and_close(&mut stream, &reply, implicit_tls, timeout).await;
         return;
     }
     let conn = if implicit_tls {
@@ -493,14 +526,19 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                 break;
             }
         }
-        // Replies written early: pipelined commands are still held, to be
-        // answered before anything more is read.
+        // The session stopped answering at MAX_PENDING_REPLIES: pipelined
+        // commands are still held, to be answered before anything more is
+        // read.
         let more = out.len() >= MAX_PENDING_REPLIES && !held.is_empty();
         if !out.is_empty() {
-            if !write_within(&mut stream, &out, write_timeout).await {
-                state.stats.borrow_mut().write_timeouts += 1;
-                tracing::info!(shard = state.id, client = %peer.ip(), pending = out.len(), timeout_s = write_timeout.as_secs(), "client closed: it did not take its replies within smtp_write_timeout");
-                break;
+            match write_within(&mut stream, &out, write_timeout).await {
+                Written::Done => {}
+                Written::Failed => break,
+                Written::TimedOut => {
+                    state.stats.borrow_mut().write_timeouts += 1;
+                    tracing::info!(shard = state.id, client = %peer.ip(), pending = out.len(), timeout_s = write_timeout.as_secs(), "client closed: it did not take its replies within smtp_write_timeout");
+                    break;
+                }
             }
             // Nothing kept for an idle connection.
             out = Vec::new();
@@ -562,7 +600,7 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
             }
         }
     }
-    let _ = stream.close().await;
+    close_within(&mut stream).await;
 }
 
 /// Spools one message; the answer becomes the session's completion.
@@ -672,5 +710,9 @@ mod tests {
         });
         assert_eq!(caught, Err("a parser bug".to_string()));
         assert_eq!(other, 42);
+        // The flag the process's panic hook reads is cleared again after
+        // the unwind: a later panic outside a connection still ends the
+        // process.
+        assert!(!super::panic_is_contained());
     }
 }

@@ -94,6 +94,11 @@ impl std::fmt::Debug for GateBox {
     }
 }
 
+/// Replies a session writes before it stops using input until they have
+/// been written: a client that pipelines thousands of commands and never
+/// reads is never buffered for beyond this.
+pub const MAX_PENDING_REPLIES: usize = 64 * 1024;
+
 /// How long a refused session ([`Session::refused`]) waits for QUIT.
 pub const REFUSED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -379,6 +384,7 @@ impl Session {
             match &mut self.state {
                 State::Closed => return input.len(),
                 State::Spooling | State::StartingTls | State::CheckingSender(_) => return pos,
+                State::Command if out.len() >= MAX_PENDING_REPLIES => return pos,
                 State::Command => {
                     // Only CRLF ends a command line: a bare LF or CR inside
                     // makes the whole line up to the CRLF one bad line.
@@ -484,8 +490,21 @@ impl Session {
 
     /// Writes a reply and counts client errors; closes at the limit.
     fn reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        let counted = reply.code >= 500;
+        self.reply_counting(reply, counted, out);
+    }
+
+    /// Writes a refusal of the [`Gate`] (a rate): counted as an error, as
+    /// Postfix counts its 4xx rejects, so a client that keeps going over
+    /// its rate is closed at `max_errors` instead of pipelining refusals
+    /// for the whole session.
+    fn gate_refusal(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        self.reply_counting(reply, true, out);
+    }
+
+    fn reply_counting(&mut self, reply: Reply, counted: bool, out: &mut Vec<u8>) {
         reply.write_to(out);
-        if reply.code >= 500 {
+        if counted {
             self.errors += 1;
             if self.errors >= self.cfg.limits.max_errors {
                 Reply::TOO_MANY_ERRORS.write_to(out);

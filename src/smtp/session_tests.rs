@@ -724,3 +724,31 @@ fn a_session_ends_at_its_time_limit_however_busy() {
         "421 4.4.2 Error: session time limit exceeded, closing connection\r\n"
     );
 }
+
+#[test]
+fn rate_refusals_count_as_errors_and_close_the_session_at_the_limit() {
+    let (mut s, _) = gated(0, 0);
+    let r = feed(&mut s, b"EHLO c\r\n");
+    assert!(r.starts_with("250"));
+    let script = b"MAIL FROM:<a@b.example>\r\n".repeat(Limits::default().max_errors as usize);
+    let r = feed(&mut s, &script);
+    assert!(s.is_closed(), "{r}");
+    assert!(
+        r.ends_with("421 4.7.0 Error: too many errors, closing connection\r\n"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_client_that_never_reads_is_answered_up_to_the_reply_bound_only() {
+    let mut s = Session::new(cfg(), Instant::now());
+    let mut out = Vec::new();
+    let script = b"NOOP\r\n".repeat(20_000);
+    let used = s.handle_input(&script, Instant::now(), &mut out);
+    assert!(used < script.len());
+    assert!(out.len() >= MAX_PENDING_REPLIES && out.len() < MAX_PENDING_REPLIES + 64);
+    // Once the replies are written, the rest is answered.
+    out.clear();
+    let more = s.handle_input(&script[used..], Instant::now(), &mut out);
+    assert!(more > 0);
+}

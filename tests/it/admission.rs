@@ -638,3 +638,51 @@ fn bans_unbans_expiries_and_limit_hits_are_logged_as_named_events() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("secret-admin-token"));
 }
+
+#[test]
+fn a_banned_client_holds_no_more_places_than_its_limit() {
+    let port = api_port();
+    let g = Gomail::start(&format!(
+        "port: {port}\nadmin_token: t\nmax_connections_per_ip: 3\n{UNTRUSTED}"
+    ));
+    assert!(gomail_cli(&g, &["security", "ban", "127.0.14.1"]).0);
+    let mut held = Vec::new();
+    let mut shut_at_once = 0;
+    for _ in 0..8 {
+        let (mut r, line) = greet_from(g.addr, v4(0, 14, 1));
+        assert_eq!(line, "554 5.7.1 127.0.14.1 is banned\r\n");
+        r.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut rest = Vec::new();
+        match r.read_to_end(&mut rest) {
+            Ok(_) => shut_at_once += 1,
+            Err(_) => held.push(r),
+        }
+    }
+    // Three refused sessions wait for QUIT; the other five were closed.
+    assert_eq!((held.len(), shut_at_once), (3, 5));
+    assert_eq!(metric(&g, "gomail_connections_active"), 3.0);
+    for mut r in held {
+        r.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(say(&mut r, "QUIT"), "221 2.0.0 Bye\r\n");
+    }
+}
+
+#[test]
+fn an_unreadable_ban_file_is_set_aside_and_the_server_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Not even a file: a directory where the ban file belongs.
+    std::fs::create_dir_all(data.join("bans.json")).unwrap();
+    let g = Gomail::start_on(&data, UNTRUSTED);
+    assert!(greet_from(g.addr, v4(0, 15, 1)).1.starts_with("220 "));
+    let aside = std::fs::read_dir(&data).unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("bans.json.damaged-")
+    });
+    assert!(aside, "the unreadable file is kept aside for the operator");
+}

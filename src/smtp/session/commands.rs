@@ -59,7 +59,8 @@ impl Session {
                     // Not advertised without TLS (RFC 8689 section 4).
                     Reply::UNSUPPORTED_PARAM
                 } else if let Some(r) = self.gate.as_mut().and_then(|g| g.0.mail(now)) {
-                    r
+                    self.gate_refusal(r, out);
+                    return;
                 } else {
                     let env = Envelope {
                         mail_from: path.address.to_string(),
@@ -88,10 +89,10 @@ impl Session {
                 };
                 self.reply(reply, out);
             }
-            Command::Rcpt(path) => {
-                let reply = self.rcpt(path, now);
-                self.reply(reply, out);
-            }
+            Command::Rcpt(path) => match self.rcpt(path, now) {
+                Ok(reply) => self.reply(reply, out),
+                Err(refusal) => self.gate_refusal(refusal, out),
+            },
             Command::Data => {
                 let reply = match (&self.helo, &self.envelope) {
                     (None, _) => Reply::NEED_EHLO,
@@ -161,19 +162,20 @@ impl Session {
         }
     }
 
-    fn rcpt(&mut self, path: command::Path<'_>, now: Instant) -> Reply {
+    /// The reply to RCPT; `Err` for the [`Gate`]'s refusal.
+    fn rcpt(&mut self, path: command::Path<'_>, now: Instant) -> Result<Reply, Reply> {
         if self.helo.is_none() {
-            return Reply::NEED_EHLO;
+            return Ok(Reply::NEED_EHLO);
         }
         let primary = self.cfg.domains.first().map(String::as_str).unwrap_or("");
         let Some(env) = self.envelope.as_mut() else {
-            return Reply::NEED_MAIL;
+            return Ok(Reply::NEED_MAIL);
         };
         if env.chunked {
-            return Reply::NESTED_MAIL;
+            return Ok(Reply::NESTED_MAIL);
         }
         if path.is_utf8() && !env.params.smtputf8 {
-            return Reply::NEED_SMTPUTF8;
+            return Ok(Reply::NEED_SMTPUTF8);
         }
         let address = if path.domain.is_empty() {
             // <postmaster> without a domain must be accepted (RFC 5321 4.5.1).
@@ -182,26 +184,26 @@ impl Session {
             path.address.to_string()
         } else {
             self.misbehaved(Misbehaviour::Relay);
-            return Reply::RELAY_DENIED;
+            return Ok(Reply::RELAY_DENIED);
         };
         if env
             .recipients
             .iter()
             .any(|r| r.eq_ignore_ascii_case(&address))
         {
-            return Reply::RECIPIENT_OK;
+            return Ok(Reply::RECIPIENT_OK);
         }
         if env.recipients.len() >= self.cfg.limits.max_recipients {
-            return Reply::TOO_MANY_RECIPIENTS;
+            return Ok(Reply::TOO_MANY_RECIPIENTS);
         }
         if let Some(r) = self.gate.as_mut().and_then(|g| g.0.rcpt(now)) {
-            return r;
+            return Err(r);
         }
         let Some(env) = self.envelope.as_mut() else {
-            return Reply::NEED_MAIL;
+            return Ok(Reply::NEED_MAIL);
         };
         env.recipients.push(address);
-        Reply::RECIPIENT_OK
+        Ok(Reply::RECIPIENT_OK)
     }
 
     fn write_ehlo(&self, out: &mut Vec<u8>) {
