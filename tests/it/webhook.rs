@@ -87,10 +87,13 @@ fn a_receiver_that_hangs_or_hangs_up_is_retried() {
         [HANG, CLOSE, 200]
     );
     assert!(log.iter().all(|r| r.id == ids[0] && r.signature_ok));
-    // gomail gave up on the silent attempt at its timeout, not at the hang's end.
+    // gomail gave up on the silent attempt at its timeout, not at the
+    // hang's end. The timeout runs from gomail's connect, the receiver
+    // notes the request a little later: on a loaded machine the gap can be
+    // a few tens of ms under the 2 s (seen: 1.976 s in CI).
     let gap = log[1].at - log[0].at;
     assert!(
-        gap >= Duration::from_secs(2) && gap < Duration::from_secs(5),
+        gap >= Duration::from_millis(1500) && gap < Duration::from_secs(5),
         "{gap:?}"
     );
     // The receiver logs before it answers: let gomail read the 200 first.
