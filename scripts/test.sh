@@ -4,7 +4,8 @@
 #
 # Tests use real tools and fail loudly when one is missing; this script is
 # what puts them there: swaks (an independent SMTP client) with
-# libnet-ssleay-perl for its --tls, openssl (s_client, key generation), and
+# libnet-ssleay-perl for its --tls, openssl (s_client, key generation),
+# promtool (from Debian's prometheus) to lint the metrics, and
 # Python's dkimpy with authres (an independent DKIM signer and ARC sealer,
 # from PyPI). They also mount a small tmpfs (disk-full test), so run as root.
 set -euo pipefail
@@ -14,6 +15,8 @@ need=()
 command -v swaks >/dev/null || need+=(swaks)
 command -v mount >/dev/null || need+=(mount)
 command -v openssl >/dev/null || need+=(openssl)
+# promtool (Debian's prometheus package) lints a live /metrics scrape.
+command -v promtool >/dev/null || need+=(prometheus)
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then

@@ -125,7 +125,7 @@ impl ShardAuth {
     }
 }
 
-fn spf_word(r: SpfResult) -> &'static str {
+pub(super) fn spf_word(r: SpfResult) -> &'static str {
     match r {
         SpfResult::Pass => "pass",
         SpfResult::Fail => "fail",
@@ -148,7 +148,7 @@ pub(super) fn dkim_word(r: &DkimResult) -> &'static str {
     }
 }
 
-fn dmarc_word(r: &DmarcResult) -> &'static str {
+pub(super) fn dmarc_word(r: &DmarcResult) -> &'static str {
     match r {
         DmarcResult::Pass => "pass",
         DmarcResult::Fail(_) => "fail",

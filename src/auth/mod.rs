@@ -134,6 +134,63 @@ pub struct MessageVerdict {
     pub header: String,
     /// GoMail's `authentication` object, serialized.
     pub json: RawJson,
+    /// The results behind GoMail's per-result counters.
+    pub tally: Tally,
+}
+
+/// One message's results as GoMail's counters name them
+/// (`gomail_spf_pass_total`, …): `None` where the check did not run or its
+/// result has no counter (temperror, permerror).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// `pass`, `fail`, `softfail`, `neutral` or `none`.
+    pub spf: Option<&'static str>,
+    /// `pass` (a signature passed), `fail` (none did) or `none` (unsigned).
+    pub dkim: Option<&'static str>,
+    /// `pass`, `fail` or `none`.
+    pub dmarc: Option<&'static str>,
+}
+
+impl Tally {
+    /// The counters this message adds to, as `"<check>_<result>"`.
+    pub fn keys(&self) -> impl Iterator<Item = &'static str> {
+        [
+            self.spf.map(|r| match r {
+                "pass" => "spf_pass",
+                "fail" => "spf_fail",
+                "softfail" => "spf_softfail",
+                "neutral" => "spf_neutral",
+                _ => "spf_none",
+            }),
+            self.dkim.map(|r| match r {
+                "pass" => "dkim_pass",
+                "fail" => "dkim_fail",
+                _ => "dkim_none",
+            }),
+            self.dmarc.map(|r| match r {
+                "pass" => "dmarc_pass",
+                "fail" => "dmarc_fail",
+                _ => "dmarc_none",
+            }),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Every counter name, in exposition order.
+    pub const KEYS: [&'static str; 11] = [
+        "spf_pass",
+        "spf_fail",
+        "spf_softfail",
+        "spf_neutral",
+        "spf_none",
+        "dkim_pass",
+        "dkim_fail",
+        "dkim_none",
+        "dmarc_pass",
+        "dmarc_fail",
+        "dmarc_none",
+    ];
 }
 
 /// One shard's checker: its own resolver sockets and caches.
@@ -300,6 +357,40 @@ impl ShardAuth {
         let header = ar.to_header();
 
         let (refusal, quarantine) = self.enforce_dmarc(dmarc.as_ref(), &dkim, spf, &from_domain);
+        let tally = Tally {
+            spf: sender
+                .spf
+                .as_ref()
+                .map(|o| json::spf_word(o.result()))
+                .filter(|w| !w.ends_with("error")),
+            dkim: s.dkim.then(|| {
+                if dkim.is_empty() {
+                    "none"
+                } else if dkim
+                    .iter()
+                    .any(|o| o.result() == &mail_auth::DkimResult::Pass)
+                {
+                    "pass"
+                } else {
+                    "fail"
+                }
+            }),
+            dmarc: dmarc
+                .as_ref()
+                .map(|d| json::dmarc_word(&d.result()))
+                .filter(|w| !w.ends_with("error")),
+        };
+        // Audit events, at info under their own target so that an
+        // operator can turn them down (GOMAIL_LOG=gomail::auth_events=warn).
+        for (check, failed) in [
+            ("spf_failed", matches!(tally.spf, Some("fail" | "softfail"))),
+            ("dkim_failed", tally.dkim == Some("fail")),
+            ("dmarc_failed", tally.dmarc == Some("fail")),
+        ] {
+            if failed {
+                tracing::info!(target: "gomail::auth_events", event = check, domain = %mail_from_domain, from_domain = %from_domain, ip = %sender.ip, spf = tally.spf.unwrap_or(""), dkim = tally.dkim.unwrap_or(""), dmarc = tally.dmarc.unwrap_or(""), "authentication check failed");
+            }
+        }
         let json = self.json(
             sender,
             &dkim,
@@ -316,6 +407,7 @@ impl ShardAuth {
             quarantine,
             header,
             json,
+            tally,
         }
     }
 

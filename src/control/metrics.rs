@@ -51,6 +51,23 @@ pub fn render(stats: &[ShardStats], uptime_s: u64, bans: BanCounts) -> String {
         &|s| s.messages_accepted,
     );
     family(
+        "gomail_emails_received_total",
+        "counter",
+        "Messages received and acknowledged with 250 (GoMail's name for gomail_messages_accepted_total).",
+        &|s| s.messages_accepted,
+    );
+    for key in crate::auth::Tally::KEYS {
+        let (check, result) = key.split_once('_').unwrap_or((key, ""));
+        let name = format!("gomail_{key}_total");
+        let help = format!(
+            "Messages whose {} result was {result}.",
+            check.to_ascii_uppercase()
+        );
+        family(&name, "counter", &help, &|s| {
+            s.auth_results.get(key).copied().unwrap_or(0)
+        });
+    }
+    family(
         "gomail_message_bytes_accepted_total",
         "counter",
         "Octets of accepted messages.",
@@ -278,6 +295,94 @@ pub fn render(stats: &[ShardStats], uptime_s: u64, bans: BanCounts) -> String {
         env!("CARGO_PKG_VERSION")
     );
     out
+}
+
+/// The control plane's own figures: requests by method, endpoint and
+/// status, their latency, and API authentication failures.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    requests: std::collections::BTreeMap<(&'static str, &'static str, u16), u64>,
+    latency: crate::server::LatencyHistogram,
+    /// Requests refused for a missing or wrong token.
+    pub auth_failures: u64,
+}
+
+impl HttpStats {
+    /// Counts one answered request.
+    pub fn record(
+        &mut self,
+        method: &'static str,
+        endpoint: &'static str,
+        status: u16,
+        took: std::time::Duration,
+    ) {
+        *self.requests.entry((method, endpoint, status)).or_default() += 1;
+        self.latency.observe(took.as_micros() as u64);
+    }
+
+    /// Appends the families to a scrape.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP gomail_http_requests_total API requests answered, by method, endpoint and status.");
+        let _ = writeln!(out, "# TYPE gomail_http_requests_total counter");
+        for ((m, e, s), n) in &self.requests {
+            let _ = writeln!(
+                out,
+                "gomail_http_requests_total{{method=\"{m}\",endpoint=\"{e}\",status=\"{s}\"}} {n}"
+            );
+        }
+        let name = "gomail_http_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} API request latency, from the request's headers to the answer."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let h = &self.latency;
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BOUNDS_US.iter().enumerate() {
+            cumulative += h.buckets[i];
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum {}", h.sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {}", h.count);
+        let _ = writeln!(
+            out,
+            "# HELP gomail_auth_failures_total API requests refused for a missing or wrong token.\n# TYPE gomail_auth_failures_total counter\ngomail_auth_failures_total {}",
+            self.auth_failures
+        );
+    }
+}
+
+/// The `method` label: the method, or `other` (a label set a client
+/// cannot grow).
+pub fn method_label(m: &hyper::Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The `endpoint` label: the route, never the raw path (a ban's address
+/// would make a series per address).
+pub fn endpoint_label(path: &str, metrics_path: &str) -> &'static str {
+    match path {
+        "/health" => "/health",
+        "/queue/retry" => "/queue/retry",
+        "/api/v1/bans" => "/api/v1/bans",
+        p if p.starts_with("/api/v1/bans/") => "/api/v1/bans/{ip}",
+        p if p == metrics_path => "/metrics",
+        _ => "other",
+    }
 }
 
 /// Writes one counter family with a second label, every value of it on

@@ -63,6 +63,7 @@ struct Ctx {
     stats: StatsHandle,
     bans: crate::admission::service::Bans,
     limiter: std::sync::Mutex<ratelimit::Limiter>,
+    http: std::sync::Mutex<metrics::HttpStats>,
     started: Instant,
 }
 
@@ -107,6 +108,7 @@ impl ControlPlane {
             .build()?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ctx = Arc::new(Ctx {
+            http: std::sync::Mutex::new(metrics::HttpStats::default()),
             limiter: std::sync::Mutex::new(ratelimit::Limiter::new(
                 cfg.rate_limit.0,
                 cfg.rate_limit.1,
@@ -213,6 +215,9 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
 /// rate limit, the handler under `http_timeouts.handler`, then the headers
 /// every answer carries.
 async fn handle(req: Request<Incoming>, ctx: &Ctx, peer: SocketAddr, metrics_only: bool) -> Answer {
+    let started = Instant::now();
+    let method = metrics::method_label(req.method());
+    let endpoint = metrics::endpoint_label(req.uri().path(), &ctx.cfg.metrics_path);
     let id = request::request_id(req.headers().get("x-request-id").map(|v| v.as_bytes()));
     let forwarded = req
         .headers()
@@ -268,6 +273,12 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx, peer: SocketAddr, metrics_onl
         h.insert("x-ratelimit-remaining", verdict.remaining.into());
         h.insert("x-ratelimit-reset", reset.into());
     }
+    ctx.http.lock().expect("http stats").record(
+        method,
+        endpoint,
+        answer.status().as_u16(),
+        started.elapsed(),
+    );
     answer
 }
 
@@ -338,6 +349,7 @@ fn refuse_unauthorized(req: &Request<Incoming>, ctx: &Ctx, call: &Call) -> Optio
         }
         Some(_) => "invalid_token",
     };
+    ctx.http.lock().expect("http stats").auth_failures += 1;
     tracing::warn!(event = "authentication_failed", ip = %call.client, request_id = %id, endpoint = %call.endpoint, reason, "API request refused");
     Some(error_with(
         StatusCode::UNAUTHORIZED,
@@ -480,14 +492,18 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
         .collect();
     let uptime = ctx.started.elapsed().as_secs();
     if is_metrics {
-        let mut r = Response::new(Full::new(Bytes::from(metrics::render(&stats, uptime, {
-            let (active, made, dropped) = ctx.bans.counts();
+        let (active, made, dropped) = ctx.bans.counts();
+        let mut text = metrics::render(
+            &stats,
+            uptime,
             metrics::BanCounts {
                 active,
                 made,
                 dropped,
-            }
-        }))));
+            },
+        );
+        ctx.http.lock().expect("http stats").render(&mut text);
+        let mut r = Response::new(Full::new(Bytes::from(text)));
         r.headers_mut().insert(
             "content-type",
             "text/plain; version=0.0.4; charset=utf-8"

@@ -493,6 +493,12 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                                 let iprev = iprev.as_ref().expect("set above");
                                 let verdict =
                                     Box::pin(auth.verify_message(&tx.body, &check, iprev)).await;
+                                {
+                                    let mut st = state.stats.borrow_mut();
+                                    for k in verdict.tally.keys() {
+                                        *st.auth_results.entry(k).or_default() += 1;
+                                    }
+                                }
                                 state
                                     .stats
                                     .borrow_mut()

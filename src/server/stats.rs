@@ -77,12 +77,37 @@ pub struct ShardStats {
     /// Connections closed because the client did not take its replies
     /// within `smtp_write_timeout`.
     pub write_timeouts: u64,
+    /// Messages by authentication result, keyed as GoMail's counters
+    /// (`spf_pass`, `dkim_fail`, …; see `auth::Tally::KEYS`).
+    pub auth_results: BTreeMap<&'static str, u64>,
 }
 
 /// Upper bounds (µs) of [`LatencyHistogram`]'s buckets; a last, unbounded
 /// bucket catches the rest.
-pub const LATENCY_BOUNDS_US: [u64; 11] = [
-    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+///
+/// From 250 µs (an fdatasync, a DNS answer from a warm resolver) to 6 h (a
+/// webhook delivery retried through a receiver's outage): one set for every
+/// histogram, so each one's buckets cover what it measures.
+pub const LATENCY_BOUNDS_US: [u64; 19] = [
+    250,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    1_000_000,
+    5_000_000,
+    30_000_000,
+    60_000_000,
+    300_000_000,
+    900_000_000,
+    3_600_000_000,
+    10_800_000_000,
+    21_600_000_000,
 ];
 
 /// A cumulative-at-read latency histogram with fixed buckets (Prometheus style).

@@ -5,7 +5,9 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use super::harness::{http_with, wait_until, Gomail};
+use super::harness::{
+    http_with, metric, metric_where, queued, require_tool, wait_until, Client, Gomail,
+};
 
 const ADMIN: &str = "admin-secret-7f3a";
 
@@ -251,4 +253,69 @@ fn a_slow_body_is_cut_at_the_read_timeout() {
     assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
     assert!(raw.contains("\"error\":\"timeout\""), "{raw}");
     assert!(t0.elapsed() >= Duration::from_millis(900));
+}
+
+#[test]
+fn the_scrape_has_gomail_names_and_passes_promtool() {
+    let promtool = require_tool("promtool");
+    let g = Gomail::start(&format!("admin_token: {ADMIN}\n"));
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO c");
+    queued(&c.mail("a@example.org", &["r@example.test"], "Subject: m\r\n\r\nhi"));
+    assert_eq!(http_with(g.api, "GET", "/api/v1/bans", &[], "").0, 401);
+    assert_eq!(
+        http_with(g.api, "DELETE", "/api/v1/bans/192.0.2.9", &[], "").0,
+        401
+    );
+    assert_eq!(http_with(g.api, "GET", "/nope", &[], "").0, 404);
+    wait_until(Duration::from_secs(5), "the message counted", || {
+        metric(&g, "gomail_emails_received_total") == 1.0
+    });
+    assert_eq!(metric_where(&g, "gomail_auth_failures_total", ""), 2.0);
+    assert_eq!(
+        metric_where(
+            &g,
+            "gomail_http_requests_total",
+            "method=\"GET\",endpoint=\"/api/v1/bans\",status=\"401\""
+        ),
+        1.0
+    );
+    // The ban's address is not a label: one series for the route.
+    assert_eq!(
+        metric_where(
+            &g,
+            "gomail_http_requests_total",
+            "endpoint=\"/api/v1/bans/{ip}\""
+        ),
+        1.0
+    );
+    let (_, _, scrape) = http_with(g.api, "GET", "/metrics", &[], "");
+    assert!(scrape.contains("gomail_http_request_duration_seconds_bucket{le=\"21600\"}"));
+    for name in [
+        "gomail_spf_pass_total",
+        "gomail_dkim_none_total",
+        "gomail_dmarc_fail_total",
+    ] {
+        assert!(scrape.contains(&format!("# TYPE {name} counter")), "{name}");
+    }
+    let mut check = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -135,6 +135,17 @@ fn independent_signer_rsa_2048_passes_and_tampering_fails() {
         &signed.replace("from dkimpy", "from someone else"),
     );
     assert!(r.starts_with("550 5.7.1 "), "{r}");
+    // GoMail's per-result counters, which its users' alert rules read.
+    for (name, n) in [
+        ("gomail_dkim_pass_total", 1.0),
+        ("gomail_dkim_fail_total", 1.0),
+        ("gomail_dmarc_pass_total", 1.0),
+        ("gomail_dmarc_fail_total", 1.0),
+        ("gomail_spf_fail_total", 2.0),
+        ("gomail_spf_pass_total", 0.0),
+    ] {
+        assert_eq!(crate::it::harness::metric(&g, name), n, "{name}");
+    }
 }
 
 #[test]
