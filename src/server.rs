@@ -94,6 +94,28 @@ pub enum Control {
     /// Deliver this dead letter again (`gomail queue retry`); the reply
     /// says whether the shard took it (it has a webhook configured).
     Redeliver(PathBuf, async_channel::Sender<bool>),
+    /// Take a message from the API (`POST /mail/inbound`) through the
+    /// same checks, spool and delivery as SMTP mail; the reply is its queue
+    /// id, or the SMTP reply that refused it.
+    Inject(
+        Box<Injected>,
+        async_channel::Sender<Result<String, crate::smtp::Reply>>,
+    ),
+}
+
+/// A message given to `POST /mail/inbound`.
+#[derive(Debug)]
+pub struct Injected {
+    /// The envelope sender.
+    pub sender: String,
+    /// The one recipient (one of our domains; checked by the caller).
+    pub recipient: String,
+    /// The message, lines ending in CRLF.
+    pub raw: Vec<u8>,
+    /// The client it came from, for SPF (none: SPF is not evaluated).
+    pub client_ip: Option<std::net::IpAddr>,
+    /// Its HELO name, for SPF.
+    pub helo: Option<String>,
 }
 
 /// Shard-local state shared by its tasks.
@@ -410,6 +432,18 @@ impl StatsHandle {
         taken
     }
 
+    /// Hands an API message to a shard (round robin by `n`); `None` when
+    /// the shard did not answer.
+    pub async fn inject(
+        &self,
+        n: usize,
+        msg: Injected,
+    ) -> Option<Result<String, crate::smtp::Reply>> {
+        self.0
+            .ask_one_async(n, |tx| Control::Inject(Box::new(msg), tx))
+            .await
+    }
+
     /// Every shard's counters, in shard order; `None` for a shard that did
     /// not answer.
     pub async fn ask(&self) -> Vec<Option<ShardStats>> {
@@ -575,6 +609,14 @@ async fn run_shard(
                     _ => false,
                 };
                 let _ = reply.send(taken).await;
+            }
+            Control::Inject(msg, reply) => {
+                let st = state.clone();
+                glommio::spawn_local(async move {
+                    let r = conn::inject(&st, *msg).await;
+                    let _ = reply.send(r).await;
+                })
+                .detach();
             }
             Control::Shutdown(reply) => {
                 drop(shutdown_tx);

@@ -225,6 +225,18 @@ impl ShardAuth {
     }
 
     /// SPF for the MAIL FROM identity (the HELO identity for `<>`).
+    /// A sender check that did not run (mail injected through the API
+    /// without a client address): SPF counts as not evaluated.
+    pub fn unchecked_sender(ip: IpAddr, helo: &str, mail_from: &str) -> SenderCheck {
+        SenderCheck {
+            ip,
+            helo: helo.to_string(),
+            mail_from: mail_from.to_string(),
+            spf: None,
+            refusal: None,
+        }
+    }
+
     pub async fn check_sender(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SenderCheck {
         let mut check = SenderCheck {
             ip,

@@ -378,6 +378,7 @@ pub fn endpoint_label(path: &str, metrics_path: &str) -> &'static str {
     match path {
         "/health" => "/health",
         "/queue/retry" => "/queue/retry",
+        "/mail/inbound" => "/mail/inbound",
         "/api/v1/bans" => "/api/v1/bans",
         p if p.starts_with("/api/v1/bans/") => "/api/v1/bans/{ip}",
         p if p == metrics_path => "/metrics",

@@ -12,6 +12,7 @@
 //! figures; every error is GoMail's JSON shape with the request id.
 
 mod bans;
+mod inbound;
 pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
@@ -52,6 +53,13 @@ pub struct ControlConfig {
     pub rate_limit: (u32, u32),
     /// `trusted_proxies`: peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: crate::admission::Networks,
+    /// `bearer_token`: accepted (with `admin_token`) by `POST /mail/inbound`,
+    /// as GoMail's API accepted it.
+    pub bearer_token: Option<String>,
+    /// Our domains: `/mail/inbound` recipients must be in one.
+    pub domains: Vec<String>,
+    /// `max_message_size`.
+    pub max_message_size: u64,
     /// `data_dir` (dead letters for `/queue/retry`).
     pub data_dir: std::path::PathBuf,
     /// `trusted_networks`: bans of these are refused (they would not apply).
@@ -64,6 +72,8 @@ struct Ctx {
     bans: crate::admission::service::Bans,
     limiter: std::sync::Mutex<ratelimit::Limiter>,
     http: std::sync::Mutex<metrics::HttpStats>,
+    /// Spreads `/mail/inbound` over the shards.
+    next_shard: std::sync::atomic::AtomicUsize,
     started: Instant,
 }
 
@@ -109,6 +119,7 @@ impl ControlPlane {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ctx = Arc::new(Ctx {
             http: std::sync::Mutex::new(metrics::HttpStats::default()),
+            next_shard: std::sync::atomic::AtomicUsize::new(0),
             limiter: std::sync::Mutex::new(ratelimit::Limiter::new(
                 cfg.rate_limit.0,
                 cfg.rate_limit.1,
@@ -323,28 +334,47 @@ fn presented_token(req: &Request<Incoming>) -> Option<&str> {
 }
 
 /// Checks the request's token against `admin_token` (management
-/// endpoints); `Some(refusal)` when the request may not go on. Failures
-/// and successes are audit events; the token itself is never logged.
+/// endpoints); `Some(refusal)` when the request may not go on.
 fn refuse_unauthorized(req: &Request<Incoming>, ctx: &Ctx, call: &Call) -> Option<Answer> {
+    refuse_unless(
+        req,
+        ctx,
+        call,
+        &[ctx.cfg.admin_token.as_deref()],
+        "the management API is off: set admin_token (bearer_token is the webhook's credential and is not accepted here)",
+    )
+}
+
+/// Checks the request's token against `accepted` (unset ones skipped);
+/// `Some(refusal)` when the request may not go on: 403 with `off` when
+/// none is set, else 401. Failures and successes are audit events; a
+/// token itself is never logged.
+fn refuse_unless(
+    req: &Request<Incoming>,
+    ctx: &Ctx,
+    call: &Call,
+    accepted: &[Option<&str>],
+    off: &str,
+) -> Option<Answer> {
     let id = REQUEST_ID.try_with(String::clone).unwrap_or_default();
-    let Some(token) = ctx.cfg.admin_token.as_deref() else {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the management API is off: set admin_token (bearer_token is the webhook's credential and is not accepted here)",
-        ));
-    };
+    let tokens: Vec<&str> = accepted.iter().flatten().copied().collect();
+    if tokens.is_empty() {
+        return Some(error(StatusCode::FORBIDDEN, "forbidden", off));
+    }
     let reason = match presented_token(req) {
         None => "missing_token",
-        // Constant time: the comparison does not reveal where the token differs.
+        // Constant time: the comparison does not reveal where the token
+        // differs (each accepted token is compared, whichever matches).
         Some(p)
-            if aws_lc_rs::constant_time::verify_slices_are_equal(
-                p.as_bytes(),
-                token.as_bytes(),
-            )
-            .is_ok() =>
+            if tokens
+                .iter()
+                .map(|t| {
+                    aws_lc_rs::constant_time::verify_slices_are_equal(p.as_bytes(), t.as_bytes())
+                        .is_ok()
+                })
+                .fold(false, |a, b| a | b) =>
         {
-            tracing::info!(event = "authentication_succeeded", ip = %call.client, request_id = %id, endpoint = %call.endpoint, method = %req.method(), "management call");
+            tracing::info!(event = "authentication_succeeded", ip = %call.client, request_id = %id, endpoint = %call.endpoint, method = %req.method(), "API call");
             return None;
         }
         Some(_) => "invalid_token",
@@ -361,8 +391,18 @@ fn refuse_unauthorized(req: &Request<Incoming>, ctx: &Ctx, call: &Call) -> Optio
 
 /// Reads a JSON request body of at most 64 KiB within `http_timeouts.read`.
 async fn json_body(req: Request<Incoming>, ctx: &Ctx) -> Result<serde_json::Value, Box<Answer>> {
+    json_body_within(req, ctx, 64 * 1024).await
+}
+
+/// Reads a JSON request body of at most `limit` octets within
+/// `http_timeouts.read`.
+async fn json_body_within(
+    req: Request<Incoming>,
+    ctx: &Ctx,
+    limit: usize,
+) -> Result<serde_json::Value, Box<Answer>> {
     use http_body_util::BodyExt;
-    let collect = http_body_util::Limited::new(req.into_body(), 64 * 1024).collect();
+    let collect = http_body_util::Limited::new(req.into_body(), limit).collect();
     let Ok(read) = tokio::time::timeout(ctx.cfg.read_timeout, collect).await else {
         return Err(Box::new(error(
             StatusCode::REQUEST_TIMEOUT,
@@ -374,7 +414,7 @@ async fn json_body(req: Request<Incoming>, ctx: &Ctx) -> Result<serde_json::Valu
         return Err(Box::new(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            "request body over 64 KiB",
+            &format!("request body over {limit} octets"),
         )));
     };
     serde_json::from_slice(&body.to_bytes()).map_err(|e| {
@@ -450,6 +490,29 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
             return r;
         }
         return bans::route(req, ctx).await;
+    }
+    if !metrics_only && path == "/mail/inbound" {
+        if req.method() != Method::POST {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST",
+            );
+        }
+        let accepted = [
+            ctx.cfg.bearer_token.as_deref(),
+            ctx.cfg.admin_token.as_deref(),
+        ];
+        if let Some(r) = refuse_unless(
+            &req,
+            ctx,
+            call,
+            &accepted,
+            "set bearer_token to inject mail through the API",
+        ) {
+            return r;
+        }
+        return inbound::post(req, ctx).await;
     }
     if !metrics_only && path == "/queue/retry" {
         if req.method() != Method::POST {

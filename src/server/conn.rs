@@ -126,7 +126,7 @@ async fn handshake(
                 Some(Err(e)) => e.to_string(),
                 _ => format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),
             };
-            tracing::info!(shard = state.id, client = %peer.ip(), %reason, "TLS handshake failed");
+            tracing::info!(event = "tls_handshake_failed", shard = state.id, ip = %peer.ip(), %reason, "TLS handshake failed");
             None
         }
     }
@@ -607,6 +607,65 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
         }
     }
     close_within(&mut stream).await;
+}
+
+/// A message from `POST /mail/inbound`: the checks a session's message
+/// gets (SPF only when the client's address is given), the backlog bound,
+/// then the spool and delivery.
+pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result<String, Reply> {
+    let ip = m
+        .client_ip
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let peer = SocketAddr::new(ip, 0);
+    let helo = m.helo.unwrap_or_else(|| "api".to_string());
+    let tx = Transaction {
+        helo,
+        esmtp: true,
+        smtputf8: !m.sender.is_ascii() || !m.recipient.is_ascii(),
+        mail_from: m.sender,
+        recipients: vec![m.recipient],
+        eight_bit: !m.raw.is_ascii(),
+        body: m.raw,
+        chunked: false,
+        tls: None,
+        require_tls: false,
+    };
+    if state.spool.outstanding() as u64 >= state.max_backlog {
+        state.stats.borrow_mut().spool_backlog_refusals += 1;
+        return Err(Reply::new(
+            452,
+            "4.3.1",
+            "Insufficient system storage: delivery backlog full, try again later",
+        ));
+    }
+    let verdict = match &state.auth {
+        Some(auth) => {
+            let check = match m.client_ip {
+                Some(ip) => Box::pin(auth.check_sender(ip, &tx.helo, &tx.mail_from)).await,
+                None => crate::auth::ShardAuth::unchecked_sender(ip, &tx.helo, &tx.mail_from),
+            };
+            if let Some(r) = check.refusal.clone() {
+                return Err(r);
+            }
+            let iprev = Box::pin(auth.iprev(ip)).await;
+            let v = Box::pin(auth.verify_message(&tx.body, &check, &iprev)).await;
+            let mut st = state.stats.borrow_mut();
+            for k in v.tally.keys() {
+                *st.auth_results.entry(k).or_default() += 1;
+            }
+            if let Some(r) = v.refusal {
+                st.messages_refused_by_policy += 1;
+                return Err(r);
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    match Box::pin(accept_message(state, &tx, peer, verdict)).await {
+        Completion::Spooled { id } => Ok(id),
+        Completion::Refused(r) => Err(r),
+        Completion::SpoolFailed | Completion::Sender(_) => Err(Reply::SPOOL_FAILED),
+    }
 }
 
 /// Spools one message; the answer becomes the session's completion.

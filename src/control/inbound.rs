@@ -1,0 +1,160 @@
+//! `POST /mail/inbound`: GoMail's injection endpoint. The body is
+//! `{"sender","recipient","raw"}` plus optional `client_ip` and `helo`
+//! (which feed SPF when given); the message goes through a shard like SMTP
+//! mail: DKIM/DMARC, the durable spool (fsync'd before the answer), the
+//! webhook and the store. Answered `{"status":"success","message",
+//! "request_id","queue_id"}`.
+
+use std::sync::atomic::Ordering;
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+
+use super::{error, error_with, json, json_body_within, Answer, Ctx, REQUEST_ID};
+use crate::server::Injected;
+
+fn invalid(field: &str, message: &str) -> Answer {
+    error_with(
+        StatusCode::BAD_REQUEST,
+        "validation_error",
+        message,
+        serde_json::json!({ "field": field }),
+    )
+}
+
+/// The message with every line ending in CRLF (a JSON client writes `\n`).
+fn crlf(raw: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut prev = 0u8;
+    for &b in raw.as_bytes() {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+pub(super) async fn post(req: Request<Incoming>, ctx: &Ctx) -> Answer {
+    // JSON escaping can double a message's size; more is refused.
+    let limit = (ctx.cfg.max_message_size as usize).saturating_mul(2) + 64 * 1024;
+    let v = match json_body_within(req, ctx, limit).await {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let text = |k: &str| v[k].as_str();
+    let Some(sender) = text("sender") else {
+        return invalid(
+            "sender",
+            "`sender`: expected the envelope sender, a string (\"\" for <>)",
+        );
+    };
+    let Some(recipient) = text("recipient") else {
+        return invalid("recipient", "`recipient`: expected an address, a string");
+    };
+    let Some(raw) = text("raw") else {
+        return invalid("raw", "`raw`: expected the whole message, a string");
+    };
+    let ours = recipient.rsplit_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && ctx
+                .cfg
+                .domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain))
+    });
+    if !ours {
+        return invalid(
+            "recipient",
+            &format!(
+                "`recipient`: {recipient:?} is not an address at one of our domains ({})",
+                ctx.cfg.domains.join(", ")
+            ),
+        );
+    }
+    if !sender.is_empty() && !sender.contains('@') {
+        return invalid("sender", "`sender`: expected an address or \"\"");
+    }
+    let client_ip = match &v["client_ip"] {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(ip.to_canonical()),
+            Err(_) => return invalid("client_ip", "`client_ip`: expected an IP address"),
+        },
+        _ => return invalid("client_ip", "`client_ip`: expected an IP address"),
+    };
+    let helo = match &v["helo"] {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 255 && s.is_ascii() => {
+            Some(s.clone())
+        }
+        _ => return invalid("helo", "`helo`: expected a host name"),
+    };
+    let raw = crlf(raw);
+    if raw.len() as u64 > ctx.cfg.max_message_size {
+        return error_with(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &format!("the message is {} octets, over max_message_size", raw.len()),
+            serde_json::json!({ "max_message_size": ctx.cfg.max_message_size }),
+        );
+    }
+    let msg = Injected {
+        sender: sender.to_string(),
+        recipient: recipient.to_string(),
+        raw,
+        client_ip,
+        helo,
+    };
+    let n = ctx.next_shard.fetch_add(1, Ordering::Relaxed);
+    let request_id = REQUEST_ID.try_with(String::clone).unwrap_or_default();
+    match ctx.stats.inject(n, msg).await {
+        Some(Ok(queue_id)) => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "status": "success",
+                "message": "Email received and queued",
+                "request_id": request_id,
+                "queue_id": queue_id,
+            }),
+        ),
+        // A temporary refusal (backlog full, spool or DNS failure): try again.
+        Some(Err(reply)) if reply.code < 500 => {
+            let mut r = error_with(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                &format!(
+                    "not accepted now, try again later: {} {}",
+                    reply.code, reply.text
+                ),
+                serde_json::json!({ "smtp_reply": format!("{} {} {}", reply.code, reply.status, reply.text) }),
+            );
+            r.headers_mut().insert("retry-after", 60u32.into());
+            r
+        }
+        Some(Err(reply)) => error_with(
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+            &format!("refused: {} {}", reply.code, reply.text),
+            serde_json::json!({ "smtp_reply": format!("{} {} {}", reply.code, reply.status, reply.text) }),
+        ),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "the shard did not answer; try again",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lines_end_in_crlf() {
+        assert_eq!(super::crlf("a\nb\r\nc"), b"a\r\nb\r\nc\r\n");
+        assert_eq!(super::crlf("x\r\n"), b"x\r\n");
+    }
+}
