@@ -131,6 +131,7 @@ fn payload(c: &mut Criterion) {
         client_ip: "192.0.2.1".into(),
         esmtp: true,
         spool_us: 2000,
+        request_id: None,
         ..Default::default()
     };
     // As stored: gomail's trace headers, then the message.

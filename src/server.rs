@@ -116,6 +116,8 @@ pub struct Injected {
     pub client_ip: Option<std::net::IpAddr>,
     /// Its HELO name, for SPF.
     pub helo: Option<String>,
+    /// The API request's id, for the payload's `metadata.request_id`.
+    pub request_id: String,
 }
 
 /// Shard-local state shared by its tasks.

@@ -103,15 +103,16 @@ pub(super) async fn post(req: Request<Incoming>, ctx: &Ctx) -> Answer {
             serde_json::json!({ "max_message_size": ctx.cfg.max_message_size }),
         );
     }
+    let request_id = REQUEST_ID.try_with(String::clone).unwrap_or_default();
     let msg = Injected {
         sender: sender.to_string(),
         recipient: recipient.to_string(),
         raw,
         client_ip,
         helo,
+        request_id: request_id.clone(),
     };
     let n = ctx.next_shard.fetch_add(1, Ordering::Relaxed);
-    let request_id = REQUEST_ID.try_with(String::clone).unwrap_or_default();
     match ctx.stats.inject(n, msg).await {
         Some(Ok(queue_id)) => json(
             StatusCode::OK,

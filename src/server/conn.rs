@@ -510,12 +510,18 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                                         Completion::Refused(reply)
                                     }
                                     None => {
-                                        Box::pin(accept_message(state, &tx, peer, Some(verdict)))
-                                            .await
+                                        Box::pin(accept_message(
+                                            state,
+                                            &tx,
+                                            peer,
+                                            Some(verdict),
+                                            None,
+                                        ))
+                                        .await
                                     }
                                 }
                             }
-                            None => Box::pin(accept_message(state, &tx, peer, None)).await,
+                            None => Box::pin(accept_message(state, &tx, peer, None, None)).await,
                         };
                         session.handle_completion(c, Instant::now(), &mut out);
                         progressed = true;
@@ -661,7 +667,15 @@ pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result
         }
         None => None,
     };
-    match Box::pin(accept_message(state, &tx, peer, verdict)).await {
+    match Box::pin(accept_message(
+        state,
+        &tx,
+        peer,
+        verdict,
+        Some(m.request_id),
+    ))
+    .await
+    {
         Completion::Spooled { id } => Ok(id),
         Completion::Refused(r) => Err(r),
         Completion::SpoolFailed | Completion::Sender(_) => Err(Reply::SPOOL_FAILED),
@@ -674,6 +688,7 @@ async fn accept_message(
     tx: &Transaction,
     peer: SocketAddr,
     auth: Option<MessageVerdict>,
+    request_id: Option<String>,
 ) -> Completion {
     let now = chrono::Utc::now();
     let id = format!("{:016x}", fastrand::u64(..));
@@ -709,6 +724,7 @@ async fn accept_message(
         require_tls: tx.require_tls,
         authentication: auth.map(|v| v.json),
         spool_us: 0,
+        request_id,
     };
     let started = Instant::now();
     match state

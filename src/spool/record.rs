@@ -86,6 +86,11 @@ pub struct Envelope {
     /// 0 in the record itself (it is only known afterwards).
     #[serde(default)]
     pub spool_us: u64,
+    /// The API request that injected it (`POST /mail/inbound`), for the
+    /// payload's `metadata.request_id`; SMTP mail has none (its queue id
+    /// stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// A decoded record.
@@ -186,6 +191,7 @@ pub(crate) fn test_envelope(id: &str) -> Envelope {
         require_tls: false,
         authentication: None,
         spool_us: 0,
+        request_id: None,
     }
 }
 

@@ -86,7 +86,7 @@ pub fn payload(env: &Envelope, message: &[u8], recipient: Option<&str>) -> Vec<u
             processing_time_ms: env.spool_us / 1000,
             queue_id: &env.id,
             raw_base64,
-            request_id: &env.id,
+            request_id: env.request_id.as_deref().unwrap_or(&env.id),
             shard: env.shard,
             size_bytes: message.len(),
             smtp: Smtp {
@@ -347,6 +347,7 @@ mod tests {
             recipients: vec!["r@example.test".into(), "s@example.test".into()],
             shard: 1,
             spool_us: 2500,
+            request_id: None,
             ..crate::spool::record::test_envelope("")
         }
     }

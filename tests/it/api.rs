@@ -349,7 +349,19 @@ fn mail_injected_through_the_api_is_spooled_stored_and_delivered() {
         "raw": "From: alice@example.org\nTo: bob@example.test\nSubject: injected\n\nhello from the API\n",
     });
     // GoMail's API token is the webhook's bearer_token; it may inject.
-    let (status, v) = inject(&g, "tok-123", &body.to_string());
+    let auth = "Bearer tok-123".to_string();
+    let (status, _, text) = http_with(
+        g.api,
+        "POST",
+        "/mail/inbound",
+        &[
+            ("Authorization", &auth),
+            ("X-Request-ID", "inbound-trace-1"),
+        ],
+        &body.to_string(),
+    );
+    let v = json(&text);
+    assert_eq!(v["request_id"], "inbound-trace-1");
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["status"], "success");
     assert!(v["request_id"].as_str().is_some_and(|id| !id.is_empty()));
@@ -358,6 +370,8 @@ fn mail_injected_through_the_api_is_spooled_stored_and_delivered() {
     let posted = rx.log().into_iter().find(|r| r.id == id).unwrap();
     assert_eq!(posted.body["subject"], "injected");
     assert_eq!(posted.body["sender"], "alice@example.org");
+    // The request id reaches the receiver, for tracing a message end to end.
+    assert_eq!(posted.body["metadata"]["request_id"], v["request_id"]);
     let stored = super::harness::wait_stored(&g.data_dir, 1);
     assert_eq!(stored[0].0, id);
     assert_eq!(stored[0].1["recipient"], "bob@example.test");
