@@ -7,7 +7,7 @@
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
-use super::{error, json, json_body, Answer, Ctx};
+use super::{error, json, json_body, method_not_allowed, Answer, Ctx};
 use crate::admission::bans::Ban;
 use crate::admission::Cidr;
 
@@ -67,11 +67,8 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Answer {
                 Err(e) => failed(e),
             }
         }
-        _ => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use GET or POST /api/v1/bans, DELETE /api/v1/bans/<ip>",
-        ),
+        (_, None) => method_not_allowed("GET, POST"),
+        (_, Some(_)) => method_not_allowed("DELETE"),
     }
 }
 

@@ -59,14 +59,21 @@ pub(super) async fn post(req: Request<Incoming>, ctx: &Ctx) -> Answer {
     let Some(raw) = text("raw") else {
         return invalid("raw", "`raw`: expected the whole message, a string");
     };
-    let ours = recipient.rsplit_once('@').is_some_and(|(local, domain)| {
-        !local.is_empty()
-            && ctx
-                .cfg
+    let address_like = |a: &str| {
+        a.len() <= 256
+            && a.rsplit_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+            && !a
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+    };
+    let ours = address_like(recipient)
+        && recipient.rsplit_once('@').is_some_and(|(_, domain)| {
+            ctx.cfg
                 .domains
                 .iter()
                 .any(|d| d.eq_ignore_ascii_case(domain))
-    });
+        });
     if !ours {
         return invalid(
             "recipient",
@@ -76,8 +83,11 @@ pub(super) async fn post(req: Request<Incoming>, ctx: &Ctx) -> Answer {
             ),
         );
     }
-    if !sender.is_empty() && !sender.contains('@') {
-        return invalid("sender", "`sender`: expected an address or \"\"");
+    if !sender.is_empty() && !address_like(sender) {
+        return invalid(
+            "sender",
+            "`sender`: expected an address (local@domain, no spaces or control characters) or \"\"",
+        );
     }
     let client_ip = match &v["client_ip"] {
         serde_json::Value::Null => None,

@@ -230,11 +230,16 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx, peer: SocketAddr, metrics_onl
     let method = metrics::method_label(req.method());
     let endpoint = metrics::endpoint_label(req.uri().path(), &ctx.cfg.metrics_path);
     let id = request::request_id(req.headers().get("x-request-id").map(|v| v.as_bytes()));
-    let forwarded = req
+    // Every X-Forwarded-For line, in order: a proxy may add a line of its
+    // own instead of extending the client's.
+    let forwarded: Vec<&str> = req
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let client = request::client_ip(peer.ip(), forwarded, &ctx.cfg.trusted_proxies);
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+    let client = request::client_ip(peer.ip(), forwarded.as_deref(), &ctx.cfg.trusted_proxies);
     let path = req.uri().path().to_string();
     // Health checks and scrapes are counted against nobody's bucket.
     let looks = path == "/health" || path == ctx.cfg.metrics_path;
@@ -322,6 +327,18 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Answer {
     error_with(status, kind, message, serde_json::json!({}))
 }
 
+/// 405 with the `Allow` header RFC 9110 asks for.
+fn method_not_allowed(allow: &'static str) -> Answer {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("use {allow}"),
+    );
+    r.headers_mut()
+        .insert("allow", hyper::header::HeaderValue::from_static(allow));
+    r
+}
+
 /// The token of an `Authorization: Bearer <token>` header (the scheme is
 /// case-insensitive, RFC 7235).
 fn presented_token(req: &Request<Incoming>) -> Option<&str> {
@@ -402,6 +419,17 @@ async fn json_body_within(
     limit: usize,
 ) -> Result<serde_json::Value, Box<Answer>> {
     use http_body_util::BodyExt;
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &format!("request body over {limit} octets"),
+        )));
+    }
     let collect = http_body_util::Limited::new(req.into_body(), limit).collect();
     let Ok(read) = tokio::time::timeout(ctx.cfg.read_timeout, collect).await else {
         return Err(Box::new(error(
@@ -493,11 +521,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
     }
     if !metrics_only && path == "/mail/inbound" {
         if req.method() != Method::POST {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use POST",
-            );
+            return method_not_allowed("POST");
         }
         let accepted = [
             ctx.cfg.bearer_token.as_deref(),
@@ -516,11 +540,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
     }
     if !metrics_only && path == "/queue/retry" {
         if req.method() != Method::POST {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use POST",
-            );
+            return method_not_allowed("POST");
         }
         return queue_retry(req, ctx, call).await;
     }
@@ -530,11 +550,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
         return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use GET",
-        );
+        return method_not_allowed("GET, HEAD");
     }
     let answers = ctx.stats.ask().await;
     let silent: Vec<String> = answers

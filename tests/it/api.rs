@@ -158,6 +158,28 @@ fn a_burst_gets_429_with_the_headers_and_the_bucket_refills() {
 }
 
 #[test]
+fn a_405_says_which_methods_are_allowed() {
+    let g = Gomail::start(&format!("admin_token: {ADMIN}\n"));
+    let auth = format!("Bearer {ADMIN}");
+    let (status, h, _) = http_with(
+        g.api,
+        "GET",
+        "/mail/inbound",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!((status, h["allow"].as_str()), (405, "POST"));
+    let (status, h, _) = http_with(
+        g.api,
+        "PATCH",
+        "/api/v1/bans",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!((status, h["allow"].as_str()), (405, "GET, POST"));
+}
+
+#[test]
 fn forwarded_for_is_believed_from_trusted_proxies_only() {
     let g = Gomail::start(&format!(
         "admin_token: {ADMIN}\nrate_limit_per_minute: 60\nrate_limit_burst: 1\ntrusted_proxies: [\"127.0.0.1\"]\n"
@@ -401,6 +423,24 @@ fn mail_injected_through_the_api_is_spooled_stored_and_delivered() {
     let (status, v) = inject(&g, ADMIN, "{\"sender\": \"a@b\",\n \"raw\": }");
     assert_eq!(status, 400);
     assert!(v["message"].as_str().unwrap().contains("line 2"), "{v}");
+    // A sender with a line break or a space is refused, not stored.
+    for bad in ["a@exa\r\nmple.org", "a b@c d"] {
+        let mut b = body.clone();
+        b["sender"] = bad.into();
+        let (status, v) = inject(&g, ADMIN, &b.to_string());
+        assert_eq!(
+            (status, v["details"]["field"].as_str()),
+            (400, Some("sender")),
+            "{bad:?}: {v}"
+        );
+    }
+    // A declared body over the limit is refused at once, not read.
+    let mut s = std::net::TcpStream::connect(g.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "POST /mail/inbound HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: 99999999999\r\n\r\n{{").unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
     // Without a token: 401.
     let (status, _, _) = http_with(g.api, "POST", "/mail/inbound", &[], &body.to_string());
     assert_eq!(status, 401);
