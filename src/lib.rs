@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 mod fsutil;
+pub mod logfmt;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -533,7 +533,10 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
         })
     };
     if cfg.log_format == "json" {
-        builder.json().with_writer(writer).init();
+        builder
+            .event_format(gomail::logfmt::AuditJson)
+            .with_writer(writer)
+            .init();
     } else {
         builder.with_writer(writer).init();
     }

@@ -549,14 +549,9 @@ fn ipv4_refusals_name_the_client() {
     );
 }
 
-/// The log lines (JSON) whose `event` field is `event`.
+/// The log lines (JSON) whose `event` field is `event`, flattened.
 fn events(log: &std::path::Path, event: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["event"] == event)
-        .collect()
+    super::harness::log_events(log, event)
 }
 
 #[test]
@@ -593,7 +588,7 @@ fn bans_unbans_expiries_and_limit_hits_are_logged_as_named_events() {
     wait_until(Duration::from_secs(10), "ban_expired in the log", || {
         !events(&log, "ban_expired").is_empty()
     });
-    let limit = &events(&log, "connection_limit_exceeded")[0]["fields"];
+    let limit = &events(&log, "connection_limit_exceeded")[0];
     assert_eq!(
         (&limit["ip"], &limit["reason"], &limit["count"]),
         (
@@ -603,7 +598,7 @@ fn bans_unbans_expiries_and_limit_hits_are_logged_as_named_events() {
         )
     );
     assert!(limit["shard"].is_u64());
-    let rate = &events(&log, "rate_limit_exceeded")[0]["fields"];
+    let rate = &events(&log, "rate_limit_exceeded")[0];
     assert_eq!(
         (&rate["ip"], &rate["reason"]),
         (
@@ -617,13 +612,12 @@ fn bans_unbans_expiries_and_limit_hits_are_logged_as_named_events() {
         || {
             events(&log, "ip_banned")
                 .iter()
-                .any(|v| v["fields"]["source"] == "auto")
+                .any(|v| v["source"] == "auto")
         },
     );
     let banned = events(&log, "ip_banned");
     let auto = banned
         .iter()
-        .map(|v| &v["fields"])
         .find(|f| f["source"] == "auto")
         .expect("the automatic ban is logged");
     assert_eq!(auto["ip"], "127.0.13.3");
@@ -631,9 +625,9 @@ fn bans_unbans_expiries_and_limit_hits_are_logged_as_named_events() {
     assert!(auto["shard"].is_u64() && auto["reason"].as_str().unwrap().contains("relay"));
     assert!(banned
         .iter()
-        .any(|v| v["fields"]["ip"] == "127.0.13.9" && v["fields"]["reason"] == "probe"));
-    assert_eq!(events(&log, "ip_unbanned")[0]["fields"]["ip"], "127.0.13.9");
-    assert_eq!(events(&log, "ban_expired")[0]["fields"]["ip"], "127.0.13.8");
+        .any(|v| v["ip"] == "127.0.13.9" && v["reason"] == "probe"));
+    assert_eq!(events(&log, "ip_unbanned")[0]["ip"], "127.0.13.9");
+    assert_eq!(events(&log, "ban_expired")[0]["ip"], "127.0.13.8");
     // The admin token is in no log line.
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("secret-admin-token"));

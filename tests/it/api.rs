@@ -72,17 +72,24 @@ fn management_endpoints_take_only_the_admin_token() {
             .contains("authentication_succeeded")
     });
     let text = std::fs::read_to_string(&log).unwrap();
-    let failed: Vec<serde_json::Value> = text
+    // GoMail's audit shape: level, time, event, ip, request_id at the top,
+    // the rest under details.
+    let line: serde_json::Value = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["event"] == "authentication_failed")
-        .collect();
+        .find(|v| v["event"] == "authentication_failed")
+        .expect("an authentication_failed line");
+    assert_eq!(line["level"], "warn");
+    assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(line["ip"], "127.0.0.1");
+    assert_eq!(line["request_id"].as_str().unwrap().len(), 36);
+    assert!(line["details"]["endpoint"].is_string());
+    let failed = super::harness::log_events(&log, "authentication_failed");
     assert_eq!(failed.len(), 16, "four refusals on each of four endpoints");
     assert!(failed
         .iter()
-        .any(|v| v["fields"]["reason"] == "missing_token"
-            && v["fields"]["endpoint"] == "/queue/retry"));
-    assert!(failed.iter().all(|v| v["fields"]["ip"] == "127.0.0.1"));
+        .any(|v| v["reason"] == "missing_token" && v["endpoint"] == "/queue/retry"));
+    assert!(failed.iter().all(|v| v["ip"] == "127.0.0.1"));
     assert!(!text.contains(ADMIN), "the admin token is never logged");
     assert!(
         !text.contains("webhook-cred-9"),

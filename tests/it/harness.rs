@@ -499,3 +499,24 @@ pub(crate) fn greet_from(
     r.read_line(&mut line).unwrap();
     (r, line)
 }
+
+/// The lines of a `log_format: json` log file whose `event` is `event`,
+/// each as one flat object: the top-level `event`, `ip`, `request_id` and
+/// `message` with the `details` merged in.
+pub(crate) fn log_events(log: &Path, event: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == event)
+        .map(|v| {
+            let mut flat = v["details"].as_object().cloned().unwrap_or_default();
+            for k in ["event", "ip", "request_id", "message", "level", "time"] {
+                if let Some(x) = v.get(k) {
+                    flat.insert(k.to_string(), x.clone());
+                }
+            }
+            serde_json::Value::Object(flat)
+        })
+        .collect()
+}
