@@ -5,8 +5,10 @@
 //! its connections, its spool and its delivery task. The main thread only
 //! starts shards, asks them for counters and tells them to stop.
 
+mod accept;
 mod admit;
 mod conn;
+mod contain;
 mod delivery;
 mod outbox;
 mod stats;
@@ -18,7 +20,7 @@ pub use stats::{LatencyHistogram, ShardStats, LATENCY_BOUNDS_US};
 
 pub use outbox::{StoreMode, WebhookMode};
 
-pub use conn::panic_is_contained;
+pub use contain::panic_is_contained;
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -615,7 +617,7 @@ async fn run_shard(
             Control::Inject(msg, reply) => {
                 let st = state.clone();
                 glommio::spawn_local(async move {
-                    let r = conn::inject(&st, *msg).await;
+                    let r = accept::inject(&st, *msg).await;
                     let _ = reply.send(r).await;
                 })
                 .detach();

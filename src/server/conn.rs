@@ -15,12 +15,13 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::server::TlsStream;
 use glommio::net::{TcpListener, TcpStream};
 
+use super::accept::accept_message;
+use super::contain::contain;
 use super::{admit, ShardState};
 use crate::admission::table::RefusedBy;
 use crate::admission::{client_key, Violation};
-use crate::auth::{MessageVerdict, SenderCheck};
-use crate::smtp::{trace, Action, Completion, Reply, Session, TlsInfo, Transaction};
-use crate::spool::{Envelope, Spooled};
+use crate::auth::SenderCheck;
+use crate::smtp::{Action, Completion, Reply, Session, TlsInfo};
 use mail_auth::IprevOutput;
 
 /// Octets read per read call (the size of the shard's one read buffer).
@@ -235,48 +236,6 @@ async fn refuse_and_close(
         write_within(stream, &out, timeout).await;
     }
     close_within(stream).await;
-}
-
-thread_local! {
-    /// Set while a contained task is being polled on this thread: the
-    /// binary's panic hook then lets the panic unwind to [`contain`]
-    /// instead of ending the process.
-    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// True while the current thread polls a task whose panics [`contain`]
-/// catches (for the process's panic hook).
-pub fn panic_is_contained() -> bool {
-    CONTAINED.with(|c| c.get())
-}
-
-/// Runs `work`, containing a panic in it: glommio does not catch a task's
-/// panic, so one would unwind through the executor and take the whole shard
-/// (every connection on it, its listener) down with it. Returns the panic's
-/// message.
-pub(super) async fn contain(work: impl std::future::Future<Output = ()>) -> Result<(), String> {
-    use futures_util::FutureExt;
-    /// Restores the flag however the poll ends, unwinding included.
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CONTAINED.with(|c| c.set(self.0));
-        }
-    }
-    let mut work = std::pin::pin!(work);
-    let flagged = future::poll_fn(move |cx| {
-        let _restore = Restore(CONTAINED.with(|c| c.replace(true)));
-        work.as_mut().poll(cx)
-    });
-    std::panic::AssertUnwindSafe(flagged)
-        .catch_unwind()
-        .await
-        .map_err(|p| {
-            p.downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".into())
-        })
 }
 
 /// One accepted connection: pregreet, blocklists, the TLS handshake for
@@ -613,187 +572,4 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
         }
     }
     close_within(&mut stream).await;
-}
-
-/// A message from `POST /mail/inbound`: the checks a session's message
-/// gets (SPF only when the client's address is given), the backlog bound,
-/// then the spool and delivery.
-pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result<String, Reply> {
-    let ip = m
-        .client_ip
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-    let peer = SocketAddr::new(ip, 0);
-    let helo = m.helo.unwrap_or_else(|| "api".to_string());
-    let tx = Transaction {
-        helo,
-        esmtp: true,
-        smtputf8: !m.sender.is_ascii() || !m.recipient.is_ascii(),
-        mail_from: m.sender,
-        recipients: vec![m.recipient],
-        eight_bit: !m.raw.is_ascii(),
-        body: m.raw,
-        chunked: false,
-        tls: None,
-        require_tls: false,
-    };
-    if state.spool.outstanding() as u64 >= state.max_backlog {
-        state.stats.borrow_mut().spool_backlog_refusals += 1;
-        return Err(Reply::new(
-            452,
-            "4.3.1",
-            "Insufficient system storage: delivery backlog full, try again later",
-        ));
-    }
-    let verdict = match &state.auth {
-        Some(auth) => {
-            let check = match m.client_ip {
-                Some(ip) => Box::pin(auth.check_sender(ip, &tx.helo, &tx.mail_from)).await,
-                None => crate::auth::ShardAuth::unchecked_sender(ip, &tx.helo, &tx.mail_from),
-            };
-            if let Some(r) = check.refusal.clone() {
-                return Err(r);
-            }
-            let iprev = Box::pin(auth.iprev(ip)).await;
-            let v = Box::pin(auth.verify_message(&tx.body, &check, &iprev)).await;
-            let mut st = state.stats.borrow_mut();
-            for k in v.tally.keys() {
-                *st.auth_results.entry(k).or_default() += 1;
-            }
-            if let Some(r) = v.refusal {
-                st.messages_refused_by_policy += 1;
-                return Err(r);
-            }
-            Some(v)
-        }
-        None => None,
-    };
-    match Box::pin(accept_message(
-        state,
-        &tx,
-        peer,
-        verdict,
-        Some(m.request_id),
-    ))
-    .await
-    {
-        Completion::Spooled { id } => Ok(id),
-        Completion::Refused(r) => Err(r),
-        Completion::SpoolFailed | Completion::Sender(_) => Err(Reply::SPOOL_FAILED),
-    }
-}
-
-/// Spools one message; the answer becomes the session's completion.
-async fn accept_message(
-    state: &Rc<ShardState>,
-    tx: &Transaction,
-    peer: SocketAddr,
-    auth: Option<MessageVerdict>,
-    request_id: Option<String>,
-) -> Completion {
-    let now = chrono::Utc::now();
-    let id = format!("{:016x}", fastrand::u64(..));
-    let mut received = trace::return_path_header(&tx.mail_from);
-    if let Some(v) = &auth {
-        received.push_str(&v.header);
-        if v.quarantine {
-            received.push_str("X-Gomail-Quarantine: yes (DMARC p=quarantine)\r\n");
-        }
-    }
-    received.push_str(&trace::received_header(
-        tx,
-        peer.ip(),
-        &state.hostname,
-        &id,
-        &now.to_rfc2822(),
-    ));
-    let mut envelope = Envelope {
-        id: id.clone(),
-        received_at_ms: now.timestamp_millis(),
-        mail_from: tx.mail_from.clone(),
-        recipients: tx.recipients.clone(),
-        helo: tx.helo.clone(),
-        client_ip: peer.ip().to_string(),
-        esmtp: tx.esmtp,
-        eight_bit: tx.eight_bit,
-        smtputf8: tx.smtputf8,
-        chunked: tx.chunked,
-        shard: state.id,
-        tls_version: tx.tls.as_ref().map(|t| t.version.clone()),
-        tls_cipher: tx.tls.as_ref().map(|t| t.cipher.clone()),
-        tls_sni: tx.tls.as_ref().and_then(|t| t.sni.clone()),
-        require_tls: tx.require_tls,
-        authentication: auth.map(|v| v.json),
-        spool_us: 0,
-        request_id,
-    };
-    let started = Instant::now();
-    match state
-        .spool
-        .commit(&envelope, received.as_bytes(), &tx.body)
-        .await
-    {
-        Ok(segment) => {
-            envelope.spool_us = started.elapsed().as_micros() as u64;
-            state
-                .stats
-                .borrow_mut()
-                .commit_latency
-                .observe(envelope.spool_us);
-            let mut message = Vec::with_capacity(received.len() + tx.body.len());
-            message.extend_from_slice(received.as_bytes());
-            message.extend_from_slice(&tx.body);
-            {
-                let mut s = state.stats.borrow_mut();
-                s.messages_accepted += 1;
-                s.bytes_accepted += message.len() as u64;
-            }
-            tracing::debug!(shard = state.id, id = %id, from = %tx.mail_from, rcpts = tx.recipients.len(), size = message.len(), "accepted");
-            let spooled = Spooled {
-                envelope,
-                message,
-                segment,
-            };
-            match state.outbox.as_ref() {
-                Some(o) if o.answers_inline(&spooled) => o.deliver_inline(state, spooled).await,
-                _ => {
-                    state.deliver(spooled);
-                    Completion::Spooled { id }
-                }
-            }
-        }
-        Err(e) => {
-            state.stats.borrow_mut().spool_failures += 1;
-            tracing::error!(shard = state.id, error = %e, client = %peer.ip(), "message refused with 451: spool write failed");
-            Completion::SpoolFailed
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    /// A panic in one connection's task is contained: the executor (the
-    /// shard) keeps running its other tasks.
-    #[test]
-    fn a_panicking_connection_does_not_take_the_shard_down() {
-        let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
-        let (caught, other) = ex.run(async {
-            let other = glommio::spawn_local(async {
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-                42
-            });
-            let bad = glommio::spawn_local(super::contain(async {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-                panic!("a parser bug");
-            }));
-            (bad.await, other.await)
-        });
-        assert_eq!(caught, Err("a parser bug".to_string()));
-        assert_eq!(other, 42);
-        // The flag the process's panic hook reads is cleared again after
-        // the unwind: a later panic outside a connection still ends the
-        // process.
-        assert!(!super::panic_is_contained());
-    }
 }

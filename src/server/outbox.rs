@@ -310,7 +310,7 @@ pub(super) async fn run(state: Rc<ShardState>) {
                 // A panic here (a bug) must not stop the shard: the message
                 // stays in the spool, undone, and is posted again at the
                 // next start.
-                if let Err(what) = super::conn::contain(attempt(&st, pending)).await {
+                if let Err(what) = super::contain::contain(attempt(&st, pending)).await {
                     tracing::error!(shard = st.id, panic = %what, "a webhook delivery task panicked (a bug in gomail); its message stays in the spool and is posted again after a restart");
                 }
                 if let Some(o) = st.outbox.as_ref() {
