@@ -38,6 +38,16 @@ fn failed(e: impl std::fmt::Display) -> Answer {
     )
 }
 
+/// The change did not complete (a bug: its task panicked).
+fn broken() -> Answer {
+    tracing::error!("a ban change failed inside gomail");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "the ban change failed inside gomail; see its log",
+    )
+}
+
 pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Answer {
     let path = req.uri().path().to_string();
     let target = path
@@ -54,7 +64,13 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Answer {
                 Ok(n) => n,
                 Err(e) => return invalid(&e),
             };
-            match ctx.bans.unban(net) {
+            let bans = ctx.bans.clone();
+            // The ban file is fsync'd: off the control plane's event loop.
+            let done = tokio::task::spawn_blocking(move || bans.unban(net)).await;
+            let Ok(done) = done else {
+                return broken();
+            };
+            match done {
                 Ok(Some(b)) => json(
                     StatusCode::OK,
                     serde_json::json!({ "unbanned": ban_json(&b) }),
@@ -112,7 +128,13 @@ async fn add(req: Request<Incoming>, ctx: &Ctx) -> Answer {
         }
         _ => return invalid("`reason`: expected a text of at most 512 bytes"),
     };
-    match ctx.bans.ban(net, duration, reason) {
+    let bans = ctx.bans.clone();
+    // The ban file is fsync'd: off the control plane's event loop.
+    let done = tokio::task::spawn_blocking(move || bans.ban(net, duration, reason)).await;
+    let Ok(done) = done else {
+        return broken();
+    };
+    match done {
         Ok(b) => json(
             StatusCode::CREATED,
             serde_json::json!({ "ban": ban_json(&b) }),
