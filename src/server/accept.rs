@@ -7,9 +7,10 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::ShardState;
-use crate::auth::MessageVerdict;
+use crate::auth::{MessageVerdict, SenderCheck, ShardAuth};
 use crate::smtp::{trace, Completion, Reply, Transaction};
 use crate::spool::{Envelope, Spooled};
+use mail_auth::IprevOutput;
 
 /// A message from `POST /mail/inbound`: the checks a session's message
 /// gets (SPF only when the client's address is given), the backlog bound,
@@ -34,13 +35,9 @@ pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result
     };
     if state.spool.outstanding() as u64 >= state.max_backlog {
         state.stats.borrow_mut().spool_backlog_refusals += 1;
-        return Err(Reply::new(
-            452,
-            "4.3.1",
-            "Insufficient system storage: delivery backlog full, try again later",
-        ));
+        return Err(Reply::BACKLOG_FULL);
     }
-    let verdict = match &state.auth {
+    let done = match &state.auth {
         Some(auth) => {
             let check = match m.client_ip {
                 Some(ip) => Box::pin(auth.check_sender(ip, &tx.helo, &tx.mail_from)).await,
@@ -50,31 +47,52 @@ pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result
                 return Err(r);
             }
             let iprev = Box::pin(auth.iprev(ip)).await;
-            let v = Box::pin(auth.verify_message(&tx.body, &check, &iprev)).await;
-            let mut st = state.stats.borrow_mut();
-            for k in v.tally.keys() {
-                *st.auth_results.entry(k).or_default() += 1;
-            }
-            if let Some(r) = v.refusal {
-                st.messages_refused_by_policy += 1;
-                return Err(r);
-            }
-            Some(v)
+            Box::pin(verify_and_accept(
+                state,
+                auth,
+                &tx,
+                peer,
+                &check,
+                &iprev,
+                Some(m.request_id),
+            ))
+            .await
         }
-        None => None,
+        None => Box::pin(accept_message(state, &tx, peer, None, Some(m.request_id))).await,
     };
-    match Box::pin(accept_message(
-        state,
-        &tx,
-        peer,
-        verdict,
-        Some(m.request_id),
-    ))
-    .await
-    {
+    match done {
         Completion::Spooled { id } => Ok(id),
         Completion::Refused(r) => Err(r),
         Completion::SpoolFailed | Completion::Sender(_) => Err(Reply::SPOOL_FAILED),
+    }
+}
+
+/// DKIM and DMARC on a complete message (its results counted), then the
+/// spool unless the policy refuses it: one path for SMTP and the API.
+pub(super) async fn verify_and_accept(
+    state: &Rc<ShardState>,
+    auth: &ShardAuth,
+    tx: &Transaction,
+    peer: SocketAddr,
+    check: &SenderCheck,
+    iprev: &IprevOutput,
+    request_id: Option<String>,
+) -> Completion {
+    let t0 = Instant::now();
+    let verdict = Box::pin(auth.verify_message(&tx.body, check, iprev)).await;
+    {
+        let mut st = state.stats.borrow_mut();
+        for k in verdict.tally.keys() {
+            *st.auth_results.entry(k).or_default() += 1;
+        }
+        st.auth_latency.observe(t0.elapsed().as_micros() as u64);
+    }
+    match verdict.refusal {
+        Some(reply) => {
+            state.stats.borrow_mut().messages_refused_by_policy += 1;
+            Completion::Refused(reply)
+        }
+        None => Box::pin(accept_message(state, tx, peer, Some(verdict), request_id)).await,
     }
 }
 

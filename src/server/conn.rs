@@ -15,7 +15,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::server::TlsStream;
 use glommio::net::{TcpListener, TcpStream};
 
-use super::accept::accept_message;
+use super::accept::{accept_message, verify_and_accept};
 use super::contain::contain;
 use super::{admit, ShardState};
 use crate::admission::table::RefusedBy;
@@ -419,13 +419,8 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                         // keeps the message and retries later.
                         state.stats.borrow_mut().spool_backlog_refusals += 1;
                         tracing::warn!(shard = state.id, backlog = state.spool.outstanding(), client = %peer.ip(), %tx.mail_from, "spool backlog full; message deferred with 452 4.3.1");
-                        let reply = Reply::new(
-                            452,
-                            "4.3.1",
-                            "Insufficient system storage: delivery backlog full, try again later",
-                        );
                         session.handle_completion(
-                            Completion::Refused(reply),
+                            Completion::Refused(Reply::BACKLOG_FULL),
                             Instant::now(),
                             &mut out,
                         );
@@ -445,40 +440,14 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                                         .await
                                     }
                                 };
-                                let t0 = Instant::now();
                                 if iprev.is_none() {
                                     iprev = Some(Box::pin(auth.iprev(peer.ip())).await);
                                 }
                                 let iprev = iprev.as_ref().expect("set above");
-                                let verdict =
-                                    Box::pin(auth.verify_message(&tx.body, &check, iprev)).await;
-                                {
-                                    let mut st = state.stats.borrow_mut();
-                                    for k in verdict.tally.keys() {
-                                        *st.auth_results.entry(k).or_default() += 1;
-                                    }
-                                }
-                                state
-                                    .stats
-                                    .borrow_mut()
-                                    .auth_latency
-                                    .observe(t0.elapsed().as_micros() as u64);
-                                match verdict.refusal {
-                                    Some(reply) => {
-                                        state.stats.borrow_mut().messages_refused_by_policy += 1;
-                                        Completion::Refused(reply)
-                                    }
-                                    None => {
-                                        Box::pin(accept_message(
-                                            state,
-                                            &tx,
-                                            peer,
-                                            Some(verdict),
-                                            None,
-                                        ))
-                                        .await
-                                    }
-                                }
+                                Box::pin(verify_and_accept(
+                                    state, auth, &tx, peer, &check, iprev, None,
+                                ))
+                                .await
                             }
                             None => Box::pin(accept_message(state, &tx, peer, None, None)).await,
                         };

@@ -150,6 +150,13 @@ impl Reply {
         r(421, "4.3.2", "Error: too many connections, try again later");
     /// A refused (banned) session: anything but QUIT (RFC 5321 section 3.1).
     pub const REFUSED_SESSION: Reply = r(503, "5.5.1", "Error: this session is refused; send QUIT");
+    /// The undelivered backlog is full (`spool_max_backlog`): the client
+    /// keeps the message and retries later.
+    pub const BACKLOG_FULL: Reply = r(
+        452,
+        "4.3.1",
+        "Insufficient system storage: delivery backlog full, try again later",
+    );
     /// The server is shutting down.
     pub const SHUTTING_DOWN: Reply = r(421, "4.3.2", "Service shutting down, closing connection");
     /// A BDAT command without a usable size: its chunk cannot be skipped.
