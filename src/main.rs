@@ -8,6 +8,13 @@ use clap::{Parser, Subcommand};
 use gomail::config::{self, keys::Status, Config, Sources};
 use gomail::server::Server;
 
+#[path = "cli/api.rs"]
+mod api;
+#[path = "cli/signals.rs"]
+mod signals;
+use api::{api_call, api_of, api_request};
+use signals::{block_signals, wait_signal};
+
 // mimalloc instead of glibc malloc: the after-DATA path (DKIM parsing,
 // JSON, Authentication-Results) allocates many small short-lived objects
 // per message; see docs/benchmarks.md section 5 for what it changes.
@@ -392,63 +399,6 @@ fn queue(action: QueueCmd) -> anyhow::Result<()> {
     }
 }
 
-/// A minimal HTTP/1.1 request to the local control plane.
-fn api_request(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: gomail\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, answer) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((status, answer.to_string()))
-}
-
-/// The running server's API address and token, from the configuration.
-fn api_of(c: &Config, what: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
-    let token = c.text("admin_token").with_context(|| {
-        format!("admin_token must be set: {what} goes through the running server's management API")
-    })?;
-    let mut addr = c.api_listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    Ok((addr, token))
-}
-
-/// One API call; the answer's JSON on success, the server's error otherwise.
-fn api_call(
-    c: &Config,
-    what: &str,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> anyhow::Result<serde_json::Value> {
-    let (addr, token) = api_of(c, what)?;
-    let (status, answer) = api_request(addr, method, path, &token, body)
-        .with_context(|| format!("is gomail running? (API {addr})"))?;
-    if !(200..300).contains(&status) {
-        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
-        match v["message"].as_str() {
-            Some(m) => anyhow::bail!("the server answered {status}: {m}"),
-            None => anyhow::bail!("the server answered {status}: {answer}"),
-        }
-    }
-    serde_json::from_str(&answer)
-        .with_context(|| format!("the server's answer is not JSON: {answer}"))
-}
-
 fn security(action: SecurityCmd) -> anyhow::Result<()> {
     let load = |cfg: &ConfigArg| config::load(&sources(cfg, Vec::new()));
     let line = |b: &serde_json::Value| {
@@ -541,32 +491,6 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
         builder.with_writer(writer).init();
     }
     Ok(())
-}
-
-/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (shards inherit the
-/// mask, so only this thread ever receives them).
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain signal-mask manipulation on a zeroed sigset_t.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-/// Waits up to `secs` for one of the blocked signals; `None` on timeout.
-fn wait_signal(set: &libc::sigset_t, secs: i64) -> Option<i32> {
-    let timeout = libc::timespec {
-        tv_sec: secs,
-        tv_nsec: 0,
-    };
-    // SAFETY: waits on the set blocked by block_signals.
-    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
-    (sig > 0).then_some(sig)
 }
 
 /// SIGHUP or changed certificate files: re-read the configuration and
