@@ -5,6 +5,39 @@ use std::path::Path;
 
 use super::{check, keys, load, ConfigError, Origin, Sources, Value};
 
+/// Writes a value of `kind` as `config set` puts it in the file: numbers,
+/// booleans, sizes, durations and words bare (`port: 4000`, `read: 45s`)
+/// when YAML reads them back as written; text, secrets and anything
+/// else quoted.
+fn yaml_for(kind: keys::Kind, v: &Value) -> String {
+    use keys::Kind;
+    let Value::Text(t) = v else {
+        return yaml_scalar(v);
+    };
+    if kind == Kind::Bool {
+        if let Some(b) = super::parse_bool(t) {
+            return b.to_string();
+        }
+    }
+    let bare = !matches!(kind, Kind::Str | Kind::Secret | Kind::List)
+        && !t.is_empty()
+        && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && serde_norway::from_str::<serde_norway::Value>(t)
+            .ok()
+            .and_then(|y| Value::from_yaml(&y))
+            .is_some_and(|back| match (kind, back) {
+                (Kind::Bool, Value::Bool(_)) => true,
+                (Kind::Bool, _) => false,
+                (_, Value::Bool(_)) => false,
+                (_, back) => back.text() == *t,
+            });
+    if bare {
+        t.clone()
+    } else {
+        quote(t)
+    }
+}
+
 /// Writes a value as a YAML scalar or flow list.
 pub fn yaml_scalar(v: &Value) -> String {
     match v {
@@ -50,7 +83,7 @@ pub fn set_in_file(path: &Path, key: &str, value: &str) -> Result<(), ConfigErro
             })
         }
     };
-    let new = replace_key(&text, key, &yaml_scalar(&v));
+    let new = replace_key(&text, key, &yaml_for(k.kind, &v));
     let tmp = path.with_extension("yaml.tmp");
     crate::fsutil::write_synced(&tmp, new.as_bytes(), 0o600).map_err(|source| {
         ConfigError::Write {
@@ -67,7 +100,7 @@ pub fn set_in_file(path: &Path, key: &str, value: &str) -> Result<(), ConfigErro
     });
     if let Err(e) = checked {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+        return Err(in_file(e, &tmp, path));
     }
     std::fs::rename(&tmp, path).map_err(|source| ConfigError::Write {
         path: path.to_path_buf(),
@@ -75,21 +108,78 @@ pub fn set_in_file(path: &Path, key: &str, value: &str) -> Result<(), ConfigErro
     })
 }
 
-/// Replaces (or adds) one key's line in YAML text.
+/// An error found in the new file `tmp`, told as the file it replaces.
+fn in_file(e: ConfigError, tmp: &Path, path: &Path) -> ConfigError {
+    let file = |p: std::path::PathBuf| if p == tmp { path.to_path_buf() } else { p };
+    let origin = |o: Origin| match o {
+        Origin::File(p, line) => Origin::File(file(p), line),
+        other => other,
+    };
+    match e {
+        ConfigError::Syntax { path, message } => ConfigError::Syntax {
+            path: file(path),
+            message,
+        },
+        ConfigError::UnknownKey {
+            key,
+            origin: o,
+            hint,
+        } => ConfigError::UnknownKey {
+            key,
+            origin: origin(o),
+            hint,
+        },
+        ConfigError::Invalid {
+            key,
+            origin: o,
+            reason,
+        } => ConfigError::Invalid {
+            key,
+            origin: origin(o),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// The ` # comment` at the end of a `key: value` line, if any (a `#`
+/// inside quotes is part of the value).
+fn trailing_comment(line: &str) -> Option<&str> {
+    let mut quote = None;
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '#') if line[..i].ends_with([' ', '\t']) => {
+                let start = line[..i].trim_end_matches([' ', '\t']).len();
+                return Some(&line[start..]);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Replaces (or adds) one key's line in YAML text; a comment at the end of
+/// the replaced line stays.
 fn replace_key(text: &str, key: &str, yaml: &str) -> String {
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let mut put = |n: usize, line: String| {
+        let comment = trailing_comment(&lines[n - 1]).unwrap_or("").to_string();
+        lines[n - 1] = line + &comment;
+    };
     match key.split_once('.') {
         None => {
             let line = format!("{key}: {yaml}");
             match super::line_of(text, key) {
-                Some(n) => lines[n - 1] = line,
+                Some(n) => put(n, line),
                 None => lines.push(line),
             }
         }
         Some((outer, inner)) => {
             let line = format!("  {inner}: {yaml}");
             if let Some(n) = super::line_of(text, key) {
-                lines[n - 1] = line;
+                put(n, line);
             } else if let Some(n) = super::line_of(text, outer) {
                 lines.insert(n, line);
             } else {
@@ -111,12 +201,32 @@ mod tests {
     fn replace_keeps_comments_and_handles_nesting() {
         let text = "# top\nport: 3000 # api\nhttp_timeouts:\n  read: 30s\n";
         let t = replace_key(text, "port", "4000");
-        assert_eq!(t, "# top\nport: 4000\nhttp_timeouts:\n  read: 30s\n");
+        assert_eq!(t, "# top\nport: 4000 # api\nhttp_timeouts:\n  read: 30s\n");
+        let t = replace_key("bearer_token: \"a#b\"  # secret\n", "bearer_token", "\"c\"");
+        assert_eq!(t, "bearer_token: \"c\"  # secret\n");
+        let t = replace_key("primary_domain: a#b\n", "primary_domain", "\"c\"");
+        assert_eq!(t, "primary_domain: \"c\"\n");
         let t = replace_key(text, "http_timeouts.read", "\"45s\"");
         assert!(t.contains("  read: \"45s\"\n"));
         let t = replace_key(text, "http_timeouts.idle", "\"1m\"");
         assert!(t.contains("http_timeouts:\n  idle: \"1m\"\n  read: 30s"));
         let t = replace_key("", "http_timeouts.idle", "\"1m\"");
         assert_eq!(t, "http_timeouts:\n  idle: \"1m\"\n");
+    }
+
+    #[test]
+    fn numbers_stay_numbers() {
+        use keys::Kind;
+        let t = |kind, s: &str| yaml_for(kind, &Value::from_text(s, kind));
+        assert_eq!(t(Kind::Int, "10"), "10");
+        assert_eq!(t(Kind::Bool, "true"), "true");
+        assert_eq!(t(Kind::Bool, "yes"), "true");
+        assert_eq!(t(Kind::Duration, "45s"), "45s");
+        assert_eq!(t(Kind::Size, "25MB"), "25MB");
+        assert_eq!(t(Kind::Enum(&["1.2", "1.3"]), "1.2"), "\"1.2\"");
+        assert_eq!(t(Kind::Enum(&["strict"]), "strict"), "strict");
+        assert_eq!(t(Kind::Str, "123"), "\"123\"");
+        assert_eq!(t(Kind::Secret, "abc"), "\"abc\"");
+        assert_eq!(t(Kind::Int, "0x10"), "\"0x10\"");
     }
 }
