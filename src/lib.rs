@@ -16,6 +16,7 @@ pub mod control;
 pub mod delivery;
 mod fsutil;
 pub mod logfmt;
+pub mod reload;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -204,6 +204,15 @@ enum ConfigCmd {
         key: String,
         /// The new value (lists comma-separated).
         value: String,
+        /// Then have the running server reload its configuration.
+        #[arg(long)]
+        reload: bool,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Have the running server read its configuration again and apply it
+    /// (as SIGHUP does); prints what changed and what needs a restart.
+    Reload {
         #[command(flatten)]
         cfg: ConfigArg,
     },
@@ -305,12 +314,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", c.get(&key).unwrap_or_default());
                 Ok(())
             }
-            ConfigCmd::Set { key, value, cfg } => {
+            ConfigCmd::Set {
+                key,
+                value,
+                reload,
+                cfg,
+            } => {
                 let path = sources(&cfg, Vec::new())
                     .config_path()
                     .unwrap_or_else(|| PathBuf::from("/etc/gomail.yaml"));
+                // The running server is reached with the address and token
+                // it runs with, which the change may be about to replace.
+                let running = config::load(&sources(&cfg, Vec::new()));
                 config::edit::set_in_file(&path, &key, &value)?;
                 println!("{key} set in {}", path.display());
+                if reload {
+                    let running = match running {
+                        Ok(c) => c,
+                        Err(_) => config::load(&sources(&cfg, Vec::new()))?,
+                    };
+                    print_reload(&api_call(&running, "reload", "POST", "/api/v1/reload", "")?);
+                }
+                Ok(())
+            }
+            ConfigCmd::Reload { cfg } => {
+                let c = config::load(&sources(&cfg, Vec::new()))?;
+                print_reload(&api_call(&c, "reload", "POST", "/api/v1/reload", "")?);
                 Ok(())
             }
             ConfigCmd::Validate { cfg } => {
@@ -325,6 +354,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+    }
+}
+
+/// Prints the answer of `POST /api/v1/reload`.
+fn print_reload(v: &serde_json::Value) {
+    let keys = |k: &str| {
+        let list: Vec<&str> = v[k]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
+    println!("reloaded; applied: {}", keys("applied"));
+    if v["restart_required"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        println!("needs a restart: {}", keys("restart_required"));
     }
 }
 
@@ -493,53 +544,21 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP or changed certificate files: re-read the configuration and
-/// publish a new TLS configuration. A failure keeps the current one.
-fn reload(server: &Server, cfg: &mut Config, sources: &Sources, why: &str) {
-    match config::load(sources) {
-        Ok(new) => {
-            if let Err(e) = server.reload_tls(&new) {
-                tracing::error!(error = %e, "TLS reload failed; keeping the current certificates");
-                return;
-            }
-            tracing::info!(%why, "TLS configuration reloaded; new connections use it");
-            *cfg = new;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "config reload failed; keeping the running configuration")
-        }
-    }
-}
-
-fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
+fn serve(cfg: Config, sources: Sources) -> anyhow::Result<()> {
     init_logging(&cfg)?;
     for (key, status, origin) in cfg.inactive_settings() {
         tracing::warn!(%key, %origin, "{}", inactive_note(status));
     }
     let signals = block_signals();
     let server = Server::start(&cfg)?;
+    let api = shards::Snapshot::new(gomail::control::ControlConfig::from_config(&cfg));
+    let reloader =
+        gomail::reload::Reloader::new(cfg.clone(), sources, server.reload_handle(), api.clone());
     let control = gomail::control::ControlPlane::start(
-        gomail::control::ControlConfig {
-            api: cfg.api_listen,
-            metrics: cfg.metrics_listen,
-            metrics_enabled: cfg.metrics_enabled,
-            metrics_path: cfg.metrics_path.clone(),
-            read_timeout: cfg.http_read_timeout,
-            handler_timeout: cfg.duration("http_timeouts.handler"),
-            admin_token: cfg.text("admin_token"),
-            rate_limit: (
-                cfg.number("rate_limit_per_minute").min(u64::from(u32::MAX)) as u32,
-                cfg.number("rate_limit_burst").min(u64::from(u32::MAX)) as u32,
-            ),
-            trusted_proxies: cfg.trusted_proxies.clone(),
-            bearer_token: cfg.text("bearer_token"),
-            domains: cfg.domains(),
-            max_message_size: cfg.max_message_size,
-            data_dir: cfg.data_dir.clone(),
-            trusted: cfg.trusted_networks.clone(),
-        },
+        api,
         server.stats_handle(),
         server.bans(),
+        Some(reloader.clone()),
     )?;
     let mut addrs: Vec<String> = server.smtp_addrs().iter().map(|a| a.to_string()).collect();
     addrs.extend(server.smtps_addrs().iter().map(|a| format!("{a} (TLS)")));
@@ -562,22 +581,21 @@ fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
     if cfg.path.is_none() {
         println!("gomail: running on built-in defaults; next, write a gomail.yaml with primary_domain, mail_hostname and smtp_listen (see docs/configuration.md) and start with --config");
     }
+    // SIGHUP (`systemctl reload`) reloads the configuration; so does a
+    // change of the certificate files (checked every 2 s).
     let mut certs = gomail::tls::fingerprint(&cfg);
     let sig = loop {
-        match wait_signal(&signals, 2) {
-            Some(libc::SIGHUP) => {
-                reload(&server, &mut cfg, &sources, "SIGHUP");
-                certs = gomail::tls::fingerprint(&cfg);
-            }
+        let why = match wait_signal(&signals, 2) {
+            Some(libc::SIGHUP) => "SIGHUP",
             Some(sig) => break sig,
-            None => {
-                let now = gomail::tls::fingerprint(&cfg);
-                if now != certs {
-                    reload(&server, &mut cfg, &sources, "certificate files changed");
-                    certs = gomail::tls::fingerprint(&cfg);
-                }
+            None if gomail::tls::fingerprint(&reloader.current()) != certs => {
+                "certificate files changed"
             }
-        }
+            None => continue,
+        };
+        // The outcome (and any error) is logged by the reloader.
+        let _ = reloader.reload(why);
+        certs = gomail::tls::fingerprint(&reloader.current());
     };
     tracing::info!(
         signal = sig,

@@ -10,10 +10,12 @@ mod admit;
 mod conn;
 mod contain;
 mod delivery;
+mod live;
 mod outbox;
 mod stats;
 mod webhook_settings;
 
+use live::{Fixed, Live};
 use webhook_settings::WebhookSettings;
 
 pub use stats::{LatencyHistogram, ShardStats, LATENCY_BOUNDS_US};
@@ -41,7 +43,6 @@ use crate::admission::Settings as AdmissionSettings;
 use crate::auth::dns::DnsRuntime;
 use crate::auth::{AuthSettings, ShardAuth};
 use crate::config::Config;
-use crate::smtp::{Limits, SessionConfig};
 use crate::spool::Spool;
 use crate::tls::{self, CertSource, TlsError};
 
@@ -125,7 +126,9 @@ pub struct Injected {
 /// Shard-local state shared by its tasks.
 pub(crate) struct ShardState {
     pub(crate) id: usize,
-    pub(crate) session: Arc<SessionConfig>,
+    /// The settings a reload changes, read once per connection
+    /// ([`ShardState::live`]).
+    pub(crate) live: RefCell<shards::SnapshotCache<Live>>,
     pub(crate) hostname: String,
     pub(crate) data_dir: PathBuf,
     pub(crate) spool: Spool,
@@ -134,8 +137,6 @@ pub(crate) struct ShardState {
     pub(crate) outbox: Option<outbox::Outbox>,
     pub(crate) stats: RefCell<ShardStats>,
     pub(crate) active: Cell<u64>,
-    /// Limits, rates, bans and timeouts.
-    pub(crate) admission: Arc<AdmissionSettings>,
     /// This shard's per-client table (exact: `shards::steer` sends every
     /// connection of a client here).
     pub(crate) table: RefCell<Table>,
@@ -151,9 +152,6 @@ pub(crate) struct ShardState {
     /// The shard's one read buffer: connections borrow it only while a
     /// read completes, so an idle connection holds none.
     pub(crate) read_buf: RefCell<Vec<u8>>,
-    /// `spool_max_backlog` for this shard: undelivered messages past which
-    /// new ones are deferred with `452 4.3.1`.
-    pub(crate) max_backlog: u64,
     /// The current TLS configuration, if TLS is enabled.
     pub(crate) tls: Option<Snapshot<Arc<ServerConfig>>>,
     /// SPF/DKIM/DMARC on this shard, if any check is on.
@@ -163,6 +161,18 @@ pub(crate) struct ShardState {
 }
 
 impl ShardState {
+    /// The settings in force now, for a new connection or API message: a
+    /// reload reaches the shard here. The shard's table and checks are
+    /// brought up to date with them (one pointer comparison each).
+    pub(crate) fn live(&self) -> Arc<Live> {
+        let live = self.live.borrow_mut().load().clone();
+        self.table.borrow_mut().use_settings(&live.admission);
+        if let Some(auth) = &self.auth {
+            auth.use_settings(&live.auth);
+        }
+        live
+    }
+
     /// Hands an accepted (or recovered) message to delivery: the webhook
     /// when `api_endpoint` is set, else the JSON store.
     pub(crate) fn deliver(&self, msg: crate::spool::Spooled) {
@@ -179,10 +189,53 @@ pub struct Server {
     smtp_addrs: Vec<SocketAddr>,
     smtps_addrs: Vec<SocketAddr>,
     tls: Option<Snapshot<Arc<ServerConfig>>>,
+    live: Snapshot<Live>,
+    fixed: Fixed,
     /// Kept alive for the shards' DNS lookups.
     _dns: Option<Arc<DnsRuntime>>,
     bans: Bans,
     _lock: File,
+}
+
+/// Applies a new configuration to a running server, from any thread
+/// ([`Server::reload_handle`]).
+#[derive(Clone)]
+pub struct ReloadHandle {
+    tls: Option<Snapshot<Arc<ServerConfig>>>,
+    live: Snapshot<Live>,
+    fixed: Fixed,
+    bans: Bans,
+}
+
+impl ReloadHandle {
+    /// Publishes what `cfg` changes among the settings that apply live:
+    /// limits, rates, ban policy, enforcement, sizes, domains, backlog and
+    /// TLS (certificate files re-read). New connections use them; open
+    /// sessions finish with theirs. Nothing changes when the TLS
+    /// configuration cannot be built.
+    pub fn apply(&self, cfg: &Config) -> Result<(), ServerError> {
+        let tls = match &self.tls {
+            Some(_) => Some(build_tls(cfg)?.config),
+            None => None,
+        };
+        let live = Live::from_config(cfg, &self.fixed);
+        self.bans.set_policy(ban_policy(&live.admission));
+        self.live.store(live);
+        if let (Some(snapshot), Some(config)) = (&self.tls, tls) {
+            snapshot.store(config);
+        }
+        Ok(())
+    }
+}
+
+/// The ban service's policy from the admission settings.
+fn ban_policy(a: &AdmissionSettings) -> Policy {
+    Policy {
+        threshold: a.ban_threshold,
+        window: a.ban_window,
+        duration: a.ban_duration,
+        limit_every: a.rate_window,
+    }
 }
 
 /// Builds the TLS configuration and logs where its certificate came from.
@@ -212,7 +265,7 @@ impl Server {
             None
         };
         let webhook = WebhookSettings::from_config(cfg)?;
-        let auth = Arc::new(AuthSettings::from_config(cfg));
+        let auth = AuthSettings::from_config(cfg);
         let dns = if auth.any() {
             Some(Arc::new(
                 DnsRuntime::start(&cfg.dns_servers, cfg.dns_timeout).map_err(ServerError::Dns)?,
@@ -245,40 +298,23 @@ impl Server {
         let listeners: Arc<std::sync::Mutex<Vec<Option<ShardListeners>>>> = Arc::new(
             std::sync::Mutex::new(per_shard.into_iter().map(Some).collect()),
         );
-        let admission = Arc::new(AdmissionSettings::from_config(cfg));
-        let (bans, reporter) = Bans::start(
-            &cfg.data_dir,
-            Policy {
-                threshold: admission.ban_threshold,
-                window: admission.ban_window,
-                duration: admission.ban_duration,
-                limit_every: admission.rate_window,
-            },
-        )?;
+        let fixed = Fixed {
+            hostname: cfg.mail_hostname.clone(),
+            starttls: tls.is_some() && cfg.starttls_enabled,
+            checks: (auth.spf, auth.dkim, auth.dmarc),
+            shards: count,
+        };
+        let live = Snapshot::new(Live::from_config(cfg, &fixed));
+        let (bans, reporter) = Bans::start(&cfg.data_dir, ban_policy(&live.load().admission))?;
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let ban_list = bans.list();
-        let session = Arc::new(SessionConfig {
-            hostname: cfg.mail_hostname.clone(),
-            domains: cfg.domains(),
-            limits: Limits {
-                max_message_size: cfg.max_message_size,
-                max_recipients: cfg.max_recipients,
-                session_timeout: admission.session_timeout,
-                ..Limits::default()
-            },
-            starttls: tls.is_some() && cfg.starttls_enabled,
-            check_sender: auth.spf,
-        });
-        let backlog_per_shard = cfg
-            .number("spool_max_backlog")
-            .div_ceil(count as u64)
-            .max(1);
         let (ready_tx, ready_rx) = async_channel::unbounded::<(usize, Result<(), String>)>();
         let data_dir = cfg.data_dir.clone();
         let hostname = cfg.mail_hostname.clone();
         let shard_tls = tls.clone();
         let shard_dns = dns.clone();
         let shard_webhook = webhook.clone();
+        let shard_live = live.clone();
         let pool = ShardPool::spawn(
             &PoolConfig {
                 shards: count,
@@ -286,35 +322,30 @@ impl Server {
                 name: "shard".into(),
             },
             move |ctx: ShardContext<Control>| {
-                let session = session.clone();
+                let live = shard_live.clone();
                 let data_dir = data_dir.clone();
                 let hostname = hostname.clone();
                 let listen = listeners.lock().expect("listeners")[ctx.id]
                     .take()
                     .unwrap_or_default();
                 let ready = ready_tx.clone();
-                let admission = admission.clone();
                 let reporter = reporter.clone();
                 let total = total.clone();
                 let ban_list = ban_list.clone();
                 let tls = shard_tls.clone();
                 let dns = shard_dns.clone();
-                let auth = auth.clone();
                 let webhook = shard_webhook.clone();
                 async move {
                     let setup = ShardSetup {
-                        session,
+                        live,
                         hostname,
                         data_dir,
                         listen,
-                        max_backlog: backlog_per_shard,
-                        admission,
                         reporter,
                         total,
                         bans: ban_list,
                         tls,
                         dns,
-                        auth,
                         webhook,
                     };
                     run_shard(ctx, setup, ready).await;
@@ -342,6 +373,8 @@ impl Server {
             smtp_addrs: plain,
             smtps_addrs: implicit,
             tls,
+            live,
+            fixed,
             _dns: dns,
             bans,
             _lock: lock,
@@ -363,16 +396,15 @@ impl Server {
         &self.smtps_addrs
     }
 
-    /// Rebuilds the TLS configuration from `cfg` (certificate files re-read)
-    /// and publishes it: new connections use it, connections in flight keep
-    /// theirs. On error the current configuration stays.
-    pub fn reload_tls(&self, cfg: &Config) -> Result<(), ServerError> {
-        let Some(snapshot) = &self.tls else {
-            return Ok(());
-        };
-        let built = build_tls(cfg)?;
-        snapshot.store(built.config);
-        Ok(())
+    /// A handle that applies a reloaded configuration (see
+    /// [`ReloadHandle::apply`]).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            tls: self.tls.clone(),
+            live: self.live.clone(),
+            fixed: self.fixed.clone(),
+            bans: self.bans.clone(),
+        }
     }
 
     /// The ban service (for the control plane's ban endpoints).
@@ -479,18 +511,15 @@ type ShardListeners = Vec<(socket2::Socket, bool)>;
 
 /// What a shard needs to start.
 struct ShardSetup {
-    session: Arc<SessionConfig>,
+    live: Snapshot<Live>,
     hostname: String,
     data_dir: PathBuf,
     listen: ShardListeners,
-    max_backlog: u64,
-    admission: Arc<AdmissionSettings>,
     reporter: Reporter,
     total: Arc<std::sync::atomic::AtomicU64>,
     bans: Snapshot<BanList>,
     tls: Option<Snapshot<Arc<ServerConfig>>>,
     dns: Option<Arc<DnsRuntime>>,
-    auth: Arc<AuthSettings>,
     webhook: Option<WebhookSettings>,
 }
 
@@ -500,18 +529,15 @@ async fn run_shard(
     ready: async_channel::Sender<(usize, Result<(), String>)>,
 ) {
     let ShardSetup {
-        session,
+        live,
         hostname,
         data_dir,
         listen,
-        max_backlog,
-        admission,
         reporter,
         total,
         bans,
         tls,
         dns,
-        auth,
         webhook,
     } = setup;
     let webhook = webhook.map(|w| w.outbox());
@@ -522,7 +548,7 @@ async fn run_shard(
     let _dns_context = dns_handle.as_ref().map(|h| h.enter());
     let shard_auth = match &dns {
         Some(d) => match d.authenticator() {
-            Ok(r) => Some(ShardAuth::new(r, auth)),
+            Ok(r) => Some(ShardAuth::new(r, live.load().auth.clone())),
             Err(e) => {
                 let _ = ready.send((id, Err(format!("DNS resolver: {e}")))).await;
                 return;
@@ -542,9 +568,10 @@ async fn run_shard(
         .map(|(sock, implicit)| (shards::steer::adopt(sock), implicit))
         .collect();
     let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
+    let admission = live.load().admission.clone();
     let state = Rc::new(ShardState {
         id,
-        session,
+        live: RefCell::new(live.cache()),
         hostname,
         data_dir,
         spool,
@@ -556,14 +583,12 @@ async fn run_shard(
             ..ShardStats::default()
         }),
         active: Cell::new(0),
-        table: RefCell::new(Table::new(admission.clone())),
-        admission,
+        table: RefCell::new(Table::new(admission)),
         bans: RefCell::new(bans.cache()),
         log_budget: RefCell::new(admit::LogBudget::default()),
         reporter,
         total,
         read_buf: RefCell::new(vec![0; conn::READ_CHUNK]),
-        max_backlog,
         tls,
         auth: shard_auth,
         shutdown: shutdown_rx,

@@ -61,7 +61,8 @@ pub enum BanError {
 struct Inner {
     book: Mutex<BanBook>,
     list: Snapshot<BanList>,
-    policy: Policy,
+    /// Replaced by a reload ([`Bans::set_policy`]).
+    policy: Mutex<Policy>,
     path: PathBuf,
     /// Bans made, by source (auto, manual).
     made: [AtomicU64; 2],
@@ -140,7 +141,7 @@ impl Bans {
         let inner = Arc::new(Inner {
             list: Snapshot::new(book.snapshot()),
             book: Mutex::new(book),
-            policy,
+            policy: Mutex::new(policy),
             path,
             made: [AtomicU64::new(0), AtomicU64::new(0)],
             dropped: AtomicU64::new(0),
@@ -218,11 +219,21 @@ impl Bans {
 
     /// The configured `ban_duration`.
     pub fn default_duration(&self) -> Duration {
-        self.inner.policy.duration
+        self.inner.policy().duration
+    }
+
+    /// Applies a reloaded policy to violations from now on; bans in force
+    /// keep their expiry.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.inner.policy.lock().expect("ban policy") = policy;
     }
 }
 
 impl Inner {
+    fn policy(&self) -> Policy {
+        *self.policy.lock().expect("ban policy")
+    }
+
     /// Like [`Inner::commit`], but publishes the bans even when they cannot
     /// be written (they hold until gomail stops), and returns the error.
     fn commit_or_publish(&self, book: &BanBook) -> Result<(), BanError> {
@@ -264,11 +275,11 @@ fn run(inner: &Inner, rx: &Receiver<Report>) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         if let Some(first) = first {
+            let policy = inner.policy();
             let mut book = inner.book.lock().expect("ban book");
             let mut made = Vec::new();
             for r in std::iter::once(first).chain(rx.try_iter().take(BATCH - 1)) {
-                if let Some(ban) =
-                    book.violation(r.key, r.kind, &inner.policy, Instant::now(), now_ms())
+                if let Some(ban) = book.violation(r.key, r.kind, &policy, Instant::now(), now_ms())
                 {
                     made.push((ban, r.shard));
                 }

@@ -154,6 +154,20 @@ impl Table {
         }
     }
 
+    /// Takes `settings` (a reload) unless they are the ones in force. The
+    /// clients' counts and rate states carry over: a client over a new,
+    /// lower limit is refused from its next connection or command.
+    pub fn use_settings(&mut self, settings: &Arc<Settings>) {
+        if !Arc::ptr_eq(&self.settings, settings) {
+            self.settings = settings.clone();
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
     /// A new connection from `key` (see `client_key`): counted, or refused.
     pub fn connect(&mut self, key: IpAddr, now: Instant) -> Result<(), Refusal> {
         if !self.entries.contains_key(&key) && self.entries.len() >= MAX_ENTRIES {

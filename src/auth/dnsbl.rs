@@ -19,7 +19,8 @@ impl ShardAuth {
     /// outcome and are not waited for. Returns the zones that listed it (in
     /// configured order) when the score reaches the threshold.
     pub async fn dnsbl(&self, ip: IpAddr) -> Option<Vec<String>> {
-        let s = &*self.settings;
+        let settings = self.settings();
+        let s = &*settings;
         if s.dnsbl.is_empty() {
             return None;
         }

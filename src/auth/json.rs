@@ -28,7 +28,8 @@ impl ShardAuth {
         header: &str,
         quarantine: bool,
     ) -> RawJson {
-        let s = &*self.settings;
+        let settings = self.settings();
+        let s = &*settings;
         let received_spf;
         let spf = match &sender.spf {
             Some(out) => {

@@ -197,7 +197,8 @@ impl Tally {
 pub struct ShardAuth {
     resolver: MessageAuthenticator,
     dns: ShardDns,
-    settings: Arc<AuthSettings>,
+    /// Replaced by a reload ([`ShardAuth::use_settings`]).
+    settings: std::cell::RefCell<Arc<AuthSettings>>,
 }
 
 fn domain_of(address: &str) -> &str {
@@ -210,7 +211,19 @@ impl ShardAuth {
         ShardAuth {
             resolver,
             dns: ShardDns::default(),
-            settings,
+            settings: std::cell::RefCell::new(settings),
+        }
+    }
+
+    /// The settings in force.
+    pub(crate) fn settings(&self) -> Arc<AuthSettings> {
+        self.settings.borrow().clone()
+    }
+
+    /// Takes `settings` (a reload) unless they are the ones in force.
+    pub fn use_settings(&self, settings: &Arc<AuthSettings>) {
+        if !Arc::ptr_eq(&self.settings.borrow(), settings) {
+            *self.settings.borrow_mut() = settings.clone();
         }
     }
 
@@ -245,17 +258,18 @@ impl ShardAuth {
             spf: None,
             refusal: None,
         };
-        if !self.settings.spf {
+        let settings = self.settings();
+        if !settings.spf {
             return check;
         }
-        let host = self.settings.hostname.as_str();
+        let host = settings.hostname.as_str();
         let params = if mail_from.is_empty() {
             SpfParameters::verify_ehlo(ip, helo, host)
         } else {
             SpfParameters::verify_mail_from(ip, helo, host, mail_from)
         };
         let out = self.resolver.verify_spf(self.dns.params(params)).await;
-        if self.settings.spf_enforcement == SpfEnforcement::Strict {
+        if settings.spf_enforcement == SpfEnforcement::Strict {
             check.refusal = match out.result() {
                 SpfResult::Fail => Some(Reply::new(
                     550,
@@ -295,7 +309,8 @@ impl ShardAuth {
         sender: &SenderCheck,
         iprev: &IprevOutput,
     ) -> MessageVerdict {
-        let s = &*self.settings;
+        let settings = self.settings();
+        let s = &*settings;
         let helo_domain = sender.helo.as_str();
         let mail_from_domain = match domain_of(&sender.mail_from) {
             "" => helo_domain,
@@ -432,7 +447,7 @@ impl ShardAuth {
         from_domain: &str,
     ) -> (Option<Reply>, bool) {
         let Some(d) = dmarc else { return (None, false) };
-        let passed = match self.settings.dmarc_enforcement {
+        let passed = match self.settings().dmarc_enforcement {
             DmarcEnforcement::None => return (None, false),
             DmarcEnforcement::Relaxed => match d.result() {
                 DmarcResult::Pass | DmarcResult::None | DmarcResult::PermError(_) => true,

@@ -121,7 +121,7 @@ impl Value {
         }
     }
 
-    fn from_yaml(v: &serde_norway::Value) -> Option<Value> {
+    pub(super) fn from_yaml(v: &serde_norway::Value) -> Option<Value> {
         use serde_norway::Value as Y;
         Some(match v {
             Y::Null => return None,
@@ -153,7 +153,7 @@ impl Value {
         }
     }
 
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         match self {
             Value::Text(s) => s.clone(),
             Value::Bool(b) => b.to_string(),
@@ -539,6 +539,19 @@ impl Config {
             self.mail_hostname
         ));
         out
+    }
+
+    /// The keys whose values differ between `self` and `other`, in the
+    /// key table's order (names only: never a value, secrets included).
+    pub fn changed_keys(&self, other: &Config) -> Vec<&'static str> {
+        keys::KEYS
+            .iter()
+            .map(|k| k.name)
+            .filter(|k| {
+                self.settings.get(k).map(|(v, _)| v.text())
+                    != other.settings.get(k).map(|(v, _)| v.text())
+            })
+            .collect()
     }
 
     /// Keys that are set (not defaults) but have no effect yet or at all;

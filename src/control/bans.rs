@@ -100,7 +100,7 @@ async fn add(req: Request<Incoming>, ctx: &Ctx) -> Answer {
         Ok(n) => n,
         Err(e) => return invalid(&format!("`ip`: {e}")),
     };
-    if ctx.cfg.trusted.contains(net.addr) {
+    if ctx.cfg().trusted.contains(net.addr) {
         return invalid(&format!(
             "`ip`: {net} is in trusted_networks, which are never banned; remove it there first"
         ));

@@ -41,7 +41,8 @@ fn crlf(raw: &str) -> Vec<u8> {
 
 pub(super) async fn post(req: Request<Incoming>, ctx: &Ctx) -> Answer {
     // JSON escaping can double a message's size; more is refused.
-    let limit = (ctx.cfg.max_message_size as usize).saturating_mul(2) + 64 * 1024;
+    let cfg = ctx.cfg();
+    let limit = (cfg.max_message_size as usize).saturating_mul(2) + 64 * 1024;
     let v = match json_body_within(req, ctx, limit).await {
         Ok(v) => v,
         Err(r) => return *r,
@@ -68,18 +69,15 @@ pub(super) async fn post(req: Request<Incoming>, ctx: &Ctx) -> Answer {
                 .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
     };
     let ours = address_like(recipient)
-        && recipient.rsplit_once('@').is_some_and(|(_, domain)| {
-            ctx.cfg
-                .domains
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(domain))
-        });
+        && recipient
+            .rsplit_once('@')
+            .is_some_and(|(_, domain)| cfg.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)));
     if !ours {
         return invalid(
             "recipient",
             &format!(
                 "`recipient`: {recipient:?} is not an address at one of our domains ({})",
-                ctx.cfg.domains.join(", ")
+                cfg.domains.join(", ")
             ),
         );
     }
@@ -105,12 +103,12 @@ pub(super) async fn post(req: Request<Incoming>, ctx: &Ctx) -> Answer {
         _ => return invalid("helo", "`helo`: expected a host name"),
     };
     let raw = crlf(raw);
-    if raw.len() as u64 > ctx.cfg.max_message_size {
+    if raw.len() as u64 > cfg.max_message_size {
         return error_with(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             &format!("the message is {} octets, over max_message_size", raw.len()),
-            serde_json::json!({ "max_message_size": ctx.cfg.max_message_size }),
+            serde_json::json!({ "max_message_size": cfg.max_message_size }),
         );
     }
     let request_id = REQUEST_ID.try_with(String::clone).unwrap_or_default();

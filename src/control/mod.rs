@@ -68,8 +68,34 @@ pub struct ControlConfig {
     pub trusted: crate::admission::Networks,
 }
 
+impl ControlConfig {
+    /// The control plane's settings in `cfg`.
+    pub fn from_config(cfg: &crate::config::Config) -> ControlConfig {
+        let clamp = |k| cfg.number(k).min(u64::from(u32::MAX)) as u32;
+        ControlConfig {
+            api: cfg.api_listen,
+            metrics: cfg.metrics_listen,
+            metrics_enabled: cfg.metrics_enabled,
+            metrics_path: cfg.metrics_path.clone(),
+            read_timeout: cfg.http_read_timeout,
+            handler_timeout: cfg.duration("http_timeouts.handler"),
+            admin_token: cfg.text("admin_token"),
+            rate_limit: (clamp("rate_limit_per_minute"), clamp("rate_limit_burst")),
+            trusted_proxies: cfg.trusted_proxies.clone(),
+            bearer_token: cfg.text("bearer_token"),
+            domains: cfg.domains(),
+            max_message_size: cfg.max_message_size,
+            data_dir: cfg.data_dir.clone(),
+            trusted: cfg.trusted_networks.clone(),
+        }
+    }
+}
+
 struct Ctx {
-    cfg: ControlConfig,
+    /// Replaced by a reload; read once per use ([`Ctx::cfg`]).
+    settings: shards::Snapshot<ControlConfig>,
+    /// Applies `POST /api/v1/reload` (none: the endpoint answers 503).
+    reloader: Option<Arc<crate::reload::Reloader>>,
     stats: StatsHandle,
     bans: crate::admission::service::Bans,
     limiter: std::sync::Mutex<ratelimit::Limiter>,
@@ -77,6 +103,13 @@ struct Ctx {
     /// Spreads `/mail/inbound` over the shards.
     next_shard: std::sync::atomic::AtomicUsize,
     started: Instant,
+}
+
+impl Ctx {
+    /// The settings in force.
+    fn cfg(&self) -> Arc<ControlConfig> {
+        self.settings.load()
+    }
 }
 
 /// The response type of every handler.
@@ -96,11 +129,15 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Binds the listeners (errors name the address) and starts serving.
+    /// `settings` may be replaced while it runs (a reload), except for the
+    /// addresses and `data_dir`; `reloader` serves `POST /api/v1/reload`.
     pub fn start(
-        cfg: ControlConfig,
+        settings: shards::Snapshot<ControlConfig>,
         stats: StatsHandle,
         bans: crate::admission::service::Bans,
+        reloader: Option<Arc<crate::reload::Reloader>>,
     ) -> std::io::Result<ControlPlane> {
+        let cfg = settings.load();
         let mut listeners = Vec::new();
         for (addr, metrics_only) in
             std::iter::once((cfg.api, false)).chain(cfg.metrics.map(|m| (m, true)))
@@ -126,7 +163,8 @@ impl ControlPlane {
                 cfg.rate_limit.0,
                 cfg.rate_limit.1,
             )),
-            cfg,
+            settings,
+            reloader,
             stats,
             bans,
             started: Instant::now(),
@@ -197,7 +235,7 @@ async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, metrics_only: b
             }
         };
         let ctx = ctx.clone();
-        let read_timeout = ctx.cfg.read_timeout;
+        let read_timeout = ctx.cfg().read_timeout;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
@@ -230,7 +268,7 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
 async fn handle(req: Request<Incoming>, ctx: &Ctx, peer: SocketAddr, metrics_only: bool) -> Answer {
     let started = Instant::now();
     let method = metrics::method_label(req.method());
-    let endpoint = metrics::endpoint_label(req.uri().path(), &ctx.cfg.metrics_path);
+    let endpoint = metrics::endpoint_label(req.uri().path(), &ctx.cfg().metrics_path);
     let id = request::request_id(req.headers().get("x-request-id").map(|v| v.as_bytes()));
     // Every X-Forwarded-For line, in order: a proxy may add a line of its
     // own instead of extending the client's.
@@ -241,15 +279,16 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx, peer: SocketAddr, metrics_onl
         .filter_map(|v| v.to_str().ok())
         .collect();
     let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
-    let client = request::client_ip(peer.ip(), forwarded.as_deref(), &ctx.cfg.trusted_proxies);
+    let client = request::client_ip(peer.ip(), forwarded.as_deref(), &ctx.cfg().trusted_proxies);
     let path = req.uri().path().to_string();
     // Health checks and scrapes are counted against nobody's bucket.
-    let looks = path == "/health" || path == ctx.cfg.metrics_path;
-    let verdict = ctx.limiter.lock().expect("limiter").check(
-        crate::admission::client_key(client),
-        Instant::now(),
-        !looks,
-    );
+    let looks = path == "/health" || path == ctx.cfg().metrics_path;
+    let verdict = {
+        let mut limiter = ctx.limiter.lock().expect("limiter");
+        let (per_minute, burst) = ctx.cfg().rate_limit;
+        limiter.configure(per_minute, burst);
+        limiter.check(crate::admission::client_key(client), Instant::now(), !looks)
+    };
     let call = Call {
         client,
         endpoint: path.clone(),
@@ -268,7 +307,7 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx, peer: SocketAddr, metrics_onl
                 r.headers_mut().insert("retry-after", secs.into());
                 return r;
             }
-            match tokio::time::timeout(ctx.cfg.handler_timeout, route(req, ctx, &call, metrics_only)).await {
+            match tokio::time::timeout(ctx.cfg().handler_timeout, route(req, ctx, &call, metrics_only)).await {
                 Ok(r) => r,
                 Err(_) => error(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -366,7 +405,7 @@ async fn json_body_within(
         )));
     }
     let collect = http_body_util::Limited::new(req.into_body(), limit).collect();
-    let Ok(read) = tokio::time::timeout(ctx.cfg.read_timeout, collect).await else {
+    let Ok(read) = tokio::time::timeout(ctx.cfg().read_timeout, collect).await else {
         return Err(Box::new(error(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",
@@ -437,13 +476,52 @@ async fn queue_retry(req: Request<Incoming>, ctx: &Ctx, call: &Call) -> Answer {
             "give `ids`, `since`/`until`, or `\"all\": true`",
         );
     }
-    let paths = queue::select(&ctx.cfg.data_dir, &sel);
+    let paths = queue::select(&ctx.cfg().data_dir, &sel);
     let matched = paths.len();
     let queued = ctx.stats.redeliver(paths).await;
     json(
         StatusCode::OK,
         serde_json::json!({ "matched": matched, "queued": queued }),
     )
+}
+
+/// `POST /api/v1/reload`: read the configuration again and apply it.
+async fn reload(ctx: &Ctx) -> Answer {
+    let Some(reloader) = ctx.reloader.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "this process cannot reload its configuration",
+        );
+    };
+    // Reading files and building TLS: off the event loop.
+    match tokio::task::spawn_blocking(move || reloader.reload("API")).await {
+        Ok(Ok(done)) => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "status": "success",
+                "message": if done.restart_required.is_empty() {
+                    "configuration reloaded"
+                } else {
+                    "configuration reloaded; some settings take effect only after a restart"
+                },
+                "changed": done.changed,
+                "applied": done.applied,
+                "restart_required": done.restart_required,
+                "request_id": REQUEST_ID.try_with(String::clone).unwrap_or_default(),
+            }),
+        ),
+        Ok(Err(e)) => error(
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+            &format!("configuration not reloaded, nothing changed: {e}"),
+        ),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the reload failed",
+        ),
+    }
 }
 
 async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: bool) -> Answer {
@@ -458,10 +536,8 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
         if req.method() != Method::POST {
             return method_not_allowed("POST");
         }
-        let accepted = [
-            ctx.cfg.bearer_token.as_deref(),
-            ctx.cfg.admin_token.as_deref(),
-        ];
+        let cfg = ctx.cfg();
+        let accepted = [cfg.bearer_token.as_deref(), cfg.admin_token.as_deref()];
         if let Some(r) = refuse_unless(
             &req,
             ctx,
@@ -473,13 +549,22 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
         }
         return inbound::post(req, ctx).await;
     }
+    if !metrics_only && path == "/api/v1/reload" {
+        if req.method() != Method::POST {
+            return method_not_allowed("POST");
+        }
+        if let Some(r) = refuse_unauthorized(&req, ctx, call) {
+            return r;
+        }
+        return reload(ctx).await;
+    }
     if !metrics_only && path == "/queue/retry" {
         if req.method() != Method::POST {
             return method_not_allowed("POST");
         }
         return queue_retry(req, ctx, call).await;
     }
-    let is_metrics = ctx.cfg.metrics_enabled && path == ctx.cfg.metrics_path;
+    let is_metrics = ctx.cfg().metrics_enabled && path == ctx.cfg().metrics_path;
     let is_health = !metrics_only && path == "/health";
     if !is_metrics && !is_health {
         return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");

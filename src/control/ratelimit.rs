@@ -55,6 +55,13 @@ impl Limiter {
         }
     }
 
+    /// Takes new figures (a reload); the buckets carry over, none holding
+    /// more than the new `burst`.
+    pub fn configure(&mut self, per_minute: u32, burst: u32) {
+        self.per_minute = per_minute;
+        self.burst = burst.max(1);
+    }
+
     fn rate(&self) -> f64 {
         f64::from(self.per_minute) / 60.0
     }

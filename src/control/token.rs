@@ -30,7 +30,7 @@ pub(super) fn refuse_unauthorized(
         req,
         ctx,
         call,
-        &[ctx.cfg.admin_token.as_deref()],
+        &[ctx.cfg().admin_token.as_deref()],
         "the management API is off: set admin_token (bearer_token is the webhook's credential and is not accepted here)",
     )
 }

@@ -33,7 +33,7 @@ pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result
         tls: None,
         require_tls: false,
     };
-    if state.spool.outstanding() as u64 >= state.max_backlog {
+    if state.spool.outstanding() as u64 >= state.live().max_backlog {
         state.stats.borrow_mut().spool_backlog_refusals += 1;
         return Err(Reply::BACKLOG_FULL);
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::ShardState;
 use crate::admission::service::{now_ms, Report};
 use crate::admission::table::{Limit, Refusal, RefusedBy};
-use crate::admission::{client_key, Violation};
+use crate::admission::{client_key, Settings, Violation};
 use crate::smtp::{Gate, Misbehaviour, Reply};
 
 /// How often the shard drops per-client state with nothing left to remember.
@@ -74,18 +74,18 @@ pub(super) enum Decision {
 }
 
 /// Takes a place in the global count; false (nothing taken) when full.
-fn take_place(state: &ShardState) -> bool {
-    if state.total.fetch_add(1, Ordering::Relaxed) < state.admission.total {
+fn take_place(state: &ShardState, total: u64) -> bool {
+    if state.total.fetch_add(1, Ordering::Relaxed) < total {
         return true;
     }
     state.total.fetch_sub(1, Ordering::Relaxed);
     false
 }
 
-/// The admission decision for a connection from `ip`.
-pub(super) fn admit(state: &Rc<ShardState>, ip: IpAddr) -> Decision {
+/// The admission decision for a connection from `ip` under `settings`.
+pub(super) fn admit(state: &Rc<ShardState>, settings: &Settings, ip: IpAddr) -> Decision {
     let ip = ip.to_canonical();
-    let trusted = state.admission.trusted.contains(ip);
+    let trusted = settings.trusted.contains(ip);
     let key = client_key(ip);
     let banned = !trusted && state.bans.borrow_mut().load().find(ip, now_ms()).is_some();
     if banned {
@@ -97,7 +97,7 @@ pub(super) fn admit(state: &Rc<ShardState>, ip: IpAddr) -> Decision {
             .borrow_mut()
             .connect(key, Instant::now())
             .is_ok();
-        if placed && take_place(state) {
+        if placed && take_place(state, settings.total) {
             return Decision::Banned(
                 Admitted {
                     state: state.clone(),
@@ -111,9 +111,9 @@ pub(super) fn admit(state: &Rc<ShardState>, ip: IpAddr) -> Decision {
         }
         return Decision::Refuse(Reply::banned(ip));
     }
-    if !take_place(state) {
+    if !take_place(state, settings.total) {
         refused(state, RefusedBy::Total);
-        state.log_limit(|| tracing::warn!(event = "connection_limit_exceeded", ip = %ip, reason = "total", count = state.admission.total, shard = state.id, "connection refused: max_total_connections reached"));
+        state.log_limit(|| tracing::warn!(event = "connection_limit_exceeded", ip = %ip, reason = "total", count = settings.total, shard = state.id, "connection refused: max_total_connections reached"));
         return Decision::Refuse(Reply::TOO_MANY_CONNECTIONS_TOTAL);
     }
     if trusted {
@@ -134,7 +134,7 @@ pub(super) fn admit(state: &Rc<ShardState>, ip: IpAddr) -> Decision {
     match r {
         Refusal::PerIp => {
             violation(state, key, Violation::Limit);
-            state.log_limit(|| tracing::warn!(event = "connection_limit_exceeded", ip = %ip, reason = "per_ip", count = state.admission.per_ip, shard = state.id, "connection refused: max_connections_per_ip reached"));
+            state.log_limit(|| tracing::warn!(event = "connection_limit_exceeded", ip = %ip, reason = "per_ip", count = settings.per_ip, shard = state.id, "connection refused: max_connections_per_ip reached"));
             Decision::Refuse(Reply::too_many_connections_from(ip))
         }
         Refusal::Rate => {
@@ -167,12 +167,13 @@ fn rate_limited(state: &ShardState, ip: IpAddr, limit: Limit) {
         .rate_limited
         .entry(limit.as_str())
         .or_default() += 1;
+    let settings = state.table.borrow().settings().clone();
     let configured = match limit {
-        Limit::Connection => state.admission.connection_rate,
-        Limit::Message => state.admission.message_rate,
-        Limit::Recipient => state.admission.recipient_rate,
+        Limit::Connection => settings.connection_rate,
+        Limit::Message => settings.message_rate,
+        Limit::Recipient => settings.recipient_rate,
     };
-    state.log_limit(|| tracing::warn!(event = "rate_limit_exceeded", ip = %ip, reason = limit.as_str(), count = configured, window_s = state.admission.rate_window.as_secs(), shard = state.id, "client over its rate limit"));
+    state.log_limit(|| tracing::warn!(event = "rate_limit_exceeded", ip = %ip, reason = limit.as_str(), count = configured, window_s = settings.rate_window.as_secs(), shard = state.id, "client over its rate limit"));
 }
 
 /// Counts a violation and reports it to the ban service.

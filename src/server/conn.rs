@@ -17,7 +17,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::accept::{accept_message, verify_and_accept};
 use super::contain::contain;
-use super::{admit, ShardState};
+use super::{admit, Live, ShardState};
 use crate::admission::table::RefusedBy;
 use crate::admission::{client_key, Violation};
 use crate::auth::SenderCheck;
@@ -149,11 +149,13 @@ pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, im
             Err(_) => continue,
         };
         state.stats.borrow_mut().connections_accepted += 1;
-        let (admitted, banned) = match admit::admit(&state, peer.ip()) {
+        // The settings this connection lives by, from admission to close.
+        let live = state.live();
+        let (admitted, banned) = match admit::admit(&state, &live.admission, peer.ip()) {
             admit::Decision::Serve(a) => (a, None),
             admit::Decision::Banned(a, reply) => (a, Some(reply)),
             admit::Decision::Refuse(reply) => {
-                let timeout = state.admission.write_timeout;
+                let timeout = live.admission.write_timeout;
                 glommio::spawn_local(async move {
                     let mut stream = stream;
                     refuse_and_close(&mut stream, &reply, implicit_tls, timeout).await;
@@ -165,7 +167,7 @@ pub(super) async fn accept_loop(state: Rc<ShardState>, listener: TcpListener, im
         state.active.set(state.active.get() + 1);
         let st = state.clone();
         glommio::spawn_local(async move {
-            let work = connection(&st, stream, peer, implicit_tls, &admitted, banned);
+            let work = connection(&st, &live, stream, peer, implicit_tls, &admitted, banned);
             if let Err(what) = contain(work).await {
                 st.stats.borrow_mut().connection_panics += 1;
                 tracing::error!(shard = st.id, client = %peer.ip(), panic = %what, "a connection's task panicked (a bug in gomail): that connection is dropped, the shard goes on; a message it had not been answered 250 for was not accepted");
@@ -242,6 +244,7 @@ async fn refuse_and_close(
 /// implicit TLS, then the SMTP session.
 async fn connection(
     st: &Rc<ShardState>,
+    live: &Live,
     mut stream: TcpStream,
     peer: SocketAddr,
     implicit_tls: bool,
@@ -250,17 +253,17 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let ip = peer.ip().to_canonical();
-    let timeout = st.admission.write_timeout;
+    let timeout = live.admission.write_timeout;
     if let Some(reply) = banned {
         if implicit_tls {
             close_within(&mut stream).await;
             return;
         }
-        let session = Session::refused(st.session.clone(), Instant::now(), reply);
-        Box::pin(serve(st, Conn::Plain(stream), session, peer)).await;
+        let session = Session::refused(live.session.clone(), Instant::now(), reply);
+        Box::pin(serve(st, live, Conn::Plain(stream), session, peer)).await;
         return;
     }
-    let wait = st.admission.pregreet_wait;
+    let wait = live.admission.pregreet_wait;
     let pregreet = if !implicit_tls && !wait.is_zero() && !admitted.trusted() {
         match spoke_first(&mut stream, wait).await {
             Some(spoke) => spoke,
@@ -300,20 +303,20 @@ async fn connection(
         Box::pin(handshake(st, stream, peer))
             .await
             .map(|(tls, info)| {
-                let s = Session::new_tls(st.session.clone(), Instant::now(), info);
+                let s = Session::new_tls(live.session.clone(), Instant::now(), info);
                 (Conn::Tls(Box::new(tls)), s)
             })
     } else {
         Some((
             Conn::Plain(stream),
-            Session::new(st.session.clone(), Instant::now()),
+            Session::new(live.session.clone(), Instant::now()),
         ))
     };
     if let Some((conn, mut session)) = conn {
         if let Some(gate) = admitted.gate(ip) {
             session.set_gate(gate);
         }
-        Box::pin(serve(st, conn, session, peer)).await;
+        Box::pin(serve(st, live, conn, session, peer)).await;
     }
 }
 
@@ -364,13 +367,19 @@ enum Event {
     Shutdown,
 }
 
-async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, peer: SocketAddr) {
+async fn serve(
+    state: &Rc<ShardState>,
+    live: &Live,
+    mut stream: Conn,
+    mut session: Session,
+    peer: SocketAddr,
+) {
     let mut out = Vec::new();
     session.greet(&mut out);
     // Only what a read brought and the session has not used yet: empty
     // (no allocation) while the connection is idle.
     let mut held: Vec<u8> = Vec::new();
-    let write_timeout = state.admission.write_timeout;
+    let write_timeout = live.admission.write_timeout;
     let mut shutdown_seen = false;
     // Boxed: kept only between MAIL and the end of DATA, so an idle
     // connection's task does not carry its size.
@@ -413,7 +422,7 @@ async fn serve(state: &Rc<ShardState>, mut stream: Conn, mut session: Session, p
                         );
                         progressed = true;
                     }
-                    Action::Spool(tx) if state.spool.outstanding() as u64 >= state.max_backlog => {
+                    Action::Spool(tx) if state.spool.outstanding() as u64 >= live.max_backlog => {
                         // Back-pressure: the receiver is slow or down and the
                         // shard's undelivered backlog is full. The client
                         // keeps the message and retries later.

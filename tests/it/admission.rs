@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::harness::{greet_from, metric, metric_where, queued, wait_until, Client, Gomail};
+use super::harness::{
+    api_port, gomail_cli, greet_from, metric, metric_where, queued, wait_until, Client, Gomail,
+};
 
 /// Limits on, nothing trusted, no automatic bans (tests that want them set
 /// `ban_threshold`).
@@ -20,15 +22,6 @@ fn ip(s: &str) -> IpAddr {
 
 fn v4(a: u8, b: u8, c: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, a, b, c))
-}
-
-/// A free port for the control plane, so that the CLI finds it in the config.
-fn api_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Sends a command line on a connection opened by [`greet_from`].
@@ -59,12 +52,6 @@ fn closed(r: &mut BufReader<TcpStream>) -> bool {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ),
     }
-}
-
-fn gomail_cli(g: &Gomail, args: &[&str]) -> (bool, String, String) {
-    let mut args = args.to_vec();
-    args.extend(["--config", g.config.to_str().unwrap()]);
-    super::cli::gomail(&args)
 }
 
 #[test]

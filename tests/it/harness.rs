@@ -483,6 +483,22 @@ pub(crate) fn metric_where(g: &Gomail, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// A free port for the control plane, so that the CLI finds it in the config.
+pub(crate) fn api_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the `gomail` command line on `g`'s config file.
+pub(crate) fn gomail_cli(g: &Gomail, args: &[&str]) -> (bool, String, String) {
+    let mut args = args.to_vec();
+    args.extend(["--config", g.config.to_str().unwrap()]);
+    super::cli::gomail(&args)
+}
+
 /// Connects from `src` and reads the server's first reply line (its
 /// greeting, or a refusal); the connection stays open for more.
 pub(crate) fn greet_from(

@@ -10,6 +10,7 @@ mod cli;
 mod control;
 mod crash;
 mod disk_full;
+mod reload;
 mod shards;
 mod smtp;
 mod tls;

@@ -1,5 +1,6 @@
 //! SPF at MAIL FROM: results, enforcement, RFC 7208 lookup limits.
 
+use super::super::harness::{api_port, gomail_cli};
 use super::*;
 
 /// Sends an unsigned message from `from` through `src`; returns the SPF
@@ -153,4 +154,30 @@ fn spf_void_lookup_limit_gives_permerror() {
         spf_of(&w, &g, "127.0.0.1", "a@void.test")["result"],
         "permerror"
     );
+}
+
+#[test]
+fn spf_enforcement_changes_with_a_reload() {
+    let w = world();
+    let g = w.gomail(&format!(
+        "port: {}\nadmin_token: adm-spf-reload\nspf_enforcement: none\n",
+        api_port()
+    ));
+    let fail = |g: &Gomail| {
+        send(
+            g,
+            "127.0.0.2",
+            "a@pass.test",
+            &w.message("a@pass.test", None, "x"),
+        )
+    };
+    // pass.test does not permit 127.0.0.2: recorded, accepted.
+    assert!(queue_id(&fail(&g)).is_some());
+    let (ok, out, err) = gomail_cli(
+        &g,
+        &["config", "set", "spf_enforcement", "strict", "--reload"],
+    );
+    assert!(ok, "{out}{err}");
+    let r = fail(&g);
+    assert!(r.starts_with("550 5.7.23"), "{r}");
 }
