@@ -94,6 +94,8 @@ fn transaction(c: &mut Criterion) {
         limits: Limits::default(),
         starttls: false,
         check_sender: false,
+        reject_non_fqdn_sender: true,
+        strict_headers: false,
     });
     let mut script = b"EHLO client.example.org\r\nMAIL FROM:<sender@example.org>\r\nRCPT TO:<rcpt@example.test>\r\nDATA\r\n".to_vec();
     script.extend_from_slice(&message_4k());

@@ -39,6 +39,8 @@ pub const LIVE: &[&str] = &[
     "pregreet_wait",
     "smtp_write_timeout",
     "smtp_session_timeout",
+    "validation.strict_headers",
+    "validation.reject_invalid_domains",
     // authentication verdicts (the checks themselves stay as started)
     "spf_enforcement",
     "dmarc_enforcement",

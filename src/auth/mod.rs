@@ -82,13 +82,13 @@ impl AuthSettings {
     /// Reads the settings from the configuration.
     pub fn from_config(cfg: &Config) -> AuthSettings {
         AuthSettings {
-            spf: cfg.flag("spf_enabled"),
+            spf: cfg.flag("spf_enabled") && cfg.flag("validation.check_spf"),
             spf_enforcement: match cfg.text("spf_enforcement").as_deref() {
                 Some("strict") => SpfEnforcement::Strict,
                 Some("soft") => SpfEnforcement::Soft,
                 _ => SpfEnforcement::None,
             },
-            dkim: cfg.flag("dkim_enabled"),
+            dkim: cfg.flag("dkim_enabled") && cfg.flag("validation.check_dkim"),
             dmarc: cfg.flag("dmarc_enabled"),
             dmarc_enforcement: match cfg.text("dmarc_enforcement").as_deref() {
                 Some("strict") => DmarcEnforcement::Strict,

@@ -170,6 +170,19 @@ pub const KEYS: &[Key] = &[
     k("pregreet_wait", Duration, Some("0s"), Active),
     k("smtp_write_timeout", Duration, Some("60s"), Active),
     k("smtp_session_timeout", Duration, Some("10m"), Active),
+    // GoMail's `validation:` block
+    k("validation.strict_headers", Bool, Some("false"), Active),
+    k(
+        "validation.reject_invalid_domains",
+        Bool,
+        Some("true"),
+        Active,
+    ),
+    k("validation.check_spf", Bool, Some("true"), Active),
+    k("validation.check_dkim", Bool, Some("true"), Active),
+    // ACME DNS-01 through DigitalOcean (`digitalocean_token` is GoMail's
+    // older name for the same token)
+    k("do_api_token", Secret, None, Pending),
     // GoMail keys without meaning here
     k("mode", Str, None, Ignored),
     k("storage_mode", Str, None, Ignored),
@@ -187,7 +200,7 @@ pub const KEYS: &[Key] = &[
     k("health_check_interval", Duration, None, Ignored),
     k("cleanup_interval", Duration, None, Ignored),
     k("cleanup_age", Duration, None, Ignored),
-    k("digitalocean_token", Secret, None, Ignored),
+    k("digitalocean_token", Secret, None, Pending),
     k("digitalocean_domain_id", Str, None, Ignored),
     k("debug_mode", Bool, None, Ignored),
     k("panic_recovery", Bool, None, Ignored),

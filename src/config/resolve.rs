@@ -151,7 +151,9 @@ pub(super) fn resolve(
             ));
         }
     }
+    let mut tls_cipher_suites = Vec::new();
     for suite in list("tls_cipher_suites") {
+        let suite = go_suite_name(&suite).to_string();
         if !ALLOWED_SUITES.contains(&suite.as_str()) {
             return Err(invalid(
                 "tls_cipher_suites",
@@ -161,6 +163,7 @@ pub(super) fn resolve(
                 ),
             ));
         }
+        tls_cipher_suites.push(suite);
     }
     let smtps_listen = listen_list("smtps_listen")?;
     for a in &smtps_listen {
@@ -225,6 +228,17 @@ pub(super) fn resolve(
             ));
         }
     }
+    if let (Some(a), Some(b)) = (
+        settings.get("do_api_token"),
+        settings.get("digitalocean_token"),
+    ) {
+        if a.0.text() != b.0.text() {
+            return Err(invalid(
+                "do_api_token",
+                "differs from digitalocean_token, its older name: set one of them (values not shown)".into(),
+            ));
+        }
+    }
     if keys::parse_duration(&get("ban_duration"))
         .is_some_and(|d| d.is_zero() || d > crate::admission::bans::MAX_BAN)
     {
@@ -274,7 +288,7 @@ pub(super) fn resolve(
         tls_key_file: path_of("tls_key_file"),
         tls_cert_dir: path_of("tls_cert_dir"),
         tls_min_version: get("tls_min_version"),
-        tls_cipher_suites: list("tls_cipher_suites"),
+        tls_cipher_suites,
         api_listen,
         metrics_listen,
         metrics_enabled: parse_bool(&get("metrics_enabled")).expect("checked at load"),
@@ -300,6 +314,16 @@ pub const ALLOWED_SUITES: &[&str] = &[
     "TLS_AES_256_GCM_SHA384",
     "TLS_CHACHA20_POLY1305_SHA256",
 ];
+
+/// The IANA name of a suite GoMail's Go also knows by a shorter name
+/// (crypto/tls keeps `TLS_ECDHE_*_WITH_CHACHA20_POLY1305` as aliases).
+fn go_suite_name(name: &str) -> &str {
+    match name {
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        other => other,
+    }
+}
 
 /// Parses a `dnsbl` entry: `zone` (weight 1) or `zone*weight`.
 pub fn parse_dnsbl(entry: &str) -> Option<(String, i64)> {

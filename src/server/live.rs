@@ -59,6 +59,8 @@ impl Live {
             },
             starttls: fixed.starttls,
             check_sender: auth.spf,
+            reject_non_fqdn_sender: cfg.flag("validation.reject_invalid_domains"),
+            strict_headers: cfg.flag("validation.strict_headers"),
         });
         Live {
             session,

@@ -294,6 +294,21 @@ fn is_domain(s: &str) -> bool {
         })
 }
 
+/// True for a domain a sender can really have: an address literal, or a
+/// name of two labels or more whose last one has a letter and is not one
+/// RFC 6761 keeps from ever resolving (`localhost`, `invalid`).
+pub fn is_fqdn(domain: &str) -> bool {
+    if is_address_literal(domain) {
+        return true;
+    }
+    let Some((_, tld)) = domain.trim_end_matches('.').rsplit_once('.') else {
+        return false;
+    };
+    tld.chars().any(|c| c.is_alphabetic())
+        && !tld.eq_ignore_ascii_case("localhost")
+        && !tld.eq_ignore_ascii_case("invalid")
+}
+
 fn is_address_literal(s: &str) -> bool {
     let Some(inner) = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) else {
         return false;

@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod data;
+pub mod headers;
 pub mod limits;
 pub mod reply;
 pub mod session;

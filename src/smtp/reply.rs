@@ -57,6 +57,16 @@ impl Reply {
         }
     }
 
+    /// `validation.reject_invalid_domains`: the sender's domain is not
+    /// fully qualified (Postfix's `reject_non_fqdn_sender` reply).
+    pub fn non_fqdn_sender(address: &str) -> Reply {
+        Reply::new(
+            504,
+            "5.5.2",
+            format!("<{address}>: Sender address rejected: need fully-qualified address"),
+        )
+    }
+
     // --- admission refusals (they name the client, as Postfix's do) --------
     /// `max_connections_per_ip` connections are open from `ip` already.
     pub fn too_many_connections_from(ip: std::net::IpAddr) -> Reply {

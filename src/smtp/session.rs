@@ -46,6 +46,13 @@ pub struct SessionConfig {
     pub starttls: bool,
     /// Ask the driver to check each sender (SPF) before answering MAIL.
     pub check_sender: bool,
+    /// `validation.reject_invalid_domains`: refuse a sender whose domain
+    /// is not fully qualified (`504 5.5.2`), for clients with a [`Gate`]
+    /// (not in `trusted_networks`).
+    pub reject_non_fqdn_sender: bool,
+    /// `validation.strict_headers`: refuse a message whose header section
+    /// breaks RFC 5322 ([`super::headers::check`]).
+    pub strict_headers: bool,
 }
 
 /// What was negotiated on a TLS session (recorded, never interpreted here).
@@ -552,8 +559,14 @@ impl Session {
         let Some(env) = self.envelope.take() else {
             return;
         };
-        let refusal =
-            refusal.or_else(|| (count_hops(&env.body) > MAX_HOPS).then_some(Reply::TOO_MANY_HOPS));
+        let refusal = refusal
+            .or_else(|| (count_hops(&env.body) > MAX_HOPS).then_some(Reply::TOO_MANY_HOPS))
+            .or_else(|| {
+                self.cfg
+                    .strict_headers
+                    .then(|| super::headers::check(&env.body))
+                    .flatten()
+            });
         if let Some(reply) = refusal {
             self.reply(reply, out);
             return;

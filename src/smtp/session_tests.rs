@@ -16,6 +16,8 @@ fn cfg() -> Arc<SessionConfig> {
         },
         starttls: true,
         check_sender: false,
+        reject_non_fqdn_sender: true,
+        strict_headers: false,
     })
 }
 

@@ -117,6 +117,26 @@ fn the_shipped_example_config_is_valid() {
 }
 
 #[test]
+fn the_gomail_security_settings_load_unchanged() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/gomail-security.yaml");
+    let (ok, out, err) = gomail(&["config", "validate", "--config", file]);
+    assert!(ok, "{out}{err}");
+    // The validation block takes effect; the DigitalOcean token waits for
+    // ACME and says so.
+    let (_, out, _) = gomail(&[
+        "config",
+        "get",
+        "validation.strict_headers",
+        "--config",
+        file,
+    ]);
+    assert_eq!(out, "true\n");
+    let (_, notes, _) = gomail(&["config", "validate", "--config", file]);
+    assert!(notes.contains("note: do_api_token"), "{notes}");
+    assert!(!notes.contains("note: validation."), "{notes}");
+}
+
+#[test]
 fn restart_on_the_same_port_right_after_traffic() {
     // The server closes first after QUIT, so its side of each connection
     // sits in TIME-WAIT for a minute; a restart must not be blocked by them.

@@ -14,5 +14,6 @@ mod reload;
 mod shards;
 mod smtp;
 mod tls;
+mod validation;
 mod webhook;
 mod webhook_receiver;

@@ -58,6 +58,12 @@ impl Session {
                 } else if params.require_tls && self.tls.is_none() {
                     // Not advertised without TLS (RFC 8689 section 4).
                     Reply::UNSUPPORTED_PARAM
+                } else if self.cfg.reject_non_fqdn_sender
+                    && self.gate.is_some()
+                    && !path.domain.is_empty()
+                    && !crate::smtp::command::is_fqdn(path.domain)
+                {
+                    Reply::non_fqdn_sender(path.address)
                 } else if let Some(r) = self.gate.as_mut().and_then(|g| g.0.mail(now)) {
                     self.gate_refusal(r, out);
                     return;

@@ -181,3 +181,32 @@ fn spf_enforcement_changes_with_a_reload() {
     let r = fail(&g);
     assert!(r.starts_with("550 5.7.23"), "{r}");
 }
+
+#[test]
+fn validation_check_spf_and_check_dkim_turn_the_checks_off() {
+    let w = world();
+    let g =
+        w.gomail("spf_enforcement: strict\nvalidation:\n  check_spf: false\n  check_dkim: false\n");
+    // 127.0.0.2 may not send for pass.test, but SPF does not run; the
+    // valid signature is not looked at.
+    let r = send(
+        &g,
+        "127.0.0.2",
+        "a@pass.test",
+        &w.message("a@pass.test", Some("pass.test"), "x"),
+    );
+    let a = &stored_auth(&g, &queued(&r))["authentication"];
+    assert!(a["spf"].is_null(), "{a}");
+    assert!(a["dkim"].is_null(), "{a}");
+    // With the defaults both run.
+    let g = w.gomail("");
+    let r = send(
+        &g,
+        "127.0.0.1",
+        "a@pass.test",
+        &w.message("a@pass.test", Some("pass.test"), "x"),
+    );
+    let a = &stored_auth(&g, &queued(&r))["authentication"];
+    assert_eq!(a["spf"]["result"], "pass", "{a}");
+    assert_eq!(a["dkim"]["result"], "pass", "{a}");
+}

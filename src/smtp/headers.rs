@@ -1,0 +1,124 @@
+//! `validation.strict_headers`: the header section must be RFC 5322's.
+//!
+//! Every line before the first empty one is a field (`name: value`, the
+//! name printable ASCII without a colon) or a continuation (it starts with
+//! a space or tab), and the fields of RFC 5322 section 3.6 occur as often as
+//! its table allows: `From` and `Date` exactly once; `Sender`, `Reply-To`,
+//! `To`, `Cc`, `Bcc`, `Message-ID`, `In-Reply-To`, `References` and
+//! `Subject` at most once. A message with two `From` fields is the classic
+//! way to show a reader one author and DMARC another; a line that is not a
+//! field hides fields from one parser and not from the next.
+
+use super::Reply;
+
+/// The fields of RFC 5322 section 3.6 with a count rule: (name, required).
+/// A required field occurs exactly once, the others at most once.
+const COUNTED: [(&str, bool); 11] = [
+    ("from", true),
+    ("date", true),
+    ("sender", false),
+    ("reply-to", false),
+    ("to", false),
+    ("cc", false),
+    ("bcc", false),
+    ("message-id", false),
+    ("in-reply-to", false),
+    ("references", false),
+    ("subject", false),
+];
+
+fn refuse(why: String) -> Reply {
+    Reply::new(
+        550,
+        "5.6.0",
+        format!("Message rejected: {why} (RFC 5322 section 3.6)"),
+    )
+}
+
+/// `Some(refusal)` when `message`'s header section breaks the rules above.
+pub fn check(message: &[u8]) -> Option<Reply> {
+    let mut counts = [0usize; COUNTED.len()];
+    let mut first = true;
+    for line in message.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if matches!(line[0], b' ' | b'\t') {
+            if first {
+                return Some(refuse(
+                    "the header section starts with a continuation line".into(),
+                ));
+            }
+            continue;
+        }
+        first = false;
+        let name = match line.iter().position(|&b| b == b':') {
+            Some(n) if n > 0 && line[..n].iter().all(|&b| (33..=126).contains(&b)) => &line[..n],
+            _ => {
+                let shown = String::from_utf8_lossy(&line[..line.len().min(40)]).into_owned();
+                return Some(refuse(format!("header line {shown:?} is not a field")));
+            }
+        };
+        if let Some(i) = COUNTED
+            .iter()
+            .position(|(f, _)| name.eq_ignore_ascii_case(f.as_bytes()))
+        {
+            counts[i] += 1;
+        }
+    }
+    for (&(field, required), &n) in COUNTED.iter().zip(&counts) {
+        if required && n != 1 {
+            return Some(refuse(format!(
+                "{n} {field} header fields, exactly one is required"
+            )));
+        }
+        if n > 1 {
+            return Some(refuse(format!(
+                "{n} {field} header fields, at most one is allowed"
+            )));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "From: a@x.test\r\nDate: Fri, 4 Dec 2026 10:00:00 +0000\r\nSubject: hi\r\n  folded\r\nX-Any: 1\r\nX-Any: 2\r\n\r\nFrom: in the body\r\n";
+
+    #[test]
+    fn a_well_formed_header_passes() {
+        assert_eq!(check(GOOD.as_bytes()), None);
+    }
+
+    #[test]
+    fn counts_are_enforced() {
+        let two_from = format!("From: b@y.test\r\n{GOOD}");
+        let r = check(two_from.as_bytes()).unwrap();
+        assert_eq!((r.code, r.status), (550, "5.6.0"));
+        assert!(r.text.contains("2 from header fields"), "{}", r.text);
+        let no_date = GOOD.replace("Date: Fri, 4 Dec 2026 10:00:00 +0000\r\n", "");
+        assert!(check(no_date.as_bytes()).unwrap().text.contains("0 date"));
+        let two_subjects = format!("Subject: again\r\n{GOOD}");
+        assert!(check(two_subjects.as_bytes())
+            .unwrap()
+            .text
+            .contains("at most one"));
+        let case = format!("FROM: b@y.test\r\n{GOOD}");
+        assert!(check(case.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn lines_that_are_not_fields_are_refused() {
+        for bad in [
+            format!("From a@x.test\r\n{GOOD}"),
+            format!(" folded first\r\n{GOOD}"),
+            format!("Bad Name: x\r\n{GOOD}"),
+            format!(": no name\r\n{GOOD}"),
+        ] {
+            assert!(check(bad.as_bytes()).is_some(), "{bad:?}");
+        }
+    }
+}

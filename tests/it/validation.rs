@@ -1,0 +1,90 @@
+//! GoMail's `validation:` block from outside: `strict_headers` and
+//! `reject_invalid_domains` on the real binary (`check_spf` and
+//! `check_dkim` are in auth/spf.rs, next to the DNS fixture they need).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::harness::{queued, Client, Gomail};
+
+const UNTRUSTED: &str = "trusted_networks: []\n";
+
+fn remote() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 7, 7))
+}
+
+/// Sends `message` from a@client.test; the reply to the end of data.
+fn send(g: &Gomail, message: &str) -> String {
+    let mut c = Client::connect_from(g.addr, Some(remote()));
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<u@example.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(message.as_bytes());
+    c.send(b".\r\n");
+    c.reply()
+}
+
+const DATE: &str = "Date: Fri, 4 Dec 2026 10:00:00 +0000\r\n";
+
+#[test]
+fn strict_headers_refuses_what_rfc_5322_forbids() {
+    let good = format!("From: <a@client.test>\r\n{DATE}Subject: ok\r\n\r\nbody\r\n");
+    let two_from = format!(
+        "From: <a@client.test>\r\nFrom: <ceo@bank.test>\r\n{DATE}Subject: x\r\n\r\nbody\r\n"
+    );
+    let not_a_field = format!("From: <a@client.test>\r\n{DATE}Subject x\r\n\r\nbody\r\n");
+    let no_date = "From: <a@client.test>\r\nSubject: x\r\n\r\nbody\r\n".to_string();
+
+    let g = Gomail::start(&format!("{UNTRUSTED}validation:\n  strict_headers: true\n"));
+    queued(&send(&g, &good));
+    for (bad, why) in [
+        (&two_from, "2 from header fields"),
+        (&not_a_field, "is not a field"),
+        (&no_date, "0 date header fields"),
+    ] {
+        let r = send(&g, bad);
+        assert!(r.starts_with("550 5.6.0 Message rejected: "), "{r}");
+        assert!(r.contains(why), "{r}");
+    }
+    // Off (the default), the same messages are accepted as they are.
+    let g = Gomail::start(UNTRUSTED);
+    for m in [&two_from, &not_a_field, &no_date] {
+        queued(&send(&g, m));
+    }
+}
+
+#[test]
+fn reject_invalid_domains_refuses_senders_that_are_not_fully_qualified() {
+    let g = Gomail::start(UNTRUSTED);
+    let mut c = Client::connect_from(g.addr, Some(remote()));
+    c.cmd("EHLO client.test");
+    for bad in [
+        "a@localhost",
+        "a@mailhost",
+        "a@host.invalid",
+        "a@sub.localhost",
+        "a@1.2.3.4",
+    ] {
+        let r = c.cmd(&format!("MAIL FROM:<{bad}>"));
+        assert_eq!(
+            r,
+            format!("504 5.5.2 <{bad}>: Sender address rejected: need fully-qualified address\r\n")
+        );
+    }
+    for ok in ["<a@mail.client.test>", "<a@[192.0.2.1]>", "<>"] {
+        let r = c.cmd(&format!("MAIL FROM:{ok}"));
+        assert!(r.starts_with("250"), "{ok}: {r}");
+        c.cmd("RSET");
+    }
+    // Trusted clients are exempt, and the check can be turned off.
+    let trusted = Gomail::start("");
+    let mut c = Client::connect(trusted.addr);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<root@localhost>").starts_with("250"));
+    let off = Gomail::start(&format!(
+        "{UNTRUSTED}validation:\n  reject_invalid_domains: false\n"
+    ));
+    let mut c = Client::connect_from(off.addr, Some(remote()));
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<a@localhost>").starts_with("250"));
+}
