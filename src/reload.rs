@@ -100,8 +100,15 @@ pub struct Reloader {
     api: Snapshot<ControlConfig>,
 }
 
-/// True when a change of `key` applies live in a process running `cfg`.
+/// Keys that apply live when the process started with a DNS runtime (an
+/// authentication check or a blocklist on); without one, a restart.
+const LIVE_WITH_DNS: &[&str] = &["dnsbl", "dnsbl_threshold", "dnsbl_timeout"];
+
+/// True when a change of `key` applies live in a process started on `cfg`.
 fn is_live(key: &str, cfg: &Config) -> bool {
+    if LIVE_WITH_DNS.contains(&key) {
+        return crate::auth::AuthSettings::from_config(cfg).any();
+    }
     // bearer_token is also the webhook's credential, and the webhook
     // client is built at start.
     LIVE.contains(&key) && !(key == "bearer_token" && cfg.text("api_endpoint").is_some())
@@ -199,7 +206,7 @@ mod tests {
 
     #[test]
     fn every_live_key_is_a_key() {
-        for k in LIVE {
+        for k in LIVE.iter().chain(LIVE_WITH_DNS) {
             assert!(config::keys::find(k).is_some(), "{k} is not a config key");
         }
     }
