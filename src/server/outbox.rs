@@ -20,27 +20,14 @@ use crate::delivery::retry::{self, Verdict};
 use crate::delivery::webhook::{Attempt, Webhook};
 use crate::spool::{store, Spooled};
 
+mod breaker;
 mod dead;
 mod inline;
 
+use breaker::{Breaker, Failed};
+
 /// Deliveries in flight per shard.
 const MAX_IN_FLIGHT: usize = 64;
-
-/// Consecutive failures after which the circuit breaker opens.
-const BREAKER_THRESHOLD: u32 = 10;
-/// First and longest wait between probes while the breaker is open.
-const PROBE_FIRST: Duration = Duration::from_secs(1);
-const PROBE_MAX: Duration = Duration::from_secs(300);
-
-/// The circuit breaker: a receiver that keeps failing is not hammered.
-#[derive(Debug, Default)]
-struct Breaker {
-    failures: u32,
-    /// Open: no attempt until then, and then one probe at a time.
-    open_until: Option<Instant>,
-    probe_wait: Duration,
-    probing: bool,
-}
 
 /// `store_mode`: when the JSON store is written as well as the webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +194,13 @@ impl Outbox {
     /// delivery (loudly) until restart, and the caller keeps the message;
     /// failures count toward the circuit breaker, a success closes it.
     /// Returns true for 410.
-    fn note_answer(&self, shard: usize, status: Option<u16>, verdict: Verdict) -> bool {
+    fn note_answer(
+        &self,
+        shard: usize,
+        status: Option<u16>,
+        verdict: Verdict,
+        probe: bool,
+    ) -> bool {
         if status == Some(410) {
             // The receiver says this endpoint is gone for good: stop, keep
             // every message, and make it loud. A restart re-enables delivery.
@@ -221,40 +214,38 @@ impl Outbox {
         }
         let mut b = self.breaker.borrow_mut();
         if verdict == Verdict::Retry {
-            b.failures += 1;
-            if b.failures >= BREAKER_THRESHOLD {
-                b.probe_wait = if b.open_until.is_some() {
-                    (b.probe_wait * 2).min(PROBE_MAX)
-                } else {
-                    tracing::warn!(shard, failures = b.failures, "webhook receiver keeps failing: circuit breaker open, probing with backoff");
-                    PROBE_FIRST
-                };
-                b.open_until = Some(Instant::now() + b.probe_wait);
-            }
-        } else if b.open_until.take().is_some() || b.failures > 0 {
-            if b.failures >= BREAKER_THRESHOLD {
-                tracing::info!(
+            match b.failed(Instant::now(), probe) {
+                Failed::Counted => {}
+                Failed::Opened => tracing::warn!(
                     shard,
-                    "webhook receiver answers again: circuit breaker closed"
-                );
+                    failures = breaker::THRESHOLD,
+                    "webhook receiver keeps failing: circuit breaker open, probing with backoff"
+                ),
+                Failed::Widened(wait) => tracing::info!(
+                    shard,
+                    status,
+                    next_probe_s = wait.as_secs(),
+                    "webhook receiver still failing: circuit breaker stays open"
+                ),
             }
-            b.failures = 0;
+        } else if b.succeeded(probe) {
+            tracing::info!(
+                shard,
+                "webhook receiver answers again: circuit breaker closed"
+            );
         }
         false
     }
 
     /// (circuit open, disabled by 410) for the metrics.
     pub(crate) fn health(&self) -> (bool, bool) {
-        (
-            self.breaker.borrow().open_until.is_some(),
-            self.disabled.get(),
-        )
+        (self.breaker.borrow().is_open(), self.disabled.get())
     }
 
     /// Nothing being sent and nothing due now (retries waiting for later
     /// are safe in the spool).
     pub(crate) fn is_idle(&self) -> bool {
-        if self.disabled.get() || self.breaker.borrow().open_until.is_some() {
+        if self.disabled.get() || self.breaker.borrow().is_open() {
             return self.in_flight.get() == 0;
         }
         let now = Instant::now();
@@ -282,15 +273,10 @@ pub(super) async fn run(state: Rc<ShardState>) {
         outbox.promote(now);
         // While the breaker is open: nothing until `open_until`, then a
         // single probe. While disabled (410): nothing at all.
-        let (gate, limit) = {
-            let b = outbox.breaker.borrow();
-            match b.open_until {
-                _ if outbox.disabled.get() => (None, 0),
-                Some(t) if now < t => (Some(t), 0),
-                Some(_) if b.probing => (None, 0),
-                Some(_) => (None, 1),
-                None => (None, MAX_IN_FLIGHT),
-            }
+        let (gate, limit) = if outbox.disabled.get() {
+            (None, 0)
+        } else {
+            outbox.breaker.borrow().allowance(now)
         };
         let mut started = 0;
         loop {
@@ -301,8 +287,9 @@ pub(super) async fn run(state: Rc<ShardState>) {
                 break;
             };
             started += 1;
-            if limit == 1 {
-                outbox.breaker.borrow_mut().probing = true;
+            let probe = limit == 1;
+            if probe {
+                outbox.breaker.borrow_mut().probe_started();
             }
             outbox.in_flight.set(outbox.in_flight.get() + 1);
             let st = state.clone();
@@ -310,7 +297,7 @@ pub(super) async fn run(state: Rc<ShardState>) {
                 // A panic here (a bug) must not stop the shard: the message
                 // stays in the spool, undone, and is posted again at the
                 // next start.
-                if let Err(what) = super::contain::contain(attempt(&st, pending)).await {
+                if let Err(what) = super::contain::contain(attempt(&st, pending, probe)).await {
                     tracing::error!(shard = st.id, panic = %what, "a webhook delivery task panicked (a bug in gomail); its message stays in the spool and is posted again after a restart");
                 }
                 if let Some(o) = st.outbox.as_ref() {
@@ -345,7 +332,8 @@ pub(super) async fn run(state: Rc<ShardState>) {
     }
 }
 
-async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
+/// One delivery attempt; `probe`: the one the open breaker let through.
+async fn attempt(state: &Rc<ShardState>, mut p: Pending, probe: bool) {
     let Some(outbox) = state.outbox.as_ref() else {
         return;
     };
@@ -364,8 +352,7 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending) {
     let retry_after = a.retry_after;
     let status = a.status;
     p.attempts.push(a);
-    outbox.breaker.borrow_mut().probing = false;
-    if outbox.note_answer(state.id, status, verdict) {
+    if outbox.note_answer(state.id, status, verdict, probe) {
         p.due = Instant::now();
         outbox.ready.borrow_mut().push_front(p);
         return;

@@ -341,6 +341,40 @@ fn a_failing_receiver_trips_the_breaker_and_recovery_closes_it() {
 }
 
 #[test]
+fn failures_in_flight_when_the_breaker_opens_do_not_hold_delivery_back_for_minutes() {
+    // Every delivery in flight fails at once (a receiver restarting): the
+    // breaker opens at the 10th answer and the other ~54 arrive while it is
+    // open. Only a failed probe may widen the wait, so the first probe, a
+    // second later, finds the receiver back and every message goes.
+    let rx = receiver(Mode::Late(Duration::from_millis(1500), 503));
+    let g =
+        Gomail::start(&rx.config(
+            "shards: 1\nwebhook_retry_delay: 1s\nwebhook_retries: 1000\nstore_mode: never\n",
+        ));
+    let ids = send(&g, 64, "burst");
+    wait_until(Duration::from_secs(15), "64 failed answers", || {
+        rx.log().len() >= 64
+    });
+    assert_eq!(metric(&g, "gomail_webhook_circuit_open"), 1.0);
+    *rx.mode.lock().unwrap() = Mode::Fixed(200);
+    // Deadline for the test, not a measurement: with the wait widened by
+    // every late answer the first probe came after 5 minutes.
+    wait_until(
+        Duration::from_secs(20),
+        "all 64 delivered after the receiver came back",
+        || {
+            let ok: std::collections::HashSet<String> = rx
+                .log()
+                .into_iter()
+                .filter(|r| r.delivered())
+                .map(|r| r.id)
+                .collect();
+            ids.iter().all(|i| ok.contains(i))
+        },
+    );
+}
+
+#[test]
 fn ed25519_signatures_verify_with_the_public_key() {
     use ed25519_dalek::Verifier;
     let seed = [9u8; 32];

@@ -25,6 +25,8 @@ pub(crate) enum Mode {
     Fixed(u16),
     /// Waits this long, then answers 200.
     Slow(Duration),
+    /// Waits this long, then answers this status.
+    Late(Duration, u16),
 }
 
 /// In a script: read the request, then say nothing for [`HANG_FOR`] and close.
@@ -131,11 +133,11 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
                                 Mode::Flaky(p) => {
                                     (if fastrand::f64() < *p { 500 } else { 200 }, None)
                                 }
-                                Mode::Fixed(s) => (*s, None),
+                                Mode::Fixed(s) | Mode::Late(_, s) => (*s, None),
                                 Mode::Slow(_) => (200, None),
                             };
                             let slow = match &*m.lock().unwrap() {
-                                Mode::Slow(d) => Some(*d),
+                                Mode::Slow(d) | Mode::Late(d, _) => Some(*d),
                                 _ => None,
                             };
                             if let Some(d) = slow {

@@ -18,7 +18,7 @@ impl Outbox {
         self.cfg.mode != WebhookMode::Async
             && msg.envelope.recipients.len() == 1
             && !self.disabled.get()
-            && self.breaker.borrow().open_until.is_none()
+            && !self.breaker.borrow().is_open()
     }
 
     /// Posts a just-spooled message while the client waits and turns the
@@ -51,7 +51,7 @@ impl Outbox {
         };
         record_attempt(state, &a);
         let verdict = retry::classify(a.status);
-        if self.note_answer(state.id, a.status, verdict) {
+        if self.note_answer(state.id, a.status, verdict, false) {
             // Gone for good, which is not the sender's doing: the message is
             // durable already, so it is accepted and kept for when delivery
             // is enabled again, like every message queued on this shard.
