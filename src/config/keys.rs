@@ -238,7 +238,12 @@ pub fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(mul)
 }
 
-/// Parses a duration: `500ms`, `30s`, `5m`, `1h`, `7d`, or seconds; `1h30m` too.
+/// The longest duration any key takes: ten years. Longer values would
+/// overflow clock arithmetic somewhere, and mean "forever" anyway.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
+
+/// Parses a duration: `500ms`, `30s`, `5m`, `1h`, `7d`, or seconds; also
+/// Go's forms that GoMail files use: `1h30m`, `1.5h`, `300ms`, `10us`.
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let s = s.trim();
     if s.is_empty() {
@@ -251,25 +256,28 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let mut rest = s;
     while !rest.is_empty() {
         let split = rest
-            .find(|c: char| !c.is_ascii_digit())
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(rest.len());
-        if split == 0 {
+        let number = &rest[..split];
+        if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
             return None;
         }
-        let n: u64 = rest[..split].parse().ok()?;
+        let n: f64 = number.parse().ok()?;
         rest = &rest[split..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
-        let d = match &rest[..unit_len] {
-            "ms" => std::time::Duration::from_millis(n),
-            "s" => std::time::Duration::from_secs(n),
-            "m" => std::time::Duration::from_secs(n.checked_mul(60)?),
-            "h" => std::time::Duration::from_secs(n.checked_mul(3600)?),
-            "d" => std::time::Duration::from_secs(n.checked_mul(86_400)?),
+        let unit_s = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
             _ => return None,
         };
-        total = total.checked_add(d)?;
+        total = total.checked_add(std::time::Duration::try_from_secs_f64(n * unit_s).ok()?)?;
         rest = &rest[unit_len..];
     }
     Some(total)
@@ -292,6 +300,31 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Some(D::from_millis(250)));
         assert_eq!(parse_duration("45"), Some(D::from_secs(45)));
         assert_eq!(parse_duration("soon"), None);
+        // Go's forms, as GoMail files have them.
+        assert_eq!(parse_duration("1.5h"), Some(D::from_secs(5400)));
+        assert_eq!(parse_duration("2h45m"), Some(D::from_secs(9900)));
+        assert_eq!(parse_duration("300ms"), Some(D::from_millis(300)));
+        assert_eq!(parse_duration("1m0.5s"), Some(D::from_millis(60_500)));
+        assert_eq!(parse_duration("10us"), Some(D::from_micros(10)));
+        for bad in ["1.h", ".5h", "1..5h", "h", "1x", "-1s", "1e3s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_that_would_overflow_the_clock_are_refused() {
+        let key = find("webhook_timeout").unwrap();
+        let check =
+            |t: &str| super::super::check(key, &super::super::Value::from_text(t, key.kind));
+        assert!(check("3650d").is_ok());
+        for huge in ["10000000000000000000", "3651d", "99999999999999999999h"] {
+            let e = check(huge).unwrap_err();
+            assert!(
+                e.contains("10 years") || e.contains("expected a duration"),
+                "{huge}: {e}"
+            );
+        }
+        assert!(check("10000000000000000000").unwrap_err().contains("3650d"));
     }
 
     #[test]

@@ -171,7 +171,7 @@ pub fn check(key: &Key, v: &Value) -> Result<(), String> {
         Kind::Bool => matches!(v, Value::Bool(_)) || parse_bool(&text).is_some(),
         Kind::Int => text.parse::<u64>().is_ok(),
         Kind::Size => keys::parse_size(&text).is_some(),
-        Kind::Duration => keys::parse_duration(&text).is_some(),
+        Kind::Duration => keys::parse_duration(&text).is_some_and(|d| d <= keys::MAX_DURATION),
         Kind::List => true,
         Kind::Enum(words) => words.contains(&text.as_str()),
         Kind::AutoOrInt => text == "auto" || text.parse::<u32>().is_ok_and(|n| n > 0),
@@ -184,7 +184,12 @@ pub fn check(key: &Key, v: &Value) -> Result<(), String> {
         Kind::Bool => format!("expected true or false, got `{text}`"),
         Kind::Int => format!("expected a whole number, got `{text}`"),
         Kind::Size => format!("expected a size such as 26214400 or 25MB, got `{text}`"),
-        Kind::Duration => format!("expected a duration such as 30s, 5m or 1h, got `{text}`"),
+        Kind::Duration => match keys::parse_duration(&text) {
+            Some(_) => {
+                format!("`{text}` is longer than 3650d (10 years), the most any duration may be")
+            }
+            None => format!("expected a duration such as 30s, 5m, 1h or 1.5h, got `{text}`"),
+        },
         Kind::List => unreachable!(),
         Kind::Enum(words) => format!("expected one of {}, got `{text}`", words.join(", ")),
         Kind::AutoOrInt => format!("expected `auto` or a positive number, got `{text}`"),
