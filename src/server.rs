@@ -188,12 +188,10 @@ pub struct Server {
     pool: ShardPool<Control>,
     smtp_addrs: Vec<SocketAddr>,
     smtps_addrs: Vec<SocketAddr>,
-    tls: Option<Snapshot<Arc<ServerConfig>>>,
-    live: Snapshot<Live>,
-    fixed: Fixed,
+    /// TLS, live settings and bans: what a reload replaces.
+    handle: ReloadHandle,
     /// Kept alive for the shards' DNS lookups.
     _dns: Option<Arc<DnsRuntime>>,
-    bans: Bans,
     _lock: File,
 }
 
@@ -372,11 +370,13 @@ impl Server {
             pool,
             smtp_addrs: plain,
             smtps_addrs: implicit,
-            tls,
-            live,
-            fixed,
+            handle: ReloadHandle {
+                tls,
+                live,
+                fixed,
+                bans,
+            },
             _dns: dns,
-            bans,
             _lock: lock,
         };
         if let Some(e) = failure {
@@ -399,17 +399,12 @@ impl Server {
     /// A handle that applies a reloaded configuration (see
     /// [`ReloadHandle::apply`]).
     pub fn reload_handle(&self) -> ReloadHandle {
-        ReloadHandle {
-            tls: self.tls.clone(),
-            live: self.live.clone(),
-            fixed: self.fixed.clone(),
-            bans: self.bans.clone(),
-        }
+        self.handle.clone()
     }
 
     /// The ban service (for the control plane's ban endpoints).
     pub fn bans(&self) -> Bans {
-        self.bans.clone()
+        self.handle.bans.clone()
     }
 
     /// Number of shards.

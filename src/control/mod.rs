@@ -267,8 +267,10 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
 /// every answer carries.
 async fn handle(req: Request<Incoming>, ctx: &Ctx, peer: SocketAddr, metrics_only: bool) -> Answer {
     let started = Instant::now();
+    // The settings this request is handled under (a reload may replace them).
+    let cfg = ctx.cfg();
     let method = metrics::method_label(req.method());
-    let endpoint = metrics::endpoint_label(req.uri().path(), &ctx.cfg().metrics_path);
+    let endpoint = metrics::endpoint_label(req.uri().path(), &cfg.metrics_path);
     let id = request::request_id(req.headers().get("x-request-id").map(|v| v.as_bytes()));
     // Every X-Forwarded-For line, in order: a proxy may add a line of its
     // own instead of extending the client's.
@@ -279,13 +281,13 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx, peer: SocketAddr, metrics_onl
         .filter_map(|v| v.to_str().ok())
         .collect();
     let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
-    let client = request::client_ip(peer.ip(), forwarded.as_deref(), &ctx.cfg().trusted_proxies);
+    let client = request::client_ip(peer.ip(), forwarded.as_deref(), &cfg.trusted_proxies);
     let path = req.uri().path().to_string();
     // Health checks and scrapes are counted against nobody's bucket.
-    let looks = path == "/health" || path == ctx.cfg().metrics_path;
+    let looks = path == "/health" || path == cfg.metrics_path;
     let verdict = {
         let mut limiter = ctx.limiter.lock().expect("limiter");
-        let (per_minute, burst) = ctx.cfg().rate_limit;
+        let (per_minute, burst) = cfg.rate_limit;
         limiter.configure(per_minute, burst);
         limiter.check(crate::admission::client_key(client), Instant::now(), !looks)
     };
@@ -307,7 +309,7 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx, peer: SocketAddr, metrics_onl
                 r.headers_mut().insert("retry-after", secs.into());
                 return r;
             }
-            match tokio::time::timeout(ctx.cfg().handler_timeout, route(req, ctx, &call, metrics_only)).await {
+            match tokio::time::timeout(cfg.handler_timeout, route(req, ctx, &call, metrics_only)).await {
                 Ok(r) => r,
                 Err(_) => error(
                     StatusCode::GATEWAY_TIMEOUT,
