@@ -525,6 +525,8 @@ fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
             metrics_enabled: cfg.metrics_enabled,
             metrics_path: cfg.metrics_path.clone(),
             read_timeout: cfg.http_read_timeout,
+            write_timeout: cfg.duration("http_timeouts.write"),
+            idle_timeout: cfg.duration("http_timeouts.idle"),
             handler_timeout: cfg.duration("http_timeouts.handler"),
             admin_token: cfg.text("admin_token"),
             rate_limit: (

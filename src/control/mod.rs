@@ -7,12 +7,16 @@
 //! shard's state. Behind `admin_token`: `POST /queue/retry` and the ban
 //! endpoints (`GET|POST /api/v1/bans`, `DELETE /api/v1/bans/<ip>`).
 //!
+//! Each connection runs under `http_timeouts` (read, write, idle: io.rs;
+//! handler: [`handle`]).
+//!
 //! Every response carries a request id (`X-Request-ID`, taken from the
 //! client when sane), the security headers and the client's rate-limit
 //! figures; every error is GoMail's JSON shape with the request id.
 
 mod bans;
 mod inbound;
+mod io;
 mod token;
 use token::{refuse_unauthorized, refuse_unless};
 pub mod metrics;
@@ -28,7 +32,7 @@ use std::time::{Duration, Instant};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::server::{ShardStats, StatsHandle};
 
@@ -43,9 +47,15 @@ pub struct ControlConfig {
     pub metrics_enabled: bool,
     /// `metrics_path`.
     pub metrics_path: String,
-    /// `http_timeouts.read`: time allowed for a request's headers, and for
-    /// its body.
+    /// `http_timeouts.read`: time allowed for a request's headers (from
+    /// their first octet), and for its body.
     pub read_timeout: Duration,
+    /// `http_timeouts.write`: time a write may wait for the client to take
+    /// any of it; then the connection is closed.
+    pub write_timeout: Duration,
+    /// `http_timeouts.idle`: time a keep-alive connection may wait for its
+    /// next request with nothing moving; then it is closed.
+    pub idle_timeout: Duration,
     /// `http_timeouts.handler`: time allowed for the server's answer.
     pub handler_timeout: Duration,
     /// `admin_token`: required by the management endpoints. Unset: they
@@ -196,20 +206,39 @@ async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, metrics_only: b
                 continue;
             }
         };
-        let ctx = ctx.clone();
-        let read_timeout = ctx.cfg.read_timeout;
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(req, &ctx, peer, metrics_only).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(read_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(connection(stream, peer, ctx.clone(), metrics_only));
     }
+}
+
+/// One HTTP/1 connection, under `http_timeouts.read`, `.write` and `.idle`
+/// (io.rs).
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    metrics_only: bool,
+) {
+    let timeouts = io::Timeouts {
+        read: ctx.cfg.read_timeout,
+        write: ctx.cfg.write_timeout,
+        idle: ctx.cfg.idle_timeout,
+    };
+    let activity = io::Activity::new(tokio::time::Instant::now());
+    let stream = io::TimedStream::new(stream, peer, timeouts, activity.clone());
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        let busy = activity.begin();
+        async move {
+            let _busy = busy;
+            Ok::<_, Infallible>(handle(req, &ctx, peer, metrics_only).await)
+        }
+    });
+    // The request head's deadline is kept by io.rs: hyper's own would also
+    // run between requests, where `idle` applies instead.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(None)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// The five security headers every response carries.
