@@ -528,6 +528,7 @@ fn serve(mut cfg: Config, sources: Sources) -> anyhow::Result<()> {
             write_timeout: cfg.duration("http_timeouts.write"),
             idle_timeout: cfg.duration("http_timeouts.idle"),
             handler_timeout: cfg.duration("http_timeouts.handler"),
+            shutdown_timeout: cfg.duration("http_timeouts.shutdown"),
             admin_token: cfg.text("admin_token"),
             rate_limit: (
                 cfg.number("rate_limit_per_minute").min(u64::from(u32::MAX)) as u32,

@@ -96,7 +96,7 @@ pub const KEYS: &[Key] = &[
     k("http_timeouts.write", Duration, Some("30s"), Active),
     k("http_timeouts.handler", Duration, Some("60s"), Active),
     k("http_timeouts.idle", Duration, Some("120s"), Active),
-    k("http_timeouts.shutdown", Duration, Some("30s"), Pending),
+    k("http_timeouts.shutdown", Duration, Some("30s"), Active),
     // webhook delivery
     k("api_endpoint", Str, None, Active),
     k("webhook_timeout", Duration, Some("30s"), Active),

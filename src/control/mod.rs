@@ -8,7 +8,7 @@
 //! endpoints (`GET|POST /api/v1/bans`, `DELETE /api/v1/bans/<ip>`).
 //!
 //! Each connection runs under `http_timeouts` (read, write, idle: io.rs;
-//! handler: [`handle`]).
+//! handler: [`handle`]); stopping is graceful for `http_timeouts.shutdown`.
 //!
 //! Every response carries a request id (`X-Request-ID`, taken from the
 //! client when sane), the security headers and the client's rate-limit
@@ -26,13 +26,16 @@ pub mod request;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{select, Either};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 
 use crate::server::{ShardStats, StatsHandle};
 
@@ -58,6 +61,9 @@ pub struct ControlConfig {
     pub idle_timeout: Duration,
     /// `http_timeouts.handler`: time allowed for the server's answer.
     pub handler_timeout: Duration,
+    /// `http_timeouts.shutdown`: time requests in flight at
+    /// [`ControlPlane::stop`] have to finish before they are cut.
+    pub shutdown_timeout: Duration,
     /// `admin_token`: required by the management endpoints. Unset: they
     /// answer 403.
     pub admin_token: Option<String>,
@@ -129,6 +135,7 @@ impl ControlPlane {
             .enable_all()
             .build()?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let grace = cfg.shutdown_timeout;
         let ctx = Arc::new(Ctx {
             http: std::sync::Mutex::new(metrics::HttpStats::default()),
             next_shard: std::sync::atomic::AtomicUsize::new(0),
@@ -145,23 +152,39 @@ impl ControlPlane {
             .name("control".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    // Every listener and connection holds a receiver: the
+                    // signal to stop, and the count of what is still open.
+                    let (stopping, watching) = watch::channel(false);
                     let mut tasks = Vec::new();
                     for (l, metrics_only) in listeners {
                         let ctx = ctx.clone();
+                        let watching = watching.clone();
                         tasks.push(tokio::spawn(async move {
                             match tokio::net::TcpListener::from_std(l) {
-                                Ok(l) => serve(l, ctx, metrics_only).await,
+                                Ok(l) => serve(l, ctx, metrics_only, watching).await,
                                 Err(e) => {
                                     tracing::error!(error = %e, "control plane listener failed")
                                 }
                             }
                         }));
                     }
+                    drop(watching);
                     let _ = stop_rx.await;
+                    stopping.send_replace(true);
+                    // The listeners close first: nothing new is accepted
+                    // while the requests in flight finish.
                     for t in tasks {
-                        t.abort();
+                        let _ = t.await;
+                    }
+                    if tokio::time::timeout(grace, stopping.closed()).await.is_err() {
+                        tracing::warn!(
+                            connections = stopping.receiver_count(),
+                            grace_s = grace.as_secs(),
+                            "control plane: connections still busy after http_timeouts.shutdown are cut"
+                        );
                     }
                 });
+                // Dropping the runtime drops whatever connection is left.
             })?;
         Ok(ControlPlane {
             addrs,
@@ -175,7 +198,9 @@ impl ControlPlane {
         &self.addrs
     }
 
-    /// Stops serving and joins the thread.
+    /// Stops accepting at once, lets the requests in flight finish for up
+    /// to `http_timeouts.shutdown` (idle connections close at once), cuts
+    /// what is left, and joins the thread.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -196,9 +221,22 @@ impl Drop for ControlPlane {
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, metrics_only: bool) {
+/// Accepts connections until the control plane stops.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    metrics_only: bool,
+    mut stopping: watch::Receiver<bool>,
+) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = {
+            let stop = pin!(stopping.wait_for(|s| *s));
+            match select(pin!(listener.accept()), stop).await {
+                Either::Left((r, _)) => r,
+                Either::Right(_) => return,
+            }
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "control plane accept failed");
@@ -206,17 +244,26 @@ async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, metrics_only: b
                 continue;
             }
         };
-        tokio::spawn(connection(stream, peer, ctx.clone(), metrics_only));
+        tokio::spawn(connection(
+            stream,
+            peer,
+            ctx.clone(),
+            metrics_only,
+            stopping.clone(),
+        ));
     }
 }
 
 /// One HTTP/1 connection, under `http_timeouts.read`, `.write` and `.idle`
-/// (io.rs).
+/// (io.rs). When the control plane stops, hyper's graceful shutdown lets a
+/// request in flight finish and closes the connection after its answer; a
+/// connection with no request closes at once.
 async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     ctx: Arc<Ctx>,
     metrics_only: bool,
+    mut stopping: watch::Receiver<bool>,
 ) {
     let timeouts = io::Timeouts {
         read: ctx.cfg.read_timeout,
@@ -235,10 +282,17 @@ async fn connection(
     });
     // The request head's deadline is kept by io.rs: hyper's own would also
     // run between requests, where `idle` applies instead.
-    let _ = hyper::server::conn::http1::Builder::new()
+    let mut conn = pin!(hyper::server::conn::http1::Builder::new()
         .header_read_timeout(None)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+        .serve_connection(TokioIo::new(stream), service));
+    let stopped = matches!(
+        select(conn.as_mut(), pin!(stopping.wait_for(|s| *s))).await,
+        Either::Right(_)
+    );
+    if stopped {
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
 }
 
 /// The five security headers every response carries.

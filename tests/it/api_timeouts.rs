@@ -1,7 +1,8 @@
 //! The control plane's `http_timeouts` from outside, on raw sockets:
 //! `idle` closes a quiet keep-alive connection but never a request being
-//! handled, `read` bounds a request head but not the wait before it, and
-//! `write` closes a client that does not read.
+//! handled, `read` bounds a request head but not the wait before it,
+//! `write` closes a client that does not read, and `shutdown` lets a
+//! request in flight at SIGTERM finish.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -202,4 +203,45 @@ fn write_closes_a_client_that_does_not_take_its_responses() {
     assert!(answered < REQUESTS, "{answered} of {REQUESTS} answered");
     // The API still serves everyone else.
     assert_eq!(super::harness::http(g.api, "GET", "/health").0, 200);
+}
+
+#[test]
+fn shutdown_lets_a_request_in_flight_at_sigterm_finish() {
+    let mut g = Gomail::start(&format!(
+        "admin_token: {ADMIN}\nhttp_timeouts:\n  shutdown: 5s\n"
+    ));
+    let mut c = Raw::connect(&g);
+    let (head, body) = inbound_request("in flight at SIGTERM");
+    c.send(&head);
+    assert_eq!(c.response().0, "HTTP/1.1 100 Continue");
+    let (first, rest) = body.split_at(body.len() / 2);
+    c.send(first);
+
+    unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) };
+    wait_until(Duration::from_secs(10), "the API to stop accepting", || {
+        TcpStream::connect(g.api).is_err()
+    });
+    c.send(rest);
+    let (status, headers, answer) = c.response();
+    assert_eq!(status, "HTTP/1.1 200 OK", "{answer}");
+    assert!(answer.contains("\"status\":\"success\""), "{answer}");
+    assert!(headers.contains("connection: close"), "{headers}");
+    assert!(c.closed_by_server());
+
+    let t0 = Instant::now();
+    let exit = loop {
+        if let Some(status) = g.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "gomail did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+    // The message was spooled before the answer, and stored on the way out.
+    let stored = super::harness::stored(&g.data_dir);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].1["subject"], "in flight at SIGTERM");
 }
