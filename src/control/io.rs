@@ -15,6 +15,11 @@
 //!   bounded by `handler` and its body by `read` (both in `mod.rs`), so
 //!   `idle` never cuts a request being answered.
 //!
+//! Octets that arrive while a request is handled may be its body or the
+//! next request pipelined behind it; the stream cannot tell which, so they
+//! start no clock. If they are only part of the next head, that head has
+//! `idle` and then `read` from its next octet: bounded, a little longer.
+//!
 //! Writes are timed apart: a write the client does not take for `write`
 //! (no octet accepted by the socket) fails the connection, however long the
 //! response has been flowing before.
