@@ -53,7 +53,10 @@ pub const LIVE: &[&str] = &[
     "metrics_enabled",
     "metrics_path",
     "http_timeouts.read",
+    "http_timeouts.write",
+    "http_timeouts.idle",
     "http_timeouts.handler",
+    "http_timeouts.shutdown",
     // TLS: certificate files are read again
     "tls_cert_file",
     "tls_key_file",

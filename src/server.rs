@@ -650,7 +650,8 @@ async fn run_shard(
                 let start = std::time::Instant::now();
                 while (state.active.get() > 0
                     || !state.delivery.is_idle()
-                    || state.outbox.as_ref().is_some_and(|o| !o.is_idle()))
+                    || state.outbox.as_ref().is_some_and(|o| !o.is_idle())
+                    || state.spool.preparing())
                     && start.elapsed() < SHUTDOWN_GRACE
                 {
                     glommio::timer::sleep(Duration::from_millis(20)).await;

@@ -93,10 +93,10 @@ pub const KEYS: &[Key] = &[
     k("metrics_port", Int, Some("0"), Active),
     k("metrics_path", Str, Some("/metrics"), Active),
     k("http_timeouts.read", Duration, Some("30s"), Active),
-    k("http_timeouts.write", Duration, Some("30s"), Pending),
+    k("http_timeouts.write", Duration, Some("30s"), Active),
     k("http_timeouts.handler", Duration, Some("60s"), Active),
-    k("http_timeouts.idle", Duration, Some("120s"), Pending),
-    k("http_timeouts.shutdown", Duration, Some("30s"), Pending),
+    k("http_timeouts.idle", Duration, Some("120s"), Active),
+    k("http_timeouts.shutdown", Duration, Some("30s"), Active),
     // webhook delivery
     k("api_endpoint", Str, None, Active),
     k("webhook_timeout", Duration, Some("30s"), Active),

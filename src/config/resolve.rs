@@ -249,6 +249,8 @@ pub(super) fn resolve(
     }
     for k in [
         "http_timeouts.handler",
+        "http_timeouts.write",
+        "http_timeouts.idle",
         "smtp_rate_window",
         "ban_window",
         "smtp_write_timeout",

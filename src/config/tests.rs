@@ -60,7 +60,8 @@ fn gomail_example_file_loads() {
         .map(|(k, _, _)| k)
         .collect();
     assert!(inactive.contains(&"mode".to_string()));
-    assert!(inactive.contains(&"http_timeouts.shutdown".to_string()));
+    // The API's timeouts all take effect.
+    assert!(!inactive.iter().any(|k| k.starts_with("http_timeouts.")));
     assert!(!inactive.contains(&"api_endpoint".to_string()));
 }
 
@@ -123,6 +124,16 @@ fn impossible_values_are_refused() {
         let err = load_text(text, &[], &[]).unwrap_err().to_string();
         assert!(err.contains(&format!("key `{key}`")), "{text}: {err}");
         assert!(err.contains(":1:"), "{text}: {err}");
+    }
+    // `0s` would close every API connection at once.
+    for key in ["http_timeouts.write", "http_timeouts.idle"] {
+        let leaf = key.rsplit('.').next().unwrap();
+        let text = format!("http_timeouts:\n  {leaf}: 0s\n");
+        let err = load_text(&text, &[], &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("key `{key}`: must be longer than 0s")),
+            "{text}: {err}"
+        );
     }
 }
 

@@ -7,12 +7,16 @@
 //! shard's state. Behind `admin_token`: `POST /queue/retry` and the ban
 //! endpoints (`GET|POST /api/v1/bans`, `DELETE /api/v1/bans/<ip>`).
 //!
+//! Each connection runs under `http_timeouts` (read, write, idle: io.rs;
+//! handler: [`handle`]); stopping is graceful for `http_timeouts.shutdown`.
+//!
 //! Every response carries a request id (`X-Request-ID`, taken from the
 //! client when sane), the security headers and the client's rate-limit
 //! figures; every error is GoMail's JSON shape with the request id.
 
 mod bans;
 mod inbound;
+mod io;
 mod token;
 use token::{refuse_unauthorized, refuse_unless};
 pub mod metrics;
@@ -22,13 +26,16 @@ pub mod request;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{select, Either};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 
 use crate::server::{ShardStats, StatsHandle};
 
@@ -43,11 +50,20 @@ pub struct ControlConfig {
     pub metrics_enabled: bool,
     /// `metrics_path`.
     pub metrics_path: String,
-    /// `http_timeouts.read`: time allowed for a request's headers, and for
-    /// its body.
+    /// `http_timeouts.read`: time allowed for a request's headers (from
+    /// their first octet), and for its body.
     pub read_timeout: Duration,
+    /// `http_timeouts.write`: time a write may wait for the client to take
+    /// any of it; then the connection is closed.
+    pub write_timeout: Duration,
+    /// `http_timeouts.idle`: time a keep-alive connection may wait for its
+    /// next request with nothing moving; then it is closed.
+    pub idle_timeout: Duration,
     /// `http_timeouts.handler`: time allowed for the server's answer.
     pub handler_timeout: Duration,
+    /// `http_timeouts.shutdown`: time requests in flight at
+    /// [`ControlPlane::stop`] have to finish before they are cut.
+    pub shutdown_timeout: Duration,
     /// `admin_token`: required by the management endpoints. Unset: they
     /// answer 403.
     pub admin_token: Option<String>,
@@ -78,7 +94,10 @@ impl ControlConfig {
             metrics_enabled: cfg.metrics_enabled,
             metrics_path: cfg.metrics_path.clone(),
             read_timeout: cfg.http_read_timeout,
+            write_timeout: cfg.duration("http_timeouts.write"),
+            idle_timeout: cfg.duration("http_timeouts.idle"),
             handler_timeout: cfg.duration("http_timeouts.handler"),
+            shutdown_timeout: cfg.duration("http_timeouts.shutdown"),
             admin_token: cfg.text("admin_token"),
             rate_limit: (clamp("rate_limit_per_minute"), clamp("rate_limit_burst")),
             trusted_proxies: cfg.trusted_proxies.clone(),
@@ -173,23 +192,40 @@ impl ControlPlane {
             .name("control".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    // Every listener and connection holds a receiver: the
+                    // signal to stop, and the count of what is still open.
+                    let (stopping, watching) = watch::channel(false);
                     let mut tasks = Vec::new();
                     for (l, metrics_only) in listeners {
                         let ctx = ctx.clone();
+                        let watching = watching.clone();
                         tasks.push(tokio::spawn(async move {
                             match tokio::net::TcpListener::from_std(l) {
-                                Ok(l) => serve(l, ctx, metrics_only).await,
+                                Ok(l) => serve(l, ctx, metrics_only, watching).await,
                                 Err(e) => {
                                     tracing::error!(error = %e, "control plane listener failed")
                                 }
                             }
                         }));
                     }
+                    drop(watching);
                     let _ = stop_rx.await;
+                    stopping.send_replace(true);
+                    let grace = ctx.cfg().shutdown_timeout;
+                    // The listeners close first: nothing new is accepted
+                    // while the requests in flight finish.
                     for t in tasks {
-                        t.abort();
+                        let _ = t.await;
+                    }
+                    if tokio::time::timeout(grace, stopping.closed()).await.is_err() {
+                        tracing::warn!(
+                            connections = stopping.receiver_count(),
+                            grace_s = grace.as_secs(),
+                            "control plane: connections still busy after http_timeouts.shutdown are cut"
+                        );
                     }
                 });
+                // Dropping the runtime drops whatever connection is left.
             })?;
         Ok(ControlPlane {
             addrs,
@@ -203,7 +239,9 @@ impl ControlPlane {
         &self.addrs
     }
 
-    /// Stops serving and joins the thread.
+    /// Stops accepting at once, lets the requests in flight finish for up
+    /// to `http_timeouts.shutdown` (idle connections close at once), cuts
+    /// what is left, and joins the thread.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -224,9 +262,22 @@ impl Drop for ControlPlane {
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, metrics_only: bool) {
+/// Accepts connections until the control plane stops.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    metrics_only: bool,
+    mut stopping: watch::Receiver<bool>,
+) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = {
+            let stop = pin!(stopping.wait_for(|s| *s));
+            match select(pin!(listener.accept()), stop).await {
+                Either::Left((r, _)) => r,
+                Either::Right(_) => return,
+            }
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "control plane accept failed");
@@ -234,19 +285,54 @@ async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, metrics_only: b
                 continue;
             }
         };
+        tokio::spawn(connection(
+            stream,
+            peer,
+            ctx.clone(),
+            metrics_only,
+            stopping.clone(),
+        ));
+    }
+}
+
+/// One HTTP/1 connection, under `http_timeouts.read`, `.write` and `.idle`
+/// (io.rs). When the control plane stops, hyper's graceful shutdown lets a
+/// request in flight finish and closes the connection after its answer; a
+/// connection with no request closes at once.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Ctx>,
+    metrics_only: bool,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let timeouts = io::Timeouts {
+        read: ctx.cfg().read_timeout,
+        write: ctx.cfg().write_timeout,
+        idle: ctx.cfg().idle_timeout,
+    };
+    let activity = io::Activity::new(tokio::time::Instant::now());
+    let stream = io::TimedStream::new(stream, peer, timeouts, activity.clone());
+    let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        let read_timeout = ctx.cfg().read_timeout;
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(req, &ctx, peer, metrics_only).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(read_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        let busy = activity.begin();
+        async move {
+            let _busy = busy;
+            Ok::<_, Infallible>(handle(req, &ctx, peer, metrics_only).await)
+        }
+    });
+    // The request head's deadline is kept by io.rs: hyper's own would also
+    // run between requests, where `idle` applies instead.
+    let mut conn = pin!(hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(None)
+        .serve_connection(TokioIo::new(stream), service));
+    let stopped = matches!(
+        select(conn.as_mut(), pin!(stopping.wait_for(|s| *s))).await,
+        Either::Right(_)
+    );
+    if stopped {
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
     }
 }
 

@@ -100,6 +100,8 @@ enum Write {
 pub struct Spool {
     inner: Rc<RefCell<Inner>>,
     tx: async_channel::Sender<Write>,
+    /// The next segment, zero-filled ahead of time by the writer.
+    spare: Rc<RefCell<Spare>>,
 }
 
 impl Spool {
@@ -155,8 +157,9 @@ impl Spool {
             done_pending: Vec::new(),
         }));
         let (tx, rx) = async_channel::unbounded();
-        glommio::spawn_local(writer(inner.clone(), rx, file_no + 1)).detach();
-        let spool = Spool { inner, tx };
+        let spare = Rc::new(RefCell::new(Spare::Preparing));
+        glommio::spawn_local(writer(inner.clone(), rx, file_no + 1, spare.clone())).detach();
+        let spool = Spool { inner, tx, spare };
         spool.collect_garbage();
         Ok((spool, pending))
     }
@@ -200,6 +203,13 @@ impl Spool {
             }
         }
         let _ = self.tx.try_send(Write::Done);
+    }
+
+    /// True while a spare segment is being zero-filled on the blocking
+    /// pool. The shard must not stop before it is done: the pool's thread
+    /// would finish after the executor it answers to is gone, and panic.
+    pub fn preparing(&self) -> bool {
+        matches!(*self.spare.borrow(), Spare::Preparing)
     }
 
     /// Messages not yet in the store, over all segments of this shard.
@@ -310,9 +320,13 @@ fn prepare_spare(dir: PathBuf, file_no: u64, slot: Rc<RefCell<Spare>>) {
 /// flushes data only and never waits for a filesystem journal commit. The
 /// first segment after start-up, and any segment written while no spare is
 /// ready, is appended to instead, which is correct, only slower.
-async fn writer(inner: Rc<RefCell<Inner>>, rx: async_channel::Receiver<Write>, mut file_no: u64) {
+async fn writer(
+    inner: Rc<RefCell<Inner>>,
+    rx: async_channel::Receiver<Write>,
+    mut file_no: u64,
+    slot: Rc<RefCell<Spare>>,
+) {
     let dir = inner.borrow().dir.clone();
-    let slot = Rc::new(RefCell::new(Spare::Preparing));
     prepare_spare(dir.clone(), file_no, slot.clone());
     file_no += 1;
     let mut prefilled = false;

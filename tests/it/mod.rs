@@ -2,6 +2,7 @@ pub(crate) mod harness;
 
 mod admission;
 mod api;
+mod api_timeouts;
 mod auth;
 mod dns;
 mod dns_relay;
