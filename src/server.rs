@@ -213,7 +213,22 @@ impl ReloadHandle {
     /// configuration cannot be built.
     pub fn apply(&self, cfg: &Config) -> Result<(), ServerError> {
         let tls = match &self.tls {
-            Some(_) => Some(build_tls(cfg)?.config),
+            Some(_) => {
+                let built = tls::build(cfg)?;
+                // At start an unusable certificate falls back to a
+                // self-signed one; a running server keeps the one it has.
+                if let (CertSource::SelfSigned { reason }, Some(path)) = (
+                    &built.source,
+                    cfg.tls_cert_file.as_ref().or(cfg.tls_key_file.as_ref()),
+                ) {
+                    return Err(ServerError::Tls(TlsError::File {
+                        path: path.clone(),
+                        reason: format!("{reason}; the certificates in use stay"),
+                    }));
+                }
+                log_tls_source(&built, cfg);
+                Some(built.config)
+            }
             None => None,
         };
         let live = Live::from_config(cfg, &self.fixed);
@@ -239,6 +254,11 @@ fn ban_policy(a: &AdmissionSettings) -> Policy {
 /// Builds the TLS configuration and logs where its certificate came from.
 fn build_tls(cfg: &Config) -> Result<tls::Built, TlsError> {
     let built = tls::build(cfg)?;
+    log_tls_source(&built, cfg);
+    Ok(built)
+}
+
+fn log_tls_source(built: &tls::Built, cfg: &Config) {
     match &built.source {
         CertSource::Files => {
             tracing::info!(certificates = built.certificates, "TLS certificates loaded")
@@ -250,7 +270,6 @@ fn build_tls(cfg: &Config) -> Result<tls::Built, TlsError> {
             "using a self-signed TLS certificate; set tls_cert_file and tls_key_file"
         ),
     }
-    Ok(built)
 }
 
 impl Server {

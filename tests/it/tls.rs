@@ -353,3 +353,52 @@ fn self_signed_fallback_key_is_private() {
         .unwrap()
         .starts_with("-----BEGIN CERTIFICATE-----"));
 }
+
+#[test]
+fn a_broken_certificate_on_reload_keeps_the_one_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("gomail.log");
+    let (crt, key) = make_cert(tmp.path(), "live", &["mx.example.test"]);
+    let g = Gomail::start(&format!(
+        "tls_cert_file: \"{}\"\ntls_key_file: \"{}\"\nport: {}\nadmin_token: adm-tls-reload\n\
+         log_level: info\nlog_format: json\nlog_file: \"{}\"\n",
+        crt.display(),
+        key.display(),
+        super::harness::api_port(),
+        log.display()
+    ));
+    let trusted = tls_client(&crt, &[&TLS13]);
+    let served = || {
+        let mut c = Client::connect(g.addr);
+        c.cmd("EHLO check.example");
+        c.starttls(trusted.clone(), "mx.example.test").is_ok()
+    };
+    assert!(served());
+    // A path that does not exist: refused, and said so.
+    let missing = tmp.path().join("missing.crt");
+    let (ok, out, err) = super::harness::gomail_cli(
+        &g,
+        &[
+            "config",
+            "set",
+            "tls_cert_file",
+            missing.to_str().unwrap(),
+            "--reload",
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("missing.crt") && err.contains("the certificates in use stay"),
+        "{err}"
+    );
+    assert!(served(), "the certificate in use was replaced");
+    // A renewal that leaves the file empty for a moment: the watcher's
+    // reload fails and the certificate in use stays.
+    std::fs::write(&crt, "").unwrap();
+    super::harness::wait_until(Duration::from_secs(10), "the watcher's reload", || {
+        super::harness::log_events(&log, "config_reload_failed")
+            .iter()
+            .any(|e| e["source"] == "certificate files changed")
+    });
+    assert!(served(), "the certificate in use was replaced");
+}
