@@ -83,7 +83,18 @@ pub fn set_in_file(path: &Path, key: &str, value: &str) -> Result<(), ConfigErro
             })
         }
     };
-    let new = replace_key(&text, key, &yaml_for(k.kind, &v));
+    let new =
+        replace_key(&text, key, &yaml_for(k.kind, &v)).map_err(|reason| ConfigError::Invalid {
+            key: key.to_string(),
+            origin: Origin::File(
+                path.to_path_buf(),
+                super::line_of(&text, key).or_else(|| {
+                    key.split_once('.')
+                        .and_then(|(outer, _)| super::line_of(&text, outer))
+                }),
+            ),
+            reason,
+        })?;
     let tmp = path.with_extension("yaml.tmp");
     crate::fsutil::write_synced(&tmp, new.as_bytes(), 0o600).map_err(|source| {
         ConfigError::Write {
@@ -160,13 +171,49 @@ fn trailing_comment(line: &str) -> Option<&str> {
     None
 }
 
-/// Replaces (or adds) one key's line in YAML text; a comment at the end of
-/// the replaced line stays.
-fn replace_key(text: &str, key: &str, yaml: &str) -> String {
+/// The number of lines after line `n` (1-based) that carry its key's value
+/// too: a block list (`- item` lines, indented or at the key's own indent),
+/// a block scalar (`|`, `>`) or a nested mapping, i.e. the lines indented
+/// deeper than the key. Blank lines count only between such lines.
+fn value_lines(lines: &[String], n: usize) -> usize {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let own = indent(&lines[n - 1]);
+    let mut last = 0;
+    for (k, l) in lines[n..].iter().enumerate() {
+        let t = l.trim_start();
+        if t.is_empty() {
+            continue;
+        }
+        let item = t == "-" || t.starts_with("- ");
+        if indent(l) > own || (item && indent(l) == own) {
+            last = k + 1;
+        } else {
+            break;
+        }
+    }
+    last
+}
+
+/// The value written on a `key: value` line, without its comment.
+fn inline_value(line: &str) -> &str {
+    let rest = line.split_once(':').map_or("", |(_, r)| r);
+    let rest = match trailing_comment(rest) {
+        Some(c) => &rest[..rest.len() - c.len()],
+        None => rest,
+    };
+    rest.trim()
+}
+
+/// Replaces (or adds) one key in YAML text, on one line; the lines that
+/// carried its old value go, a comment at the end of its line stays, and
+/// so do the file's line endings. An error says why the file cannot be
+/// edited this way.
+fn replace_key(text: &str, key: &str, yaml: &str) -> Result<String, String> {
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
     let mut put = |n: usize, line: String| {
         let comment = trailing_comment(&lines[n - 1]).unwrap_or("").to_string();
-        lines[n - 1] = line + &comment;
+        let extra = value_lines(&lines, n);
+        lines.splice(n - 1..n + extra, [line + &comment]);
     };
     match key.split_once('.') {
         None => {
@@ -181,6 +228,11 @@ fn replace_key(text: &str, key: &str, yaml: &str) -> String {
             if let Some(n) = super::line_of(text, key) {
                 put(n, line);
             } else if let Some(n) = super::line_of(text, outer) {
+                if !inline_value(&lines[n - 1]).is_empty() {
+                    return Err(format!(
+                        "`{outer}` is written on one line; write it as a block (`{outer}:` then one `  {inner}: …` line per key) for config set"
+                    ));
+                }
                 lines.insert(n, line);
             } else {
                 lines.push(format!("{outer}:"));
@@ -188,9 +240,10 @@ fn replace_key(text: &str, key: &str, yaml: &str) -> String {
             }
         }
     }
-    let mut out = lines.join("\n");
-    out.push('\n');
-    out
+    let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out = lines.join(eol);
+    out.push_str(eol);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -200,18 +253,38 @@ mod tests {
     #[test]
     fn replace_keeps_comments_and_handles_nesting() {
         let text = "# top\nport: 3000 # api\nhttp_timeouts:\n  read: 30s\n";
-        let t = replace_key(text, "port", "4000");
+        let t = replace_key(text, "port", "4000").unwrap();
         assert_eq!(t, "# top\nport: 4000 # api\nhttp_timeouts:\n  read: 30s\n");
-        let t = replace_key("bearer_token: \"a#b\"  # secret\n", "bearer_token", "\"c\"");
+        let t = replace_key("bearer_token: \"a#b\"  # secret\n", "bearer_token", "\"c\"").unwrap();
         assert_eq!(t, "bearer_token: \"c\"  # secret\n");
-        let t = replace_key("primary_domain: a#b\n", "primary_domain", "\"c\"");
+        let t = replace_key("primary_domain: a#b\n", "primary_domain", "\"c\"").unwrap();
         assert_eq!(t, "primary_domain: \"c\"\n");
-        let t = replace_key(text, "http_timeouts.read", "\"45s\"");
+        let t = replace_key(text, "http_timeouts.read", "\"45s\"").unwrap();
         assert!(t.contains("  read: \"45s\"\n"));
-        let t = replace_key(text, "http_timeouts.idle", "\"1m\"");
+        let t = replace_key(text, "http_timeouts.idle", "\"1m\"").unwrap();
         assert!(t.contains("http_timeouts:\n  idle: \"1m\"\n  read: 30s"));
-        let t = replace_key("", "http_timeouts.idle", "\"1m\"");
+        let t = replace_key("", "http_timeouts.idle", "\"1m\"").unwrap();
         assert_eq!(t, "http_timeouts:\n  idle: \"1m\"\n");
+    }
+
+    #[test]
+    fn block_values_are_replaced_whole_and_line_endings_kept() {
+        let text = "a: 1\nsmtp_listen:\n  - \"0.0.0.0:25\"\n\n  - \"[::]:25\"\nport: 3000\n";
+        let t = replace_key(text, "smtp_listen", "[\"127.0.0.1:25\"]").unwrap();
+        assert_eq!(t, "a: 1\nsmtp_listen: [\"127.0.0.1:25\"]\nport: 3000\n");
+        let text = "tls_cipher_suites:\n- A\n- B\n\n# next\nport: 1\n";
+        let t = replace_key(text, "tls_cipher_suites", "[\"C\"]").unwrap();
+        assert_eq!(t, "tls_cipher_suites: [\"C\"]\n\n# next\nport: 1\n");
+        let text = "admin_token: >-\n  long\n  token\nport: 1\n";
+        let t = replace_key(text, "admin_token", "\"x\"").unwrap();
+        assert_eq!(t, "admin_token: \"x\"\nport: 1\n");
+        let text = "http_timeouts:\n  read: >-\n    30s\n  idle: 1m\n";
+        let t = replace_key(text, "http_timeouts.read", "45s").unwrap();
+        assert_eq!(t, "http_timeouts:\n  read: 45s\n  idle: 1m\n");
+        let t = replace_key("port: 1\r\n# c\r\n", "port", "2").unwrap();
+        assert_eq!(t, "port: 2\r\n# c\r\n");
+        let e = replace_key("http_timeouts: {read: 30s}\n", "http_timeouts.idle", "1m");
+        assert!(e.unwrap_err().contains("written on one line"));
     }
 
     #[test]

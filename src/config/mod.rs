@@ -167,7 +167,10 @@ impl Value {
 pub fn check(key: &Key, v: &Value) -> Result<(), String> {
     let text = v.text();
     let ok = match key.kind {
-        Kind::Str | Kind::Secret => !matches!(v, Value::List(_)),
+        Kind::Str => !matches!(v, Value::List(_)),
+        // A token travels in HTTP headers: no line breaks or other control
+        // characters, which no client could send back.
+        Kind::Secret => !matches!(v, Value::List(_)) && !text.chars().any(char::is_control),
         Kind::Bool => matches!(v, Value::Bool(_)) || parse_bool(&text).is_some(),
         Kind::Int => text.parse::<u64>().is_ok(),
         Kind::Size => keys::parse_size(&text).is_some(),
@@ -180,7 +183,14 @@ pub fn check(key: &Key, v: &Value) -> Result<(), String> {
         return Ok(());
     }
     Err(match key.kind {
-        Kind::Str | Kind::Secret => format!("expected a single value, got a list `{text}`"),
+        Kind::Str => format!("expected a single value, got a list `{text}`"),
+        // Never the value of a secret, even a wrong one.
+        Kind::Secret if matches!(v, Value::List(_)) => {
+            "expected a single value, got a list (value not shown)".to_string()
+        }
+        Kind::Secret => {
+            "must not contain line breaks or other control characters (value not shown)".to_string()
+        }
         Kind::Bool => format!("expected true or false, got `{text}`"),
         Kind::Int => format!("expected a whole number, got `{text}`"),
         Kind::Size => format!("expected a size such as 26214400 or 25MB, got `{text}`"),
@@ -399,7 +409,7 @@ fn read_yaml(path: &Path, text: &str) -> Result<Vec<(String, Option<Value>)>, Co
         message,
     };
     let doc: serde_norway::Value =
-        serde_norway::from_str(text).map_err(|e| syntax(e.to_string()))?;
+        serde_norway::from_str(text).map_err(|e| syntax(duplicate_lines(text, e.to_string())))?;
     let map = match doc {
         serde_norway::Value::Null => return Ok(Vec::new()),
         serde_norway::Value::Mapping(m) => m,
@@ -420,6 +430,34 @@ fn read_yaml(path: &Path, text: &str) -> Result<Vec<(String, Option<Value>)>, Co
         }
     }
     Ok(out)
+}
+
+/// The YAML parser places a duplicate key at the start of its mapping;
+/// for a top-level key, say on which lines it is written instead.
+fn duplicate_lines(text: &str, message: String) -> String {
+    let Some(key) = message
+        .strip_prefix("duplicate entry with key \"")
+        .and_then(|r| r.split_once('"'))
+        .map(|(k, _)| k)
+    else {
+        return message;
+    };
+    let at: Vec<String> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+        })
+        .map(|(i, _)| (i + 1).to_string())
+        .collect();
+    if at.len() < 2 {
+        return message;
+    }
+    format!(
+        "key `{key}` is set more than once (lines {})",
+        at.join(", ")
+    )
 }
 
 /// The 1-based line where a (possibly dotted) key is written.
@@ -544,6 +582,14 @@ impl Config {
             self.mail_hostname
         ));
         out
+    }
+
+    /// How many settings come from the config file.
+    pub fn file_settings(&self) -> usize {
+        self.settings
+            .values()
+            .filter(|(_, o)| matches!(o, Origin::File(..)))
+            .count()
     }
 
     /// The keys whose values differ between `self` and `other`, in the

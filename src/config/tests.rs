@@ -138,6 +138,36 @@ fn impossible_values_are_refused() {
 }
 
 #[test]
+fn a_key_set_twice_names_both_lines() {
+    let err = load_text(
+        "port: 1\nmax_message_size: 2MB\n# x\nmax_message_size: 1MB\n",
+        &[],
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("key `max_message_size` is set more than once (lines 2, 4)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_secret_is_refused_without_its_value() {
+    for text in [
+        "admin_token: [\"SECRETLIST-1\", \"SECRETLIST-2\"]\n",
+        "admin_token: \"SECRET\\u0001CTRL\"\n",
+        "bearer_token: \"SECRET\\nLINE\"\n",
+        "webhook_secret: [\"SECRETLIST-1\"]\n",
+    ] {
+        let err = load_text(text, &[], &[]).unwrap_err().to_string();
+        assert!(err.contains(":1: key `"), "{text}: {err}");
+        assert!(err.contains("(value not shown)"), "{text}: {err}");
+        assert!(!err.contains("SECRET"), "{text}: {err}");
+    }
+}
+
+#[test]
 fn a_set_flag_is_named_as_written() {
     let err = load_text("", &[], &[("smtp_rate_window", "0s")])
         .unwrap_err()
