@@ -569,6 +569,9 @@ fn serve(cfg: Config, sources: Sources) -> anyhow::Result<()> {
         domains = %cfg.domains().join(","),
         "gomail listening"
     );
+    if let Err(e) = gomail::control::advertise(&cfg.data_dir, control.addrs()[0]) {
+        tracing::warn!(error = %e, "cannot write data_dir/api.addr; the command line uses the config's port");
+    }
     let api: Vec<String> = control.addrs().iter().map(|a| a.to_string()).collect();
     println!(
         "gomail: SMTP on {} ({} shards); API on {}; mail for {} stored as JSON under {}/inbox",

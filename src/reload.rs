@@ -86,6 +86,12 @@ pub enum ReloadError {
     /// It loads but cannot be applied (e.g. an unreadable certificate).
     #[error(transparent)]
     Apply(#[from] ServerError),
+    /// The file sets nothing, where the running configuration came from
+    /// it: a file being rewritten, or emptied by mistake. Reloading it
+    /// would put every key back to its default (mail for `localhost`
+    /// only, no `admin_token`).
+    #[error("{0}: the file sets no key; not reloading every setting back to its default (restart with it if that is meant)")]
+    Empty(std::path::PathBuf),
 }
 
 struct State {
@@ -147,6 +153,12 @@ impl Reloader {
         let mut state = self.state.lock().expect("reload state");
         let result = config::load(&self.sources)
             .map_err(ReloadError::from)
+            .and_then(|new| match &new.path {
+                Some(path) if new.file_settings() == 0 && state.current.file_settings() > 0 => {
+                    Err(ReloadError::Empty(path.clone()))
+                }
+                _ => Ok(new),
+            })
             .and_then(|new| {
                 self.server.apply(&new)?;
                 Ok(new)

@@ -33,7 +33,9 @@ pub(crate) fn api_of(c: &Config, what: &str) -> anyhow::Result<(std::net::Socket
     let token = c.text("admin_token").with_context(|| {
         format!("admin_token must be set: {what} goes through the running server's management API")
     })?;
-    let mut addr = c.api_listen;
+    // Where the server runs, which may differ from the file's `port` until
+    // it restarts.
+    let mut addr = gomail::control::advertised(&c.data_dir).unwrap_or(c.api_listen);
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

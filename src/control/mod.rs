@@ -84,6 +84,32 @@ pub struct ControlConfig {
     pub trusted: crate::admission::Networks,
 }
 
+/// The file in `data_dir` where a running server writes its API address,
+/// so that the command line reaches it even after `port` or `api_host` was
+/// changed in the file (they apply at the next start).
+pub fn api_address_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("api.addr")
+}
+
+/// Writes `addr` as the running server's API address (see
+/// [`api_address_file`]).
+pub fn advertise(data_dir: &std::path::Path, addr: SocketAddr) -> std::io::Result<()> {
+    crate::fsutil::replace_file(
+        &api_address_file(data_dir),
+        addr.to_string().as_bytes(),
+        0o644,
+    )
+}
+
+/// The API address a server running on `data_dir` wrote, if any.
+pub fn advertised(data_dir: &std::path::Path) -> Option<SocketAddr> {
+    std::fs::read_to_string(api_address_file(data_dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 impl ControlConfig {
     /// The control plane's settings in `cfg`.
     pub fn from_config(cfg: &crate::config::Config) -> ControlConfig {

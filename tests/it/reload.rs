@@ -139,6 +139,17 @@ fn an_invalid_file_is_refused_and_the_running_configuration_stays() {
     let (ok, _, err) = gomail_cli(&g, &["config", "reload"]);
     assert!(!ok);
     assert!(err.contains(&at), "{err}");
+    // An emptied file (a rewrite caught half-way) would reset every key.
+    std::fs::write(&g.config, "# being rewritten\n").unwrap();
+    let (status, _, body) = http_with(
+        g.api,
+        "POST",
+        "/api/v1/reload",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("the file sets no key"), "{body}");
 
     // Nothing changed: new sessions still get the old SIZE, and a good
     // file applies afterwards.
@@ -249,4 +260,20 @@ fn reload_applies_tokens_api_limits_and_domains_and_names_what_needs_a_restart()
         !all.contains(ADMIN) && !all.contains(NEW),
         "a token is in the log"
     );
+}
+
+#[test]
+fn the_command_line_reaches_the_server_after_its_port_changed_in_the_file() {
+    let g = Gomail::start(&format!("port: {}\nadmin_token: {ADMIN}\n", api_port()));
+    let other = api_port().to_string();
+    let (ok, out, err) = gomail_cli(&g, &["config", "set", "port", &other, "--reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("needs a restart: port"), "{out}");
+    // The file now names a port nobody listens on; the server still runs
+    // on its own, and the command line finds it there.
+    let (ok, out, err) = gomail_cli(&g, &["config", "reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("needs a restart: port"), "{out}");
+    let (ok, out, err) = gomail_cli(&g, &["security", "banned-ips"]);
+    assert!(ok, "{out}{err}");
 }
