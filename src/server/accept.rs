@@ -33,7 +33,16 @@ pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result
         tls: None,
         require_tls: false,
     };
-    if state.spool.outstanding() as u64 >= state.live().max_backlog {
+    let live = state.live();
+    // The message checks a session applies at the end of DATA; the
+    // sender's domain is the caller's (an authenticated client, exempt
+    // like trusted networks).
+    if live.session.strict_headers {
+        if let Some(r) = crate::smtp::headers::check(&tx.body) {
+            return Err(r);
+        }
+    }
+    if state.spool.outstanding() as u64 >= live.max_backlog {
         state.stats.borrow_mut().spool_backlog_refusals += 1;
         return Err(Reply::BACKLOG_FULL);
     }

@@ -296,10 +296,17 @@ fn is_domain(s: &str) -> bool {
 
 /// True for a domain a sender can really have: an address literal, or a
 /// name of two labels or more whose last one has a letter and is not one
-/// RFC 6761 keeps from ever resolving (`localhost`, `invalid`).
+/// RFC 6761 keeps from ever resolving (`localhost`, `invalid`). A UTF-8
+/// name is judged by its IDNA (ASCII) form.
 pub fn is_fqdn(domain: &str) -> bool {
     if is_address_literal(domain) {
         return true;
+    }
+    if !domain.is_ascii() {
+        // Judged as DNS will see it (UTS #46): `ｌｏｃａｌｈｏｓｔ` and a name
+        // with invisible characters are the names they map to; one that
+        // does not map is no domain at all.
+        return idna::domain_to_ascii(domain).is_ok_and(|ascii| is_fqdn(&ascii));
     }
     let Some((_, tld)) = domain.trim_end_matches('.').rsplit_once('.') else {
         return false;

@@ -71,6 +71,19 @@ fn reject_invalid_domains_refuses_senders_that_are_not_fully_qualified() {
             format!("504 5.5.2 <{bad}>: Sender address rejected: need fully-qualified address\r\n")
         );
     }
+    // Internationalized names are judged by their IDNA form.
+    for bad in [
+        "a@foo.ｉｎｖａｌｉｄ",
+        "a@foo.ⓛⓞⓒⓐⓛⓗⓞⓢⓣ",
+        "a@foo.local\u{AD}host",
+        "a@foo.localhost\u{200B}",
+    ] {
+        let r = c.cmd(&format!("MAIL FROM:<{bad}> SMTPUTF8"));
+        assert!(r.starts_with("504 5.5.2"), "{bad}: {r}");
+    }
+    let r = c.cmd("MAIL FROM:<a@bücher.example> SMTPUTF8");
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("RSET");
     for ok in ["<a@mail.client.test>", "<a@[192.0.2.1]>", "<>"] {
         let r = c.cmd(&format!("MAIL FROM:{ok}"));
         assert!(r.starts_with("250"), "{ok}: {r}");
@@ -87,4 +100,38 @@ fn reject_invalid_domains_refuses_senders_that_are_not_fully_qualified() {
     let mut c = Client::connect_from(off.addr, Some(remote()));
     c.cmd("EHLO client.test");
     assert!(c.cmd("MAIL FROM:<a@localhost>").starts_with("250"));
+}
+
+#[test]
+fn strict_headers_applies_to_mail_injected_through_the_api() {
+    let g = Gomail::start("bearer_token: inject-tok\nvalidation:\n  strict_headers: true\n");
+    let post = |raw: &str| {
+        let body = serde_json::json!({ "sender": "a@client.test", "recipient": "u@example.test", "raw": raw });
+        let (status, _, text) = super::harness::http_with(
+            g.api,
+            "POST",
+            "/mail/inbound",
+            &[("Authorization", "Bearer inject-tok")],
+            &body.to_string(),
+        );
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        )
+    };
+    let (status, v) = post(&format!(
+        "From: <a@client.test>\nFrom: <ceo@bank.test>\n{DATE}\nbody\n"
+    ));
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["details"]["smtp_reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("550 5.6.0"),
+        "{v}"
+    );
+    let (status, v) = post(&format!(
+        "From: <a@client.test>\n{DATE}Subject: ok\n\nbody\n"
+    ));
+    assert_eq!(status, 200, "{v}");
 }
