@@ -15,6 +15,18 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
+/// `POST /api/v1/reload` with `Authorization: <auth>`: (status, body).
+fn reload_via_api(g: &Gomail, auth: &str) -> (u16, String) {
+    let (status, _, body) = http_with(
+        g.api,
+        "POST",
+        "/api/v1/reload",
+        &[("Authorization", auth)],
+        "",
+    );
+    (status, body)
+}
+
 /// A message of about `kib` KiB.
 fn message_of(kib: usize) -> String {
     let mut m = String::from("Subject: sized\r\n\r\n");
@@ -124,13 +136,7 @@ fn an_invalid_file_is_refused_and_the_running_configuration_stays() {
     assert_eq!(failed["source"], "SIGHUP");
 
     let auth = format!("Bearer {ADMIN}");
-    let (status, _, body) = http_with(
-        g.api,
-        "POST",
-        "/api/v1/reload",
-        &[("Authorization", &auth)],
-        "",
-    );
+    let (status, body) = reload_via_api(&g, &auth);
     assert_eq!(status, 400, "{body}");
     let v = json(&body);
     assert_eq!(v["error"], "validation_error");
@@ -141,13 +147,7 @@ fn an_invalid_file_is_refused_and_the_running_configuration_stays() {
     assert!(err.contains(&at), "{err}");
     // An emptied file (a rewrite caught half-way) would reset every key.
     std::fs::write(&g.config, "# being rewritten\n").unwrap();
-    let (status, _, body) = http_with(
-        g.api,
-        "POST",
-        "/api/v1/reload",
-        &[("Authorization", &auth)],
-        "",
-    );
+    let (status, body) = reload_via_api(&g, &auth);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("the file sets no key"), "{body}");
 
@@ -202,13 +202,7 @@ fn reload_applies_tokens_api_limits_and_domains_and_names_what_needs_a_restart()
         );
     std::fs::write(&g.config, text).unwrap();
     // The reload is asked with the token in force until it applies.
-    let (status, _, body) = http_with(
-        g.api,
-        "POST",
-        "/api/v1/reload",
-        &[("Authorization", &old)],
-        "",
-    );
+    let (status, body) = reload_via_api(&g, &old);
     assert_eq!(status, 200, "{body}");
     let v = json(&body);
     assert_eq!(v["status"], "success");
