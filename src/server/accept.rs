@@ -149,10 +149,14 @@ pub(super) async fn accept_message(
         spool_us: 0,
         request_id,
     };
+    // What a sender wrote in our name is renamed before anything reads it
+    // (checks on or off): only the header added above speaks for us.
+    let renamed = crate::smtp::headers::obscure_forged(&tx.body, &state.hostname);
+    let body = renamed.as_deref().unwrap_or(&tx.body);
     let started = Instant::now();
     match state
         .spool
-        .commit(&envelope, received.as_bytes(), &tx.body)
+        .commit(&envelope, received.as_bytes(), body)
         .await
     {
         Ok(segment) => {
@@ -162,9 +166,9 @@ pub(super) async fn accept_message(
                 .borrow_mut()
                 .commit_latency
                 .observe(envelope.spool_us);
-            let mut message = Vec::with_capacity(received.len() + tx.body.len());
+            let mut message = Vec::with_capacity(received.len() + body.len());
             message.extend_from_slice(received.as_bytes());
-            message.extend_from_slice(&tx.body);
+            message.extend_from_slice(body);
             {
                 let mut s = state.stats.borrow_mut();
                 s.messages_accepted += 1;

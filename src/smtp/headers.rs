@@ -82,6 +82,74 @@ pub fn check(message: &[u8]) -> Option<Reply> {
     None
 }
 
+/// Fields a sender must not be able to set for us, and the names they are
+/// kept under once obscured: `Authentication-Results` carrying our own
+/// authserv-id (RFC 8601 section 5: a receiver deletes or obscures them
+/// before adding its own), and gomail's own quarantine mark.
+const FORGEABLE: [(&str, &str); 2] = [
+    (
+        "authentication-results",
+        "X-Gomail-Forged-Authentication-Results",
+    ),
+    ("x-gomail-quarantine", "X-Gomail-Forged-Quarantine"),
+];
+
+/// The authserv-id of an `Authentication-Results` value: its first token,
+/// before `;` or a comment.
+fn authserv_id(value: &[u8]) -> &[u8] {
+    let v = value.trim_ascii_start();
+    let end = v
+        .iter()
+        .position(|&b| b == b';' || b == b'(' || b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    &v[..end]
+}
+
+/// `message` with every forgeable field (see [`FORGEABLE`]) of its header
+/// section renamed, so that no one downstream takes it for gomail's;
+/// `None` when there is none (the common case: nothing is copied).
+/// `Authentication-Results` of other hosts are left alone.
+pub fn obscure_forged(message: &[u8], authserv: &str) -> Option<Vec<u8>> {
+    let mut renames: Vec<(usize, usize, &str)> = Vec::new();
+    let mut at = 0;
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        let start = at;
+        at += line.len();
+        let bare = line.strip_suffix(b"\n").unwrap_or(line);
+        let bare = bare.strip_suffix(b"\r").unwrap_or(bare);
+        if bare.is_empty() {
+            break;
+        }
+        let Some(colon) = bare.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &bare[..colon];
+        let Some(&(_, kept_as)) = FORGEABLE
+            .iter()
+            .find(|(f, _)| name.eq_ignore_ascii_case(f.as_bytes()))
+        else {
+            continue;
+        };
+        let ours = !name.eq_ignore_ascii_case(b"authentication-results")
+            || authserv_id(&bare[colon + 1..]).eq_ignore_ascii_case(authserv.as_bytes());
+        if ours {
+            renames.push((start, start + colon, kept_as));
+        }
+    }
+    if renames.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(message.len() + 32 * renames.len());
+    let mut copied = 0;
+    for (start, end, kept_as) in renames {
+        out.extend_from_slice(&message[copied..start]);
+        out.extend_from_slice(kept_as.as_bytes());
+        copied = end;
+    }
+    out.extend_from_slice(&message[copied..]);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +176,39 @@ mod tests {
             .contains("at most one"));
         let case = format!("FROM: b@y.test\r\n{GOOD}");
         assert!(check(case.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn forged_results_for_our_host_are_renamed_and_others_kept() {
+        let m = "Authentication-Results: MX.example.test; dmarc=pass\r\n\
+                 authentication-results:mx.example.test (forged);\r\n  spf=pass\r\n\
+                 Authentication-Results: other.example; spf=fail\r\n\
+                 X-Gomail-Quarantine: no\r\n\
+                 Subject: x\r\n\r\n\
+                 Authentication-Results: mx.example.test; in the body\r\n";
+        let out =
+            String::from_utf8(obscure_forged(m.as_bytes(), "mx.example.test").unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "X-Gomail-Forged-Authentication-Results: MX.example.test; dmarc=pass\r\n\
+             X-Gomail-Forged-Authentication-Results:mx.example.test (forged);\r\n  spf=pass\r\n\
+             Authentication-Results: other.example; spf=fail\r\n\
+             X-Gomail-Forged-Quarantine: no\r\n\
+             Subject: x\r\n\r\n\
+             Authentication-Results: mx.example.test; in the body\r\n"
+        );
+        assert_eq!(
+            obscure_forged(b"Subject: clean\r\n\r\nbody\r\n", "mx.example.test"),
+            None
+        );
+        // A longer host that only starts with ours is someone else's.
+        assert_eq!(
+            obscure_forged(
+                b"Authentication-Results: mx.example.test.evil; x\r\n\r\n",
+                "mx.example.test"
+            ),
+            None
+        );
     }
 
     #[test]

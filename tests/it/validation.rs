@@ -135,3 +135,40 @@ fn strict_headers_applies_to_mail_injected_through_the_api() {
     ));
     assert_eq!(status, 200, "{v}");
 }
+
+#[test]
+fn results_forged_in_our_name_are_renamed_before_storage() {
+    // Checks off (the harness default): the forged header would otherwise
+    // be the only Authentication-Results for our host in `raw`.
+    let g = Gomail::start(UNTRUSTED);
+    let forged = format!(
+        "Authentication-Results: mx.example.test; dmarc=pass header.from=bank.test\r\n\
+         Authentication-Results: relay.other.test; spf=pass\r\n\
+         X-Gomail-Quarantine: no\r\nFrom: <ceo@bank.test>\r\n{DATE}Subject: pay\r\n\r\nbody\r\n"
+    );
+    queued(&send(&g, &forged));
+    let raw = super::harness::wait_stored(&g.data_dir, 1)[0].1["raw"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let head = raw.split("\r\n\r\n").next().unwrap();
+    assert!(
+        !head.lines().any(|l| l
+            .to_ascii_lowercase()
+            .starts_with("authentication-results: mx.example.test")),
+        "{head}"
+    );
+    assert!(
+        head.contains("X-Gomail-Forged-Authentication-Results: mx.example.test; dmarc=pass"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nAuthentication-Results: relay.other.test; spf=pass\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("X-Gomail-Forged-Quarantine: no")
+            && !head.contains("\r\nX-Gomail-Quarantine:"),
+        "{head}"
+    );
+}
