@@ -58,13 +58,58 @@ impl Endpoint {
     }
 }
 
-/// What one attempt produced.
+/// Why an attempt got no HTTP answer: what the retry policy decides on
+/// (`retry::classify`), while [`Attempt::detail`] says it in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The host of `api_endpoint` did not resolve, refused or reset the
+    /// connection, or closed it during the TLS handshake.
+    Connect,
+    /// No complete answer within `webhook_timeout`.
+    Timeout,
+    /// TLS failed: the receiver's certificate is not trusted (see
+    /// `webhook_ca_file`), is not valid for the host in `api_endpoint`, or
+    /// the handshake was refused. Retrying does not fix it.
+    Tls,
+    /// The connection broke or HTTP went wrong after it was set up.
+    Protocol,
+}
+
+impl Failure {
+    /// Its name in dead letters and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Tls => "tls",
+            Failure::Protocol => "protocol",
+        }
+    }
+}
+
+/// A failure and its words, on the way up to [`Attempt`].
+#[derive(Debug)]
+struct Failed(Failure, String);
+
+impl Failed {
+    fn connect(detail: String) -> Failed {
+        Failed(Failure::Connect, detail)
+    }
+
+    fn protocol(detail: String) -> Failed {
+        Failed(Failure::Protocol, detail)
+    }
+}
+
+/// What one attempt produced: either a `status` or a `failure`.
 #[derive(Debug, Clone)]
 pub struct Attempt {
     /// When it started (Unix milliseconds).
     pub at_ms: i64,
     /// The HTTP status, if the receiver answered.
     pub status: Option<u16>,
+    /// Why there was no answer.
+    pub failure: Option<Failure>,
     /// `Retry-After`, in seconds form.
     pub retry_after: Option<Duration>,
     /// How long the attempt took.
@@ -105,7 +150,7 @@ impl Webhook {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Failed> {
         let (host, port) = (self.endpoint.host.clone(), self.endpoint.port);
         // Name resolution is blocking in std: done off the shard's loop.
         let addrs: Vec<SocketAddr> = glommio::executor()
@@ -114,22 +159,26 @@ impl Webhook {
                 (host.as_str(), port).to_socket_addrs().map(|a| a.collect())
             })
             .await
-            .map_err(|e| format!("resolving {}: {e}", self.endpoint.host))?;
-        let addr = *addrs.first().ok_or("no address for the webhook host")?;
+            .map_err(|e| Failed::connect(format!("resolving {}: {e}", self.endpoint.host)))?;
+        let addr = *addrs
+            .first()
+            .ok_or_else(|| Failed::connect("no address for the webhook host".into()))?;
         let tcp = glommio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            .map_err(|e| Failed::connect(format!("connecting to {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         // The timeout is applied around the whole exchange (see `post`).
         let builder = hyper::client::conn::http1::Builder::new();
         match &self.tls {
             Some(connector) => {
                 let name = rustls::pki_types::ServerName::try_from(self.endpoint.host.clone())
-                    .map_err(|e| format!("TLS server name: {e}"))?;
-                let stream = connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+                    .map_err(|e| Failed(Failure::Tls, format!("TLS server name: {e}")))?;
+                let stream = connector.connect(name, tcp).await.map_err(|e| {
+                    Failed(
+                        handshake_failure(&e),
+                        format!("TLS handshake with {addr}: {e}"),
+                    )
+                })?;
                 start_connection(builder, stream).await
             }
             None => start_connection(builder, tcp).await,
@@ -142,7 +191,10 @@ impl Webhook {
         let at_ms = chrono::Utc::now().timestamp_millis();
         let outcome = future::or(self.exchange(id, body), async {
             glommio::timer::sleep(self.timeout).await;
-            Err(format!("no answer within {:?}", self.timeout))
+            Err(Failed(
+                Failure::Timeout,
+                format!("no answer within {:?}", self.timeout),
+            ))
         })
         .await;
         let latency = started.elapsed();
@@ -150,13 +202,15 @@ impl Webhook {
             Ok((status, retry_after, detail)) => Attempt {
                 at_ms,
                 status: Some(status),
+                failure: None,
                 retry_after,
                 latency,
                 detail,
             },
-            Err(detail) => Attempt {
+            Err(Failed(failure, detail)) => Attempt {
                 at_ms,
                 status: None,
+                failure: Some(failure),
                 retry_after: None,
                 latency,
                 detail,
@@ -168,7 +222,7 @@ impl Webhook {
         &self,
         id: &str,
         body: Bytes,
-    ) -> Result<(u16, Option<Duration>, String), String> {
+    ) -> Result<(u16, Option<Duration>, String), Failed> {
         let reused = loop {
             let candidate = self.idle.borrow_mut().pop();
             match candidate {
@@ -183,7 +237,7 @@ impl Webhook {
         };
         future::poll_fn(|cx| sender.poll_ready(cx))
             .await
-            .map_err(|e| format!("connection: {e}"))?;
+            .map_err(|e| Failed::protocol(format!("connection: {e}")))?;
         let ts = chrono::Utc::now().timestamp();
         let mut req = hyper::Request::post(self.endpoint.path.as_str())
             .header("host", self.host_header())
@@ -201,11 +255,13 @@ impl Webhook {
         if let Some(token) = &self.bearer {
             req = req.header("authorization", format!("Bearer {token}"));
         }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| Failed::protocol(e.to_string()))?;
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| Failed::protocol(format!("request: {e}")))?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -240,19 +296,31 @@ impl Webhook {
 async fn start_connection<T>(
     builder: hyper::client::conn::http1::Builder,
     io: T,
-) -> Result<SendRequest<Full<Bytes>>, String>
+) -> Result<SendRequest<Full<Bytes>>, Failed>
 where
     T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
     let (sender, conn) = builder
         .handshake(HyperIo(io))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failed::protocol(e.to_string()))?;
     glommio::spawn_local(async move {
         let _ = conn.await;
     })
     .detach();
     Ok(sender)
+}
+
+/// What a failed TLS handshake was. rustls's own errors (an untrusted or
+/// expired certificate, a name it is not valid for, an alert from the
+/// receiver) come wrapped in the `io::Error`; any other error is the
+/// connection's (reset, closed mid-handshake) and is worth another try.
+fn handshake_failure(e: &std::io::Error) -> Failure {
+    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        Failure::Tls
+    } else {
+        Failure::Connect
+    }
 }
 
 /// The TLS client configuration for HTTPS webhooks: the system's roots,
@@ -303,5 +371,34 @@ mod tests {
         );
         assert!(Endpoint::parse("ftp://x/").is_none());
         assert!(Endpoint::parse("http://:80/").is_none());
+    }
+
+    #[test]
+    fn handshake_errors_from_rustls_are_tls_and_others_are_the_connections() {
+        use std::io::{Error, ErrorKind};
+        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(
+            handshake_failure(&Error::new(ErrorKind::InvalidData, untrusted)),
+            Failure::Tls
+        );
+        let wrong_name =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
+        assert_eq!(
+            handshake_failure(&Error::new(ErrorKind::InvalidData, wrong_name)),
+            Failure::Tls
+        );
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
+        assert_eq!(
+            handshake_failure(&Error::new(ErrorKind::InvalidData, alert)),
+            Failure::Tls
+        );
+        assert_eq!(
+            handshake_failure(&Error::from(ErrorKind::ConnectionReset)),
+            Failure::Connect
+        );
+        assert_eq!(
+            handshake_failure(&Error::new(ErrorKind::UnexpectedEof, "tls handshake eof")),
+            Failure::Connect
+        );
     }
 }

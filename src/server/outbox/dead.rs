@@ -82,6 +82,7 @@ pub(super) async fn dead_letter(
         json!({
             "at": chrono::DateTime::from_timestamp_millis(a.at_ms).unwrap_or_default().to_rfc3339(),
             "status": a.status,
+            "failure": a.failure.map(|f| f.as_str()),
             "latency_ms": a.latency.as_millis() as u64,
             "detail": a.detail,
         })
