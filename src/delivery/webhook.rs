@@ -11,11 +11,21 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Buf, Bytes};
 use hyper::client::conn::http1::SendRequest;
 use shards::http::HyperIo;
 
 use super::sign::{signature_header_all, Secret, SigningKey};
+
+/// The most of a receiver's answer gomail reads. Only its start is kept
+/// ([`DETAIL_MAX`]); past this, gomail stops reading and closes the
+/// connection instead of reusing it, so a receiver answering without end
+/// costs neither memory nor time.
+pub const MAX_ANSWER: usize = 64 * 1024;
+
+/// How much of the receiver's answer is kept, for logs, dead letters and
+/// the SMTP reply in sync mode.
+pub const DETAIL_MAX: usize = 512;
 
 /// Where and how to deliver.
 #[derive(Debug, Clone)]
@@ -268,14 +278,11 @@ impl Webhook {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(super::retry::parse_retry_after);
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let detail = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-        if !sender.is_closed() {
+        let (kept, whole) = read_answer(resp.into_body(), MAX_ANSWER, DETAIL_MAX).await;
+        let detail = String::from_utf8_lossy(&kept).into_owned();
+        // An answer read only in part (too long, or broken) leaves the
+        // connection mid-message: it is dropped, not reused.
+        if whole && !sender.is_closed() {
             self.idle.borrow_mut().push(sender);
         }
         Ok((status, retry_after, detail))
@@ -287,6 +294,38 @@ impl Webhook {
             self.endpoint.host.clone()
         } else {
             format!("{}:{}", self.endpoint.host, self.endpoint.port)
+        }
+    }
+}
+
+/// Reads an answer's body up to `limit` bytes and keeps its first `keep`.
+/// The flag is true when the body ended within the limit; false when it
+/// was longer (reading stopped there) or broke.
+async fn read_answer<B>(mut body: B, limit: usize, keep: usize) -> (Vec<u8>, bool)
+where
+    B: hyper::body::Body + Unpin,
+{
+    let mut kept = Vec::new();
+    let mut read = 0usize;
+    loop {
+        let Some(frame) = body.frame().await else {
+            return (kept, true);
+        };
+        let Ok(frame) = frame else {
+            return (kept, false);
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue; // trailers
+        };
+        read = read.saturating_add(data.remaining());
+        while kept.len() < keep && data.has_remaining() {
+            let chunk = data.chunk();
+            let n = chunk.len().min(keep - kept.len());
+            kept.extend_from_slice(&chunk[..n]);
+            data.advance(n);
+        }
+        if read > limit {
+            return (kept, false);
         }
     }
 }
@@ -371,6 +410,56 @@ mod tests {
         );
         assert!(Endpoint::parse("ftp://x/").is_none());
         assert!(Endpoint::parse("http://:80/").is_none());
+    }
+
+    /// A body of `frames` frames of 1,000 bytes that counts the bytes
+    /// taken from it.
+    fn counted_body(
+        frames: usize,
+        taken: &std::rc::Rc<std::cell::Cell<usize>>,
+    ) -> impl hyper::body::Body<Data = Bytes, Error = std::io::Error> + Unpin {
+        use futures_lite::StreamExt;
+        let taken = taken.clone();
+        let frames = futures_lite::stream::repeat_with(move || {
+            taken.set(taken.get() + 1000);
+            Ok(hyper::body::Frame::data(Bytes::from_static(&[b'x'; 1000])))
+        })
+        .take(frames);
+        http_body_util::StreamBody::new(frames)
+    }
+
+    #[test]
+    fn a_long_answer_is_read_only_up_to_the_limit() {
+        let taken = std::rc::Rc::new(std::cell::Cell::new(0));
+        // 10 MB answered: gomail reads one frame past 64 KiB and stops.
+        let (kept, whole) = future::block_on(read_answer(
+            counted_body(10_000, &taken),
+            MAX_ANSWER,
+            DETAIL_MAX,
+        ));
+        assert!(!whole);
+        assert_eq!(kept, vec![b'x'; DETAIL_MAX]);
+        assert!(
+            taken.get() <= MAX_ANSWER + 1000,
+            "read {} bytes",
+            taken.get()
+        );
+        // An answer within the limit is read to its end.
+        let taken = std::rc::Rc::new(std::cell::Cell::new(0));
+        let (kept, whole) = future::block_on(read_answer(
+            counted_body(65, &taken),
+            MAX_ANSWER,
+            DETAIL_MAX,
+        ));
+        assert!(whole);
+        assert_eq!((kept.len(), taken.get()), (DETAIL_MAX, 65_000));
+        let (kept, whole) = future::block_on(read_answer(
+            Full::new(Bytes::from_static(b"answer 503")),
+            MAX_ANSWER,
+            DETAIL_MAX,
+        ));
+        assert!(whole);
+        assert_eq!(kept, b"answer 503");
     }
 
     #[test]
