@@ -24,6 +24,8 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, NaiveDateTime, Utc};
+
 use super::webhook::Failure;
 
 /// The longest wait between two attempts.
@@ -150,9 +152,31 @@ pub fn delay(base: Duration, retry: u32, retry_after: Option<Duration>, jitter: 
     }
 }
 
-/// Parses a `Retry-After` header given in seconds (HTTP dates are ignored).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// Parses `Retry-After` (RFC 9110 section 10.2.3): a number of seconds, or
+/// an HTTP-date, turned into the wait from `now` (a date already past: no
+/// wait). `None` for anything else, which is then ignored.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = http_date(value)?;
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// An HTTP-date (RFC 9110 section 5.6.7): the IMF-fixdate receivers send
+/// (`Wed, 21 Oct 2015 07:28:00 GMT`, which RFC 2822 parsing covers), and
+/// the two obsolete forms every recipient must still accept, RFC 850
+/// (`Wednesday, 21-Oct-15 07:28:00 GMT`) and asctime (`Wed Oct 21 07:28:00
+/// 2015`).
+fn http_date(value: &str) -> Option<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc2822(value) {
+        return Some(at.with_timezone(&Utc));
+    }
+    ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"]
+        .iter()
+        .find_map(|form| NaiveDateTime::parse_from_str(value, form).ok())
+        .map(|at| at.and_utc())
 }
 
 #[cfg(test)]
@@ -290,7 +314,41 @@ mod tests {
             delay(b, 3, Some(Duration::from_secs(1)), 0.5),
             Duration::from_secs(20)
         );
-        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date_from_now() {
+        use chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2015, 10, 21, 7, 27, 30).unwrap();
+        let parse = |v| parse_retry_after(v, now);
+        assert_eq!(parse(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(parse("0"), Some(Duration::ZERO));
+        assert_eq!(
+            parse("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse("Wed, 21 Oct 2015 09:27:30 GMT"),
+            Some(Duration::from_secs(2 * 3600))
+        );
+        // The obsolete forms.
+        assert_eq!(
+            parse("Wednesday, 21-Oct-15 07:28:00 GMT"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse("Wed Oct 21 07:28:00 2015"),
+            Some(Duration::from_secs(30))
+        );
+        // asctime pads a one-digit day with a space.
+        assert_eq!(
+            parse("Sun Nov  1 07:27:30 2015"),
+            Some(Duration::from_secs(11 * 86400))
+        );
+        // A date already past: no wait (the backoff applies).
+        assert_eq!(parse("Wed, 21 Oct 2015 07:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse("soon"), None);
+        assert_eq!(parse("-5"), None);
+        assert_eq!(parse("Wed, 32 Oct 2015 07:28:00 GMT"), None);
     }
 }

@@ -120,7 +120,8 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// Why there was no answer.
     pub failure: Option<Failure>,
-    /// `Retry-After`, in seconds form.
+    /// The wait `Retry-After` asked for (seconds, or an HTTP-date as seen
+    /// when the answer came).
     pub retry_after: Option<Duration>,
     /// How long the attempt took.
     pub latency: Duration,
@@ -277,7 +278,7 @@ impl Webhook {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(super::retry::parse_retry_after);
+            .and_then(|v| super::retry::parse_retry_after(v, chrono::Utc::now()));
         let (kept, whole) = read_answer(resp.into_body(), MAX_ANSWER, DETAIL_MAX).await;
         let detail = String::from_utf8_lossy(&kept).into_owned();
         // An answer read only in part (too long, or broken) leaves the

@@ -170,3 +170,25 @@ fn in_sync_mode_a_tls_failure_is_temporary_for_the_client_and_no_dead_letter() {
     assert!(r.contains("invalid peer certificate"), "{r}");
     assert!(!g.data_dir.join("dead").exists(), "no dead letter");
 }
+
+#[test]
+fn a_retry_after_http_date_is_honoured() {
+    // The backoff alone would retry after about 100 ms; the receiver asks,
+    // with a date, for 2 to 3 seconds.
+    let rx = receiver(Mode::DatedScript(VecDeque::from([(503, Some(3))])));
+    let g = Gomail::start(&rx.config("webhook_retry_delay: 100ms\nwebhook_retries: 5\n"));
+    let id = send_one(&g, "dated");
+    rx.wait_delivered(std::slice::from_ref(&id));
+    let log = rx.log();
+    assert_eq!(
+        log.iter().map(|r| r.answered).collect::<Vec<_>>(),
+        [503, 200]
+    );
+    let named = log[0].retry_at.expect("a dated Retry-After");
+    // A margin for the two processes noting the time a little apart.
+    assert!(
+        log[1].at + Duration::from_millis(200) >= named,
+        "retried {:?} before the date",
+        named - log[1].at
+    );
+}
