@@ -2,7 +2,8 @@
 //! `api_endpoint` from the shard that accepted it (no central queue).
 //!
 //! A message leaves the outbox only delivered (2xx) or dead-lettered (a
-//! permanent 4xx, or retries used up), and only then is it recorded as done
+//! permanent 4xx, a TLS failure, 401/403/404 for too long, or retries used
+//! up: see `delivery::retry`), and only then is it recorded as done
 //! in the spool: a crash at any point means it is delivered again after the
 //! restart, with the same `webhook-id` (its queue id), so receivers can drop
 //! duplicates. At-least-once, never lost.
@@ -16,7 +17,7 @@ use futures_lite::future;
 use hyper::body::Bytes;
 
 use super::ShardState;
-use crate::delivery::retry::{self, Verdict};
+use crate::delivery::retry::{self, Next, Verdict};
 use crate::delivery::webhook::{Attempt, Webhook};
 use crate::spool::{store, Spooled};
 
@@ -106,6 +107,8 @@ struct Pending {
     item: Item,
     attempts: Vec<Attempt>,
     due: Instant,
+    /// Its first 401/403/404 answer, from which `retry::DENIED_GRACE` runs.
+    denied_since: Option<Instant>,
 }
 
 /// Messages waiting for (another) delivery attempt.
@@ -166,6 +169,7 @@ impl Outbox {
             item,
             attempts: Vec::new(),
             due: Instant::now(),
+            denied_since: None,
         });
         let _ = self.wake.0.try_send(());
     }
@@ -192,8 +196,9 @@ impl Outbox {
     /// What a receiver's answer means for the shard, whether it came to a
     /// queued delivery or to one the client waited for: `410 Gone` disables
     /// delivery (loudly) until restart, and the caller keeps the message;
-    /// failures count toward the circuit breaker, a success closes it.
-    /// Returns true for 410.
+    /// answers saying the receiver is unusable (`Verdict::receiver_failing`:
+    /// retryable failures, 401/403/404, TLS failures) count toward the
+    /// circuit breaker, any other answer closes it. Returns true for 410.
     fn note_answer(
         &self,
         shard: usize,
@@ -213,7 +218,7 @@ impl Outbox {
             return true;
         }
         let mut b = self.breaker.borrow_mut();
-        if verdict == Verdict::Retry {
+        if verdict.receiver_failing() {
             match b.failed(Instant::now(), probe) {
                 Failed::Counted => {}
                 Failed::Opened => tracing::warn!(
@@ -347,7 +352,7 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending, probe: bool) {
     };
     let body = Bytes::from(body);
     let a = cfg.client.post(&id, body.clone()).await;
-    let verdict = retry::classify(a.status);
+    let verdict = retry::classify(a.status, a.failure);
     record_attempt(state, &a);
     let retry_after = a.retry_after;
     let status = a.status;
@@ -357,8 +362,15 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending, probe: bool) {
         outbox.ready.borrow_mut().push_front(p);
         return;
     }
-    match verdict {
-        Verdict::Delivered => {
+    let tried = p.attempts.len() as u32;
+    match retry::next(
+        verdict,
+        tried,
+        cfg.retries,
+        &mut p.denied_since,
+        Instant::now(),
+    ) {
+        Next::Delivered => {
             let received_at_ms = match &p.item {
                 Item::Recipient { share, .. } => share
                     .msg
@@ -377,15 +389,14 @@ async fn attempt(state: &Rc<ShardState>, mut p: Pending, probe: bool) {
                 }
             }
         }
-        Verdict::Retry if (p.attempts.len() as u32) <= cfg.retries => {
-            let n = p.attempts.len() as u32;
-            let wait = retry::delay(cfg.retry_delay, n, retry_after, fastrand::f64());
-            tracing::info!(shard = state.id, %id, status = ?status, retry_in = ?wait, attempt = n, "webhook delivery failed; will retry");
+        Next::Retry => {
+            let wait = retry::delay(cfg.retry_delay, tried, retry_after, fastrand::f64());
+            tracing::info!(shard = state.id, %id, status = ?status, retry_in = ?wait, attempt = tried, "webhook delivery failed; will retry");
             p.due = Instant::now() + wait;
             outbox.defer(p);
             let _ = outbox.wake.0.try_send(());
         }
-        _ => dead::dead_letter(state, p, verdict, &body).await,
+        Next::DeadLetter(why) => dead::dead_letter(state, p, why, &body).await,
     }
 }
 

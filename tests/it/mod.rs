@@ -17,4 +17,5 @@ mod smtp;
 mod tls;
 mod validation;
 mod webhook;
+mod webhook_classes;
 mod webhook_receiver;

@@ -19,6 +19,9 @@ pub(crate) enum Mode {
     /// These statuses (with an optional Retry-After), then 200. [`HANG`]
     /// and [`CLOSE`] stand for no answer at all.
     Script(VecDeque<(u16, Option<u64>)>),
+    /// Like `Script`, but each Retry-After is an HTTP-date that many
+    /// seconds ahead (in whole seconds, so up to a second less).
+    DatedScript(VecDeque<(u16, Option<u64>)>),
     /// Fails (500) this share of requests at random.
     Flaky(f64),
     /// Always this status.
@@ -47,6 +50,8 @@ pub(crate) struct Received {
     pub(crate) signature: String,
     pub(crate) at: Instant,
     pub(crate) answered: u16,
+    /// The moment a Retry-After HTTP-date it answered names.
+    pub(crate) retry_at: Option<Instant>,
 }
 
 impl Received {
@@ -128,8 +133,13 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
                                 (Some(i), Some(t), Some(s)) => verify(SECRET, i, t, &body, s),
                                 _ => false,
                             };
+                            let mut dated = false;
                             let (status, retry_after) = match &mut *m.lock().unwrap() {
                                 Mode::Script(q) => q.pop_front().unwrap_or((200, None)),
+                                Mode::DatedScript(q) => {
+                                    dated = true;
+                                    q.pop_front().unwrap_or((200, None))
+                                }
                                 Mode::Flaky(p) => {
                                     (if fastrand::f64() < *p { 500 } else { 200 }, None)
                                 }
@@ -143,6 +153,22 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
                             if let Some(d) = slow {
                                 tokio::time::sleep(d).await;
                             }
+                            let (retry_after, retry_at) = match retry_after {
+                                Some(s) if dated => {
+                                    use chrono::Timelike;
+                                    let now = chrono::Utc::now();
+                                    let at = (now + chrono::Duration::seconds(s as i64))
+                                        .with_nanosecond(0)
+                                        .unwrap();
+                                    let wait = (at - now).to_std().unwrap_or_default();
+                                    (
+                                        Some(at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()),
+                                        Some(Instant::now() + wait),
+                                    )
+                                }
+                                Some(s) => (Some(s.to_string()), None),
+                                None => (None, None),
+                            };
                             l.lock().unwrap().push(Received {
                                 raw_body: body.to_vec(),
                                 timestamp: ts.clone().unwrap_or_default(),
@@ -153,6 +179,7 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
                                 body: serde_json::from_slice(&body).unwrap_or_default(),
                                 at: Instant::now(),
                                 answered: status,
+                                retry_at,
                             });
                             if status == HANG || status == CLOSE {
                                 if status == HANG {
@@ -165,9 +192,8 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
                                 "answer {status}"
                             ))));
                             *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            if let Some(s) = retry_after {
-                                resp.headers_mut()
-                                    .insert("retry-after", s.to_string().parse().unwrap());
+                            if let Some(v) = retry_after {
+                                resp.headers_mut().insert("retry-after", v.parse().unwrap());
                             }
                             Ok::<_, std::io::Error>(resp)
                         }

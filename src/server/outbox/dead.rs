@@ -1,5 +1,6 @@
-//! Dead letters: messages the receiver refused for good, or that ran out
-//! of retries, written to `data_dir/dead/` with their attempt log, and
+//! Dead letters: messages the receiver refused for good, that could not
+//! be sent over TLS, that were answered 401/403/404 for too long, or that
+//! ran out of retries (`delivery::retry::next`), written to `data_dir/dead/` with their attempt log, and
 //! re-driven by `gomail queue retry`.
 
 use std::rc::Rc;
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::{finish, Item, Outbox, Pending};
-use crate::delivery::retry::Verdict;
+use crate::delivery::retry::{GaveUp, DENIED_GRACE};
+use crate::delivery::webhook::Attempt;
 use crate::server::ShardState;
 use crate::spool::store;
 
@@ -37,31 +39,34 @@ impl Outbox {
     }
 }
 
+/// The dead letter's `reason`, from why delivery gave up and the attempts
+/// (this run's; the last is the one that decided).
+fn reason(why: GaveUp, attempts: &[Attempt]) -> String {
+    let n = attempts.len();
+    let last = attempts.last();
+    let detail = last.map_or("", |a| a.detail.as_str());
+    match (why, last.and_then(|a| a.status)) {
+        (GaveUp::Refused, Some(s)) => format!("receiver refused the message with HTTP {s}"),
+        (GaveUp::Tls, _) => format!(
+            "TLS failure, not retried (check the receiver's certificate, the host in api_endpoint and webhook_ca_file): {detail}"
+        ),
+        (GaveUp::DeniedTooLong, Some(s)) => format!(
+            "receiver answered HTTP 401, 403 or 404 for {} minutes or more ({n} attempts); last answer HTTP {s}",
+            DENIED_GRACE.as_secs() / 60
+        ),
+        (_, Some(s)) => format!("retries exhausted ({n} attempts); last answer HTTP {s}"),
+        (_, None) => format!("retries exhausted ({n} attempts); last error: {detail}"),
+    }
+}
+
 /// Writes the message and its attempt log to `data_dir/dead/` (durably),
 /// then lets the spool forget it. A re-driven dead letter keeps its earlier
 /// attempts and gets the new ones appended.
-pub(super) async fn dead_letter(
-    state: &Rc<ShardState>,
-    p: Pending,
-    verdict: Verdict,
-    payload: &[u8],
-) {
+pub(super) async fn dead_letter(state: &Rc<ShardState>, p: Pending, why: GaveUp, payload: &[u8]) {
     let Some(outbox) = state.outbox.as_ref() else {
         return;
     };
-    let last = p.attempts.last();
-    let reason = match (verdict, last.and_then(|a| a.status)) {
-        (Verdict::Permanent, Some(s)) => format!("receiver refused the message with HTTP {s}"),
-        (_, Some(s)) => format!(
-            "retries exhausted ({} attempts); last answer HTTP {s}",
-            p.attempts.len()
-        ),
-        (_, None) => format!(
-            "retries exhausted ({} attempts); last error: {}",
-            p.attempts.len(),
-            last.map_or("", |a| a.detail.as_str())
-        ),
-    };
+    let reason = reason(why, &p.attempts);
     let dir = state.data_dir.join("dead");
     let (id, path, mut attempts) = match &p.item {
         Item::Recipient { share, id, .. } => {
@@ -82,6 +87,7 @@ pub(super) async fn dead_letter(
         json!({
             "at": chrono::DateTime::from_timestamp_millis(a.at_ms).unwrap_or_default().to_rfc3339(),
             "status": a.status,
+            "failure": a.failure.map(|f| f.as_str()),
             "latency_ms": a.latency.as_millis() as u64,
             "detail": a.detail,
         })
@@ -120,5 +126,54 @@ pub(super) async fn dead_letter(
             p.due = Instant::now() + Duration::from_secs(60);
             outbox.defer(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::webhook::Failure;
+
+    fn attempt(status: Option<u16>, failure: Option<Failure>, detail: &str) -> Attempt {
+        Attempt {
+            at_ms: 0,
+            status,
+            failure,
+            retry_after: None,
+            latency: Duration::ZERO,
+            detail: detail.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_reason_says_why_delivery_gave_up() {
+        let refused = [attempt(Some(422), None, "no")];
+        assert_eq!(
+            reason(GaveUp::Refused, &refused),
+            "receiver refused the message with HTTP 422"
+        );
+        let tls = [attempt(
+            None,
+            Some(Failure::Tls),
+            "TLS handshake with 192.0.2.1:443: invalid peer certificate: UnknownIssuer",
+        )];
+        assert_eq!(
+            reason(GaveUp::Tls, &tls),
+            "TLS failure, not retried (check the receiver's certificate, the host in api_endpoint and webhook_ca_file): TLS handshake with 192.0.2.1:443: invalid peer certificate: UnknownIssuer"
+        );
+        let denied = [attempt(Some(401), None, ""), attempt(Some(404), None, "")];
+        assert_eq!(
+            reason(GaveUp::DeniedTooLong, &denied),
+            "receiver answered HTTP 401, 403 or 404 for 60 minutes or more (2 attempts); last answer HTTP 404"
+        );
+        assert_eq!(
+            reason(GaveUp::RetriesUsedUp, &denied),
+            "retries exhausted (2 attempts); last answer HTTP 404"
+        );
+        let timeout = [attempt(None, Some(Failure::Timeout), "no answer within 2s")];
+        assert_eq!(
+            reason(GaveUp::RetriesUsedUp, &timeout),
+            "retries exhausted (1 attempts); last error: no answer within 2s"
+        );
     }
 }

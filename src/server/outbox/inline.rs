@@ -50,7 +50,7 @@ impl Outbox {
             return Completion::Spooled { id };
         };
         record_attempt(state, &a);
-        let verdict = retry::classify(a.status);
+        let verdict = retry::classify(a.status, a.failure);
         if self.note_answer(state.id, a.status, verdict, false) {
             // Gone for good, which is not the sender's doing: the message is
             // durable already, so it is accepted and kept for when delivery
@@ -79,20 +79,37 @@ impl Outbox {
                     ),
                 ))
             }
+            (Verdict::Tls, _) => {
+                // A misconfiguration, not the sender's doing, and one the
+                // operator fixes. The client gets a temporary reply and
+                // keeps the message, so its next try goes through once
+                // TLS is fixed. No dead letter as well: every retry of the
+                // client's would add another copy.
+                tracing::warn!(shard = state.id, %id, error = %a.detail, "webhook TLS failure: the client was told to try again later");
+                state.delivery.push_with(msg, false);
+                Completion::Refused(unavailable(&printable(&a.detail)))
+            }
             _ => {
-                // Temporary: the client retries, so the spool forgets this copy.
+                // Temporary (retryable, or 401/403/404: a receiver being
+                // deployed or rotating its secret refuses no message for
+                // good): the client retries, so the spool forgets this copy.
                 state.delivery.push_with(msg, false);
                 let what = a
                     .status
                     .map_or_else(|| printable(&a.detail), |s| format!("HTTP {s}"));
-                Completion::Refused(Reply::new(
-                    451,
-                    "4.3.0",
-                    format!("Receiving application unavailable ({what}), try again later"),
-                ))
+                Completion::Refused(unavailable(&what))
             }
         }
     }
+}
+
+/// The temporary reply when the receiver cannot take the message now.
+fn unavailable(what: &str) -> crate::smtp::Reply {
+    crate::smtp::Reply::new(
+        451,
+        "4.3.0",
+        format!("Receiving application unavailable ({what}), try again later"),
+    )
 }
 
 /// The receiver's words, fit for an SMTP reply: printable ASCII, at most
