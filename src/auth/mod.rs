@@ -333,6 +333,26 @@ impl ShardAuth {
             .map(|m| m.from().to_string())
             .unwrap_or_default();
         let from_domain = domain_of(&from_header).to_ascii_lowercase();
+        // Every author the reader sees, and their distinct domains: DMARC
+        // judges the From domain, and a message naming several (two From
+        // fields, or one with two addresses) or none is one mail-auth does
+        // not judge at all (RFC 7489 section 6.6.1 leaves it to us).
+        let from_all = parsed
+            .as_ref()
+            .map(|m| m.from.join(", "))
+            .unwrap_or_default();
+        let mut authors: Vec<String> = parsed
+            .as_ref()
+            .map(|m| {
+                m.from
+                    .iter()
+                    .map(|a| domain_of(a).trim_end_matches('.').to_ascii_lowercase())
+                    .filter(|d| !d.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        authors.sort();
+        authors.dedup();
         let dkim: Vec<DkimOutput<'_>> = match &parsed {
             Some(m) => self.resolver.verify_dkim(self.dns.params(m)).await,
             None => Vec::new(),
@@ -383,7 +403,45 @@ impl ShardAuth {
         ar = ar.with_iprev_result(iprev, sender.ip);
         let header = ar.to_header();
 
-        let (refusal, quarantine) = self.enforce_dmarc(dmarc.as_ref(), &dkim, spf, &from_domain);
+        let (refusal, quarantine) = match (&parsed, s.dmarc, s.dmarc_enforcement) {
+            (Some(_), true, DmarcEnforcement::Strict) if authors.len() != 1 => (
+                Some(Reply::new(
+                    550,
+                    "5.7.1",
+                    format!(
+                        "Message rejected: DMARC needs exactly one author domain in From, this message has {}",
+                        if authors.is_empty() { "none".to_string() } else { authors.join(", ") }
+                    ),
+                )),
+                false,
+            ),
+            (Some(m), true, DmarcEnforcement::Relaxed) if authors.len() > 1 => {
+                // Judged as if each author had sent it alone: refused when
+                // any of them publishes p=reject and fails.
+                let mut verdict = (None, false);
+                for author in &authors {
+                    let mut alone = m.clone();
+                    alone.from = vec![format!("author@{author}")];
+                    let d = self
+                        .resolver
+                        .verify_dmarc(self.dns.params(DmarcParameters::new(
+                            &alone,
+                            &dkim,
+                            mail_from_domain,
+                            spf,
+                        )))
+                        .await;
+                    let (refusal, quarantine) = self.enforce_dmarc(Some(&d), &dkim, spf, author);
+                    verdict.1 |= quarantine;
+                    if refusal.is_some() {
+                        verdict.0 = refusal;
+                        break;
+                    }
+                }
+                verdict
+            }
+            _ => self.enforce_dmarc(dmarc.as_ref(), &dkim, spf, &from_domain),
+        };
         let tally = Tally {
             spf: sender
                 .spf
@@ -424,7 +482,7 @@ impl ShardAuth {
             dmarc.as_ref(),
             arc.as_ref(),
             iprev,
-            &from_header,
+            &from_all,
             &from_domain,
             &header,
             quarantine,

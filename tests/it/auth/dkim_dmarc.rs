@@ -234,3 +234,54 @@ fn only_the_first_dkim_signatures_are_verified() {
     assert_eq!(sigs[0]["domain"], "pass.test");
     assert_eq!(sigs[0]["valid"], true);
 }
+
+#[test]
+fn dmarc_judges_every_author_the_reader_sees() {
+    let w = world();
+    // Two authors, one of them a p=reject domain this client may not send
+    // for: mail-auth alone would skip DMARC and accept.
+    let two = format!(
+        "From: <ceo@pass.test>\r\nFrom: <a@neutral.test>\r\n{}",
+        w.message("a@neutral.test", None, "pay now")
+            .split_once("\r\n")
+            .unwrap()
+            .1
+    );
+    let one_header_two_addresses = two.replacen(">\r\nFrom: <", ">, <", 1);
+    let no_from = w
+        .message("a@neutral.test", None, "x")
+        .split_once("\r\n")
+        .unwrap()
+        .1
+        .to_string();
+    let relaxed = w.gomail("dmarc_enforcement: relaxed\n");
+    for m in [&two, &one_header_two_addresses] {
+        let r = send(&relaxed, "127.0.0.2", "a@neutral.test", m);
+        assert!(
+            r.starts_with("550 5.7.1 Message rejected: DMARC policy of pass.test (p=reject)"),
+            "{r}"
+        );
+    }
+    // No author to judge: relaxed accepts, strict refuses, and so does
+    // strict for two authors.
+    queued(&send(&relaxed, "127.0.0.2", "a@neutral.test", &no_from));
+    let strict = w.gomail("dmarc_enforcement: strict\n");
+    for (m, names) in [(&no_from, "none"), (&two, "neutral.test, pass.test")] {
+        let r = send(&strict, "127.0.0.2", "a@neutral.test", m);
+        assert_eq!(
+            r,
+            format!("550 5.7.1 Message rejected: DMARC needs exactly one author domain in From, this message has {names}\r\n")
+        );
+    }
+    // Recorded only under none, with every author in the JSON.
+    let none = w.gomail("dmarc_enforcement: none\n");
+    let id = queued(&send(&none, "127.0.0.2", "a@neutral.test", &two));
+    let v = stored_auth(&none, &id);
+    let from = v["authentication"]["dmarc"]["from_header"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        from.contains("ceo@pass.test") && from.contains("a@neutral.test"),
+        "{v}"
+    );
+}
