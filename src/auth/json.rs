@@ -11,7 +11,7 @@ use mail_auth::{
 };
 use serde::Serialize;
 
-use super::{DmarcEnforcement, SenderCheck, ShardAuth};
+use super::{DmarcEnforcement, Enforced, SenderCheck, ShardAuth};
 use crate::spool::RawJson;
 
 impl ShardAuth {
@@ -26,7 +26,8 @@ impl ShardAuth {
         from_header: &str,
         from_domain: &str,
         header: &str,
-        quarantine: bool,
+        enforced: &Enforced,
+        spf_failed: bool,
     ) -> RawJson {
         let settings = self.settings();
         let s = &*settings;
@@ -91,9 +92,16 @@ impl ShardAuth {
                 authentication_results: header
                     .trim_end()
                     .trim_start_matches("Authentication-Results: "),
+                action: enforced.action(),
                 dkim_aligned: dmarc_word(d.dkim_result()),
                 dkim_alignment: align(rec.map(|r| &r.adkim)),
                 domain: d.domain(),
+                enforced_result: enforced.result,
+                enforcement: match s.dmarc_enforcement {
+                    DmarcEnforcement::None => "none",
+                    DmarcEnforcement::Relaxed => "relaxed",
+                    DmarcEnforcement::Strict => "strict",
+                },
                 from_header,
                 policy: policy_word(d.policy()),
                 result: dmarc_word(&d.result()),
@@ -120,8 +128,9 @@ impl ShardAuth {
                     IprevResult::None => "none",
                 },
             },
-            quarantine,
+            quarantine: enforced.quarantine,
             spf,
+            spf_failed,
         })
     }
 }
@@ -178,6 +187,8 @@ struct AuthJson<'a> {
     iprev: IprevJson<'a>,
     quarantine: bool,
     spf: Option<SpfJson<'a>>,
+    /// `spf_enforcement: soft` marked an SPF failure.
+    spf_failed: bool,
 }
 
 #[derive(Serialize)]
@@ -215,10 +226,17 @@ struct SignatureJson<'a> {
 
 #[derive(Serialize)]
 struct DmarcJson<'a> {
+    /// What enforcement did: `none`, `quarantine` or `reject`.
+    action: &'static str,
     authentication_results: &'a str,
     dkim_aligned: &'static str,
     dkim_alignment: &'static str,
     domain: &'a str,
+    /// The result under the alignment enforcement applied (`result` is
+    /// the RFC's, with the domain's published alignment).
+    enforced_result: &'static str,
+    /// `dmarc_enforcement`.
+    enforcement: &'static str,
     from_header: &'a str,
     policy: &'static str,
     result: &'static str,

@@ -130,6 +130,9 @@ pub struct MessageVerdict {
     pub refusal: Option<Reply>,
     /// DMARC `p=quarantine` applied: accepted and marked.
     pub quarantine: bool,
+    /// `spf_enforcement: soft` and SPF failed (`fail` or `softfail`): the
+    /// message is accepted and marked (header and JSON), the SPF result word.
+    pub spf_failed: Option<&'static str>,
     /// The `Authentication-Results` header (CRLF-terminated) to prepend.
     pub header: String,
     /// GoMail's `authentication` object, serialized.
@@ -403,9 +406,9 @@ impl ShardAuth {
         ar = ar.with_iprev_result(iprev, sender.ip);
         let header = ar.to_header();
 
-        let (refusal, quarantine) = match (&parsed, s.dmarc, s.dmarc_enforcement) {
-            (Some(_), true, DmarcEnforcement::Strict) if authors.len() != 1 => (
-                Some(Reply::new(
+        let enforced = match (&parsed, s.dmarc, s.dmarc_enforcement) {
+            (Some(_), true, DmarcEnforcement::Strict) if authors.len() != 1 => Enforced {
+                refusal: Some(Reply::new(
                     550,
                     "5.7.1",
                     format!(
@@ -413,12 +416,16 @@ impl ShardAuth {
                         if authors.is_empty() { "none".to_string() } else { authors.join(", ") }
                     ),
                 )),
-                false,
-            ),
+                quarantine: false,
+                result: "fail",
+            },
             (Some(m), true, DmarcEnforcement::Relaxed) if authors.len() > 1 => {
                 // Judged as if each author had sent it alone: refused when
                 // any of them publishes p=reject and fails.
-                let mut verdict = (None, false);
+                let mut verdict = Enforced {
+                    result: "none",
+                    ..Enforced::default()
+                };
                 for author in &authors {
                     let mut alone = m.clone();
                     alone.from = vec![format!("author@{author}")];
@@ -431,10 +438,14 @@ impl ShardAuth {
                             spf,
                         )))
                         .await;
-                    let (refusal, quarantine) = self.enforce_dmarc(Some(&d), &dkim, spf, author);
-                    verdict.1 |= quarantine;
-                    if refusal.is_some() {
-                        verdict.0 = refusal;
+                    let one = self.enforce_dmarc(Some(&d), &dkim, spf, author);
+                    verdict.quarantine |= one.quarantine;
+                    // The worst of the authors' results.
+                    if one.result == "fail" || (one.result == "pass" && verdict.result == "none") {
+                        verdict.result = one.result;
+                    }
+                    if one.refusal.is_some() {
+                        verdict.refusal = one.refusal;
                         break;
                     }
                 }
@@ -442,12 +453,12 @@ impl ShardAuth {
             }
             _ => self.enforce_dmarc(dmarc.as_ref(), &dkim, spf, &from_domain),
         };
+        let spf_failed = (s.spf_enforcement == SpfEnforcement::Soft)
+            .then_some(tally_spf(sender))
+            .flatten()
+            .filter(|w| matches!(*w, "fail" | "softfail"));
         let tally = Tally {
-            spf: sender
-                .spf
-                .as_ref()
-                .map(|o| json::spf_word(o.result()))
-                .filter(|w| !w.ends_with("error")),
+            spf: tally_spf(sender),
             dkim: s.dkim.then(|| {
                 if dkim.is_empty() {
                     "none"
@@ -485,11 +496,13 @@ impl ShardAuth {
             &from_all,
             &from_domain,
             &header,
-            quarantine,
+            &enforced,
+            spf_failed.is_some(),
         );
         MessageVerdict {
-            refusal,
-            quarantine,
+            refusal: enforced.refusal,
+            quarantine: enforced.quarantine,
+            spf_failed,
             header,
             json,
             tally,
@@ -503,20 +516,33 @@ impl ShardAuth {
         dkim: &[DkimOutput<'_>],
         spf: &SpfOutput,
         from_domain: &str,
-    ) -> (Option<Reply>, bool) {
-        let Some(d) = dmarc else { return (None, false) };
+    ) -> Enforced {
+        let Some(d) = dmarc else {
+            return Enforced::default();
+        };
+        let rfc = json::dmarc_word(&d.result());
+        let temp = || Enforced {
+            refusal: Some(dmarc_temp(d.domain())),
+            quarantine: false,
+            result: "temperror",
+        };
         let passed = match self.settings().dmarc_enforcement {
-            DmarcEnforcement::None => return (None, false),
+            DmarcEnforcement::None => {
+                return Enforced {
+                    result: rfc,
+                    ..Enforced::default()
+                }
+            }
             DmarcEnforcement::Relaxed => match d.result() {
                 DmarcResult::Pass | DmarcResult::None | DmarcResult::PermError(_) => true,
-                DmarcResult::TempError(_) => return (Some(dmarc_temp(d.domain())), false),
+                DmarcResult::TempError(_) => return temp(),
                 DmarcResult::Fail(_) => false,
             },
             DmarcEnforcement::Strict => {
                 if d.dmarc_record().is_none() {
                     true
                 } else if matches!(d.result(), DmarcResult::TempError(_)) {
-                    return (Some(dmarc_temp(d.domain())), false);
+                    return temp();
                 } else {
                     // Exact domain match, whatever adkim/aspf say.
                     let spf_ok = spf.result() == SpfResult::Pass
@@ -530,12 +556,20 @@ impl ShardAuth {
                 }
             }
         };
+        let result = match (passed, d.dmarc_record().is_some()) {
+            (true, false) => rfc,
+            (true, true) => "pass",
+            (false, _) => "fail",
+        };
         if passed {
-            return (None, false);
+            return Enforced {
+                result,
+                ..Enforced::default()
+            };
         }
         match d.policy() {
-            Policy::Reject => (
-                Some(Reply::new(
+            Policy::Reject => Enforced {
+                refusal: Some(Reply::new(
                     550,
                     "5.7.1",
                     format!(
@@ -543,10 +577,41 @@ impl ShardAuth {
                         d.domain()
                     ),
                 )),
-                false,
-            ),
-            Policy::Quarantine => (None, true),
-            _ => (None, false),
+                quarantine: false,
+                result,
+            },
+            Policy::Quarantine => Enforced {
+                refusal: None,
+                quarantine: true,
+                result,
+            },
+            _ => Enforced {
+                result,
+                ..Enforced::default()
+            },
+        }
+    }
+}
+
+/// What `dmarc_enforcement` did with a message.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Enforced {
+    /// The refusal, when the policy says reject.
+    pub(crate) refusal: Option<Reply>,
+    /// `p=quarantine` applied.
+    pub(crate) quarantine: bool,
+    /// The DMARC result under the alignment that was applied (`strict`
+    /// enforcement can fail what the RFC's relaxed alignment passes).
+    pub(crate) result: &'static str,
+}
+
+impl Enforced {
+    /// `none`, `quarantine` or `reject`.
+    pub(crate) fn action(&self) -> &'static str {
+        match (&self.refusal, self.quarantine) {
+            (Some(r), _) if r.code >= 500 => "reject",
+            (_, true) => "quarantine",
+            _ => "none",
         }
     }
 }
@@ -564,6 +629,15 @@ fn arc_result(out: ArcOutput<'_>) -> ArcOutput<'_> {
         }
         _ => out,
     }
+}
+
+/// The SPF result word for the counters (`None`: not run, or an error).
+fn tally_spf(sender: &SenderCheck) -> Option<&'static str> {
+    sender
+        .spf
+        .as_ref()
+        .map(|o| json::spf_word(o.result()))
+        .filter(|w| !w.ends_with("error"))
 }
 
 fn is_temp(r: &DmarcResult) -> bool {

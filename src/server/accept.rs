@@ -121,6 +121,11 @@ pub(super) async fn accept_message(
         if v.quarantine {
             received.push_str("X-Gomail-Quarantine: yes (DMARC p=quarantine)\r\n");
         }
+        if let Some(result) = v.spf_failed {
+            received.push_str(&format!(
+                "X-Gomail-SPF-Failed: {result} (spf_enforcement: soft)\r\n"
+            ));
+        }
     }
     received.push_str(&trace::received_header(
         tx,

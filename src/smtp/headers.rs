@@ -85,13 +85,14 @@ pub fn check(message: &[u8]) -> Option<Reply> {
 /// Fields a sender must not be able to set for us, and the names they are
 /// kept under once obscured: `Authentication-Results` carrying our own
 /// authserv-id (RFC 8601 section 5: a receiver deletes or obscures them
-/// before adding its own), and gomail's own quarantine mark.
-const FORGEABLE: [(&str, &str); 2] = [
+/// before adding its own), and gomail's own quarantine and SPF marks.
+const FORGEABLE: [(&str, &str); 3] = [
     (
         "authentication-results",
         "X-Gomail-Forged-Authentication-Results",
     ),
     ("x-gomail-quarantine", "X-Gomail-Forged-Quarantine"),
+    ("x-gomail-spf-failed", "X-Gomail-Forged-SPF-Failed"),
 ];
 
 /// The authserv-id of an `Authentication-Results` value: its first token,

@@ -285,3 +285,26 @@ fn dmarc_judges_every_author_the_reader_sees() {
         "{v}"
     );
 }
+
+#[test]
+fn the_json_says_which_alignment_was_applied_and_what_was_done() {
+    let w = world();
+    // A subdomain signed by its organizational domain: the RFC's relaxed
+    // alignment passes, the exact match strict enforcement asks for fails,
+    // and quar.test publishes p=quarantine.
+    let msg = w.message("a@mail.quar.test", Some("quar.test"), "sub");
+    for (level, enforced, action) in [
+        ("strict", "fail", "quarantine"),
+        ("relaxed", "pass", "none"),
+    ] {
+        let g = w.gomail(&format!("dmarc_enforcement: {level}\n"));
+        let id = queued(&send(&g, "127.0.0.2", "a@mail.quar.test", &msg));
+        let v = stored_auth(&g, &id);
+        let d = &v["authentication"]["dmarc"];
+        assert_eq!(d["result"], "pass", "{level}: {d}");
+        assert_eq!(d["enforcement"], level);
+        assert_eq!(d["enforced_result"], enforced, "{level}: {d}");
+        assert_eq!(d["action"], action, "{level}: {d}");
+        assert_eq!(v["authentication"]["quarantine"], action == "quarantine");
+    }
+}

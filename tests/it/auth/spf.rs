@@ -210,3 +210,38 @@ fn validation_check_spf_and_check_dkim_turn_the_checks_off() {
     assert_eq!(a["spf"]["result"], "pass", "{a}");
     assert_eq!(a["dkim"]["result"], "pass", "{a}");
 }
+
+#[test]
+fn spf_soft_marks_failures_in_a_header_and_the_json() {
+    let w = world();
+    for (level, marked) in [("soft", true), ("none", false)] {
+        let g = w.gomail(&format!("spf_enforcement: {level}\n"));
+        let r = send(
+            &g,
+            "127.0.0.2",
+            "a@none.test",
+            &w.message("a@none.test", None, "x"),
+        );
+        let v = stored_auth(&g, &queued(&r));
+        assert_eq!(v["authentication"]["spf"]["result"], "softfail");
+        assert_eq!(v["authentication"]["spf_failed"], marked, "{level}");
+        let raw = v["raw"].as_str().unwrap();
+        assert_eq!(
+            raw.contains("\r\nX-Gomail-SPF-Failed: softfail (spf_enforcement: soft)\r\n")
+                || raw.starts_with("X-Gomail-SPF-Failed: softfail"),
+            marked,
+            "{level}: {raw}"
+        );
+        // A pass is never marked.
+        let r = send(
+            &g,
+            "127.0.0.1",
+            "a@pass.test",
+            &w.message("a@pass.test", None, "x"),
+        );
+        assert_eq!(
+            stored_auth(&g, &queued(&r))["authentication"]["spf_failed"],
+            false
+        );
+    }
+}
