@@ -629,6 +629,10 @@ async fn run_shard(
                 let mut s = state.stats.borrow().clone();
                 s.connections_active = state.active.get();
                 s.store_backlog = state.spool.outstanding() as u64;
+                if let Some(e) = state.delivery.failing() {
+                    s.store_failing = 1;
+                    s.store_error = e;
+                }
                 if let Some(a) = &state.auth {
                     (s.dns_cache_hits, s.dns_cache_misses) = a.cache_counts();
                     s.dns_lookup_latency = a.dns_lookup_latency();

@@ -92,6 +92,18 @@ pub fn render(stats: &[ShardStats], uptime_s: u64, bans: BanCounts) -> String {
         &|s| s.store_failures,
     );
     family(
+        "gomail_store_refusals_total",
+        "counter",
+        "Messages deferred with 452 4.3.1 because the JSON store could not be written.",
+        &|s| s.store_refusals,
+    );
+    family(
+        "gomail_store_failing",
+        "gauge",
+        "1 while the JSON store cannot be written (a full disk): new messages are deferred until it can.",
+        &|s| s.store_failing,
+    );
+    family(
         "gomail_messages_recovered_total",
         "counter",
         "Messages recovered from the spool at start-up.",

@@ -687,12 +687,24 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
         return method_not_allowed("GET, HEAD");
     }
     let answers = ctx.stats.ask().await;
-    let silent: Vec<String> = answers
+    let mut problems: Vec<String> = answers
         .iter()
         .enumerate()
         .filter(|(_, a)| a.is_none())
         .map(|(i, _)| format!("shard {i} is not answering"))
         .collect();
+    problems.extend(
+        answers
+            .iter()
+            .flatten()
+            .filter(|s| s.store_failing == 1)
+            .map(|s| {
+                format!(
+            "shard {}: the JSON store cannot be written ({}); new mail is deferred with 452 4.3.1",
+            s.shard, s.store_error
+        )
+            }),
+    );
     let stats: Vec<ShardStats> = answers
         .into_iter()
         .enumerate()
@@ -726,7 +738,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
         return r;
     }
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    if silent.is_empty() {
+    if problems.is_empty() {
         json(
             StatusCode::OK,
             serde_json::json!({
@@ -740,7 +752,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
     } else {
         json(
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "status": "unhealthy", "timestamp": now, "errors": silent }),
+            serde_json::json!({ "status": "unhealthy", "timestamp": now, "errors": problems }),
         )
     }
 }

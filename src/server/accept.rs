@@ -42,6 +42,10 @@ pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result
             return Err(r);
         }
     }
+    if state.delivery.is_failing() {
+        state.stats.borrow_mut().store_refusals += 1;
+        return Err(Reply::STORE_FAILING);
+    }
     if state.spool.outstanding() as u64 >= live.max_backlog {
         state.stats.borrow_mut().spool_backlog_refusals += 1;
         return Err(Reply::BACKLOG_FULL);

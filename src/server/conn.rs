@@ -422,6 +422,17 @@ async fn serve(
                         );
                         progressed = true;
                     }
+                    Action::Spool(_) if state.delivery.is_failing() => {
+                        // What is accepted now could not be finished: the
+                        // client keeps the message until the store works.
+                        state.stats.borrow_mut().store_refusals += 1;
+                        session.handle_completion(
+                            Completion::Refused(Reply::STORE_FAILING),
+                            Instant::now(),
+                            &mut out,
+                        );
+                        progressed = true;
+                    }
                     Action::Spool(tx) if state.spool.outstanding() as u64 >= live.max_backlog => {
                         // Back-pressure: the receiver is slow or down and the
                         // shard's undelivered backlog is full. The client

@@ -28,6 +28,9 @@ pub(crate) struct Queue {
     items: RefCell<VecDeque<(Spooled, bool)>>,
     wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
     busy: Cell<bool>,
+    /// The last store write failed, with this error: until one succeeds,
+    /// new messages are deferred (`452 4.3.1`) and `/health` says why.
+    failing: RefCell<Option<String>>,
 }
 
 impl Default for Queue {
@@ -36,6 +39,7 @@ impl Default for Queue {
             items: RefCell::new(VecDeque::new()),
             wake: async_channel::bounded(1),
             busy: Cell::new(false),
+            failing: RefCell::new(None),
         }
     }
 }
@@ -51,6 +55,16 @@ impl Queue {
     pub(crate) fn push_with(&self, msg: Spooled, store: bool) {
         self.items.borrow_mut().push_back((msg, store));
         let _ = self.wake.0.try_send(());
+    }
+
+    /// The error of the last store write, while the store cannot be written.
+    pub(crate) fn failing(&self) -> Option<String> {
+        self.failing.borrow().clone()
+    }
+
+    /// True while the store cannot be written (one check per message).
+    pub(crate) fn is_failing(&self) -> bool {
+        self.failing.borrow().is_some()
     }
 
     /// Nothing queued and nothing being written.
@@ -100,6 +114,12 @@ pub(super) async fn run(state: Rc<ShardState>) {
         match result {
             (Ok(()), batch) => {
                 backoff = Duration::from_millis(100);
+                if state.delivery.failing.borrow_mut().take().is_some() {
+                    tracing::info!(
+                        shard = state.id,
+                        "JSON store writable again; accepting mail"
+                    );
+                }
                 state.spool.mark_done(
                     batch
                         .iter()
@@ -110,6 +130,14 @@ pub(super) async fn run(state: Rc<ShardState>) {
             }
             (Err(e), batch) => {
                 state.stats.borrow_mut().store_failures += 1;
+                if state
+                    .delivery
+                    .failing
+                    .replace(Some(e.to_string()))
+                    .is_none()
+                {
+                    tracing::error!(shard = state.id, error = %e, "the JSON store cannot be written: new messages are deferred with 452 4.3.1 until it can");
+                }
                 tracing::error!(shard = state.id, error = %e, messages = batch.len(), retry_in = ?backoff,
                     "JSON store write failed; messages stay spooled and will be retried");
                 {

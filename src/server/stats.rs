@@ -36,6 +36,12 @@ pub struct ShardStats {
     pub messages_stored: u64,
     /// Store batches that failed (retried).
     pub store_failures: u64,
+    /// Messages deferred with `452 4.3.1` because the store could not be written.
+    pub store_refusals: u64,
+    /// 1 while the store cannot be written (new messages are deferred).
+    pub store_failing: u64,
+    /// Why, while it cannot (for `/health`).
+    pub store_error: String,
     /// Messages recovered from the spool at start-up.
     pub messages_recovered: u64,
     /// Webhook POSTs made (every attempt).

@@ -167,6 +167,13 @@ impl Reply {
         "4.3.1",
         "Insufficient system storage: delivery backlog full, try again later",
     );
+    /// The JSON store cannot be written (a full disk): messages accepted
+    /// now could not be finished, so none is accepted until it can.
+    pub const STORE_FAILING: Reply = r(
+        452,
+        "4.3.1",
+        "Insufficient system storage: the message store cannot be written, try again later",
+    );
     /// The server is shutting down.
     pub const SHUTTING_DOWN: Reply = r(421, "4.3.2", "Service shutting down, closing connection");
     /// A BDAT command without a usable size: its chunk cannot be skipped.

@@ -1,6 +1,8 @@
-//! A full disk gives `451 4.3.0`, never a `250`, and the server goes on.
+//! A full disk gives `451 4.3.0` (spool) or `452 4.3.1` (store), never a
+//! `250` that is then lost, and the server goes on.
 
 use std::process::Command;
+use std::time::Duration;
 
 use super::harness::{queue_id, Client, Gomail};
 
@@ -50,4 +52,100 @@ fn full_disk_gives_451_and_the_server_keeps_serving() {
     let mut c = Client::connect(g.addr);
     assert!(c.cmd("EHLO still.example").starts_with("250-"));
     assert_eq!(c.cmd("NOOP"), "250 2.0.0 OK\r\n");
+}
+
+#[test]
+fn a_full_store_defers_new_mail_until_it_can_be_written_and_loses_nothing() {
+    // The store fills first: a small tmpfs under data_dir/inbox, while the
+    // spool has the whole disk. Every 250 must end up stored.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let inbox = data.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&inbox)
+        .status()
+        .expect("mount runs");
+    assert!(
+        st.success(),
+        "this test mounts a tmpfs and needs root (CI runs as root)"
+    );
+    let _m = Tmpfs(inbox.clone());
+    let filler = inbox.join("filler");
+    let st = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "count=24"])
+        .arg(format!("of={}", filler.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let g = Gomail::start_on(&data, "shards: 1\n");
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        ("y".repeat(998) + "\r\n").repeat(100)
+    );
+    let mut accepted = Vec::new();
+    let mut deferred = None;
+    for _ in 0..60 {
+        let mut c = Client::connect(g.addr);
+        c.cmd("EHLO filler.example");
+        let r = c.mail("s@sender.example", &["r@example.test"], &body);
+        match queue_id(&r) {
+            Some(id) => accepted.push(id),
+            None => {
+                deferred = Some(r);
+                break;
+            }
+        }
+    }
+    let r = deferred.expect("the store never filled, or the server kept saying 250");
+    assert_eq!(
+        r,
+        "452 4.3.1 Insufficient system storage: the message store cannot be written, try again later\r\n"
+    );
+    let (status, _, health) = super::harness::http(g.api, "GET", "/health");
+    assert_eq!(status, 503, "{health}");
+    assert!(
+        health.contains("the JSON store cannot be written"),
+        "{health}"
+    );
+    assert_eq!(super::harness::metric(&g, "gomail_store_failing"), 1.0);
+    // Space again: the store catches up, every accepted message is there,
+    // and mail is accepted again.
+    std::fs::remove_file(&filler).unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let (status, _, health) = super::harness::http(g.api, "GET", "/health");
+        if status == 200 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "still unhealthy after the space came back: {health}; inbox: {:?}",
+            Command::new("df")
+                .arg(&inbox)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stored: std::collections::HashSet<String> =
+        super::harness::wait_stored(&data, accepted.len())
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+    for id in &accepted {
+        assert!(
+            stored.contains(id),
+            "{id} was answered 250 and never stored"
+        );
+    }
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO again.example");
+    assert!(queue_id(&c.mail(
+        "s@sender.example",
+        &["r@example.test"],
+        "Subject: ok\r\n\r\nok"
+    ))
+    .is_some());
 }
