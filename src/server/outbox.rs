@@ -78,6 +78,10 @@ pub(crate) struct OutboxConfig {
 /// the spool when every recipient's delivery is (delivered or dead).
 struct Share {
     msg: RefCell<Option<Spooled>>,
+    /// The payload of a message for several recipients, built at the first
+    /// attempt and kept for every recipient and retry (the MIME parse and
+    /// the escaping of `raw` once, not once per recipient per attempt).
+    payload: std::cell::OnceCell<store::PayloadParts>,
     remaining: Cell<usize>,
     any_dead: Cell<bool>,
 }
@@ -147,6 +151,7 @@ impl Outbox {
         let queue_id = msg.envelope.id.clone();
         let share = Rc::new(Share {
             msg: RefCell::new(Some(msg)),
+            payload: std::cell::OnceCell::new(),
             remaining: Cell::new(n),
             any_dead: Cell::new(false),
         });
@@ -425,7 +430,15 @@ fn recipient_payload(share: &Share, index: usize) -> Vec<u8> {
         return b"null".to_vec();
     };
     let recipient = m.envelope.recipients.get(index).map(String::as_str);
-    store::payload(&m.envelope, &m.message, recipient)
+    if m.envelope.recipients.len() < 2 {
+        // One recipient: nothing to share, and a message waiting for a
+        // retry keeps no second copy of itself.
+        return store::payload(&m.envelope, &m.message, recipient);
+    }
+    share
+        .payload
+        .get_or_init(|| store::PayloadParts::new(&m.envelope, &m.message))
+        .with_recipient(recipient)
 }
 
 /// One recipient's delivery is over; when it was the last, the message goes

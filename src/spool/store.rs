@@ -44,12 +44,51 @@ fn received_at(env: &Envelope) -> DateTime<Utc> {
 /// `recipient` is `recipient` when given (one webhook POST per recipient),
 /// else the first recipient.
 pub fn payload(env: &Envelope, message: &[u8], recipient: Option<&str>) -> Vec<u8> {
-    let headers = HeaderFields::read(message);
-    // The message is the sender's to shape; this runs on the webhook path
-    // and in the store's blocking thread, where a panic would stop
-    // delivery for the whole shard. Should the parser ever panic on it,
-    // the payload goes out with the raw Subject and no attachment count.
-    let parsed = std::panic::catch_unwind(|| {
+    PayloadParts::new(env, message)
+        .with_recipient(recipient.or(env.recipients.first().map(String::as_str)))
+}
+
+/// A message's payload, built once (the MIME parse and the escaping of
+/// `raw` are most of its cost), with the one field that differs between
+/// recipients left out: [`PayloadParts::with_recipient`] splices it in.
+#[derive(Debug, Clone)]
+pub struct PayloadParts {
+    /// `{` … every field before `recipient`, then `,"recipient":`.
+    head: Vec<u8>,
+    /// `,` … every field after `recipient`, then `}`.
+    tail: Vec<u8>,
+}
+
+impl PayloadParts {
+    /// The JSON for `recipient` (the first of the envelope's when `None`
+    /// is given by [`payload`]; an empty string here).
+    pub fn with_recipient(&self, recipient: Option<&str>) -> Vec<u8> {
+        let r = serde_json::to_vec(recipient.unwrap_or_default()).expect("a string serializes");
+        let mut out = Vec::with_capacity(self.head.len() + r.len() + self.tail.len());
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(&r);
+        out.extend_from_slice(&self.tail);
+        out
+    }
+
+    /// Octets of the payload without its recipient.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// Never true: a payload always has fields.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Builds the parts of `message`'s payload.
+    pub fn new(env: &Envelope, message: &[u8]) -> PayloadParts {
+        let headers = HeaderFields::read(message);
+        // The message is the sender's to shape; this runs on the webhook path
+        // and in the store's blocking thread, where a panic would stop
+        // delivery for the whole shard. Should the parser ever panic on it,
+        // the payload goes out with the raw Subject and no attachment count.
+        let parsed = std::panic::catch_unwind(|| {
         parser().parse(message).map(|m| {
             let subject = m.subject().map(str::to_string);
             (subject, m.attachment_count())
@@ -59,79 +98,89 @@ pub fn payload(env: &Envelope, message: &[u8], recipient: Option<&str>) -> Vec<u
         tracing::error!(bytes = message.len(), "the MIME parser panicked on a message; its payload has the raw Subject and no attachment count");
         None
     });
-    let (decoded_subject, attachments) = parsed.unwrap_or((None, 0));
-    let subject = decoded_subject
-        .as_deref()
-        .or(headers.subject.as_deref())
-        .unwrap_or_default();
-    // `raw` is a JSON string: octets that are not UTF-8 cannot be in it
-    // unchanged, so the exact message travels base64-encoded too.
-    // (`from_utf8` first: its check is several times faster than the
-    // lossy conversion's, and almost every message passes it.)
-    let raw = match std::str::from_utf8(message) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(message),
-    };
-    let raw_base64 =
-        matches!(raw, Cow::Owned(_)).then(|| crate::delivery::sign::base64_encode(message));
-    let received_at = received_at(env).to_rfc3339_opts(SecondsFormat::Secs, true);
-    let doc = Payload {
-        authentication: env.authentication.as_ref(),
-        from_header: headers.from.as_deref().unwrap_or_default(),
-        message_id: headers.message_id.as_deref().unwrap_or_default(),
-        metadata: Metadata {
-            attachments,
-            client_ip: &env.client_ip,
-            helo: &env.helo,
-            processing_time_ms: env.spool_us / 1000,
-            queue_id: &env.id,
-            raw_base64,
-            request_id: env.request_id.as_deref().unwrap_or(&env.id),
-            shard: env.shard,
-            size_bytes: message.len(),
-            smtp: Smtp {
-                body_8bitmime: env.eight_bit,
-                chunking: env.chunked,
-                esmtp: env.esmtp,
-                smtputf8: env.smtputf8,
+        let (decoded_subject, attachments) = parsed.unwrap_or((None, 0));
+        let subject = decoded_subject
+            .as_deref()
+            .or(headers.subject.as_deref())
+            .unwrap_or_default();
+        // `raw` is a JSON string: octets that are not UTF-8 cannot be in it
+        // unchanged, so the exact message travels base64-encoded too.
+        // (`from_utf8` first: its check is several times faster than the
+        // lossy conversion's, and almost every message passes it.)
+        let raw = match std::str::from_utf8(message) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(message),
+        };
+        let raw_base64 =
+            matches!(raw, Cow::Owned(_)).then(|| crate::delivery::sign::base64_encode(message));
+        let received_at = received_at(env).to_rfc3339_opts(SecondsFormat::Secs, true);
+        let head = Head {
+            authentication: env.authentication.as_ref(),
+            from_header: headers.from.as_deref().unwrap_or_default(),
+            message_id: headers.message_id.as_deref().unwrap_or_default(),
+            metadata: Metadata {
+                attachments,
+                client_ip: &env.client_ip,
+                helo: &env.helo,
+                processing_time_ms: env.spool_us / 1000,
+                queue_id: &env.id,
+                raw_base64,
+                request_id: env.request_id.as_deref().unwrap_or(&env.id),
+                shard: env.shard,
+                size_bytes: message.len(),
+                smtp: Smtp {
+                    body_8bitmime: env.eight_bit,
+                    chunking: env.chunked,
+                    esmtp: env.esmtp,
+                    smtputf8: env.smtputf8,
+                },
+                timing: Timing {
+                    spool_fdatasync_us: env.spool_us,
+                },
+                tls: env.tls_version.as_deref().map(|version| Tls {
+                    cipher: env.tls_cipher.as_deref(),
+                    requiretls: env.require_tls,
+                    sni: env.tls_sni.as_deref(),
+                    version,
+                }),
             },
-            timing: Timing {
-                spool_fdatasync_us: env.spool_us,
-            },
-            tls: env.tls_version.as_deref().map(|version| Tls {
-                cipher: env.tls_cipher.as_deref(),
-                requiretls: env.require_tls,
-                sni: env.tls_sni.as_deref(),
-                version,
-            }),
-        },
-        raw: &raw,
-        received_at: &received_at,
-        recipient: recipient
-            .or(env.recipients.first().map(String::as_str))
-            .unwrap_or_default(),
-        recipients: &env.recipients,
-        sender: &env.mail_from,
-        subject,
-        to_header: headers.to.as_deref().unwrap_or_default(),
-    };
-    // The raw message dominates: room for it, its escapes and the rest.
-    let mut out = Vec::with_capacity(message.len() + message.len() / 16 + 2048);
-    serde_json::to_writer(&mut out, &doc).expect("payload serializes");
-    out
+            raw: &raw,
+            received_at: &received_at,
+        };
+        let tail = Tail {
+            recipients: &env.recipients,
+            sender: &env.mail_from,
+            subject,
+            to_header: headers.to.as_deref().unwrap_or_default(),
+        };
+        // The raw message dominates: room for it, its escapes and the rest.
+        let mut h = Vec::with_capacity(message.len() + message.len() / 16 + 2048);
+        serde_json::to_writer(&mut h, &head).expect("payload serializes");
+        // `{…}` → `{…,"recipient":` and `{…}` → `,…}`: two objects of
+        // distinct fields joined around the one that differs.
+        h.pop();
+        h.extend_from_slice(b",\"recipient\":");
+        let mut t = serde_json::to_vec(&tail).expect("payload serializes");
+        t[0] = b',';
+        PayloadParts { head: h, tail: t }
+    }
 }
 
-// The payload's fields in alphabetical order, as GoMail's JSON has them.
+// The payload's fields in alphabetical order, as GoMail's JSON has them:
+// those before `recipient`, then those after it.
 
 #[derive(Serialize)]
-struct Payload<'a> {
+struct Head<'a> {
     authentication: Option<&'a RawJson>,
     from_header: &'a str,
     message_id: &'a str,
     metadata: Metadata<'a>,
     raw: &'a str,
     received_at: &'a str,
-    recipient: &'a str,
+}
+
+#[derive(Serialize)]
+struct Tail<'a> {
     recipients: &'a [String],
     sender: &'a str,
     subject: &'a str,
@@ -359,6 +408,24 @@ mod tests {
             p,
             Path::new("/d/inbox/2025/11/30/msg_1764489600_0123456789abcdef.json")
         );
+    }
+
+    #[test]
+    fn parts_splice_each_recipient_into_one_build() {
+        let msg = b"From: a@b.example\r\nSubject: s\r\n\r\nbody \x01 \"quoted\"\r\n";
+        let parts = PayloadParts::new(&env(), msg);
+        for r in ["r@example.test", "s@example.test", "we\"ird\\@x.example"] {
+            let bytes = parts.with_recipient(Some(r));
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["recipient"], r);
+            assert_eq!(v["raw"], std::str::from_utf8(msg).unwrap());
+            assert_eq!(v["recipients"][1], "s@example.test");
+            let text = String::from_utf8(bytes).unwrap();
+            let at = |k: &str| text.find(&format!("\"{k}\":")).unwrap();
+            assert!(at("received_at") < at("recipient") && at("recipient") < at("recipients"));
+        }
+        // The store's payload is the first recipient's.
+        assert_eq!(payload(&env(), msg, None), parts.with_recipient(Some("r@example.test")));
     }
 
     #[test]
