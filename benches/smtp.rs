@@ -145,6 +145,37 @@ fn payload(c: &mut Criterion) {
         b.iter(|| black_box(gomail::spool::store::payload(&env, &message, None)))
     });
     g.finish();
+
+    // One 1 MiB message for 100 recipients: a full build per recipient
+    // (what a rebuild per POST costs) next to one build and 100 splices.
+    let recipients: Vec<String> = (0..100).map(|i| format!("rcpt{i}@example.test")).collect();
+    let env = gomail::spool::Envelope {
+        recipients: recipients.clone(),
+        ..env
+    };
+    let mut big = message.clone();
+    while big.len() < 1 << 20 {
+        big.extend_from_slice(&message_4k()[200..]);
+    }
+    let mut g = c.benchmark_group("payload_100_recipients_1m");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("rebuilt_per_recipient", |b| {
+        b.iter(|| {
+            for r in &recipients {
+                black_box(gomail::spool::store::payload(&env, &big, Some(r)));
+            }
+        })
+    });
+    g.bench_function("built_once_spliced", |b| {
+        b.iter(|| {
+            let parts = gomail::spool::store::PayloadParts::new(&env, &big);
+            for r in &recipients {
+                black_box(parts.with_recipient(Some(r)));
+            }
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, commands, data, transaction, payload);

@@ -425,7 +425,10 @@ mod tests {
             assert!(at("received_at") < at("recipient") && at("recipient") < at("recipients"));
         }
         // The store's payload is the first recipient's.
-        assert_eq!(payload(&env(), msg, None), parts.with_recipient(Some("r@example.test")));
+        assert_eq!(
+            payload(&env(), msg, None),
+            parts.with_recipient(Some("r@example.test"))
+        );
     }
 
     #[test]
