@@ -327,11 +327,9 @@ fn a_failing_receiver_trips_the_breaker_and_recovery_closes_it() {
     wait_until(Duration::from_secs(10), "the breaker never opened", || {
         metric(&g, "gomail_webhook_circuit_open") == 1.0
     });
-    // While open, the shard only probes: a handful of attempts, not a flood.
-    let before = rx.log().len();
-    std::thread::sleep(Duration::from_millis(1500));
-    let during = rx.log().len() - before;
-    assert!(during <= 3, "{during} attempts while the breaker was open");
+    // That the open breaker lets one probe through at a time, and how
+    // its wait grows, is outbox/breaker.rs's unit tests (a clock passed
+    // in, no sleeping here to prove that nothing happened).
     *rx.mode.lock().unwrap() = Mode::Fixed(200);
     rx.wait_delivered(&ids);
     // The receiver logs before it answers: the 200 reaches gomail after.
