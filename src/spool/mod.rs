@@ -13,6 +13,7 @@
 //! the messages they cover. At start-up [`Spool::open`] reads what is left
 //! and returns every message without a done record for delivery again;
 //! store writes are idempotent, so a message is in the store exactly once.
+//! A damaged record costs that record only (see `recover`).
 //!
 //! The spool never: delivers, parses messages, or answers clients.
 
@@ -95,6 +96,16 @@ enum Write {
     Done,
 }
 
+/// What [`Spool::open`] found on disk.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Messages still to deliver, oldest first.
+    pub messages: Vec<Spooled>,
+    /// Damaged places skipped in segments (each usually one record); the
+    /// segments holding them were copied to `spool/corrupt/`.
+    pub corrupt_records: u64,
+}
+
 /// One shard's spool (cheap to clone; shard-local).
 #[derive(Clone)]
 pub struct Spool {
@@ -108,19 +119,20 @@ impl Spool {
     /// Opens shard `shard`'s spool (of `count` shards) under `data_dir`,
     /// recovering segments left by an earlier run. Also adopts the spools
     /// of shards that no longer exist (`shard-j` with `j % count == shard`),
-    /// so lowering `shards` loses nothing. Returns the spool and the
-    /// messages still to deliver, oldest first. Must run on the shard.
+    /// so lowering `shards` loses nothing. Returns the spool and what was
+    /// recovered. A damaged segment is reported and counted, not an error.
+    /// Must run on the shard.
     pub async fn open(
         data_dir: &Path,
         shard: usize,
         count: usize,
-    ) -> Result<(Spool, Vec<Spooled>), SpoolError> {
+    ) -> Result<(Spool, Recovered), SpoolError> {
         let root = data_dir.join("spool");
         let dir = root.join(format!("shard-{shard}"));
         std::fs::create_dir_all(&dir).map_err(SpoolError::io("create", &dir))?;
         let mut dirs = vec![dir.clone()];
         dirs.extend(recover::adopted_dirs(&root, shard, count));
-        let found = recover::recover(&dirs)?;
+        let found = recover::recover(&root, &dirs)?;
         let mut segments: VecDeque<Segment> = VecDeque::new();
         let mut seq = 0;
         for (path, outstanding) in found.segments {
@@ -131,7 +143,7 @@ impl Spool {
             });
             seq += 1;
         }
-        let pending: Vec<Spooled> = found
+        let messages: Vec<Spooled> = found
             .pending
             .into_iter()
             .map(|(seg_index, envelope, message)| Spooled {
@@ -161,7 +173,11 @@ impl Spool {
         glommio::spawn_local(writer(inner.clone(), rx, file_no + 1, spare.clone())).detach();
         let spool = Spool { inner, tx, spare };
         spool.collect_garbage();
-        Ok((spool, pending))
+        let recovered = Recovered {
+            messages,
+            corrupt_records: found.corrupt_records,
+        };
+        Ok((spool, recovered))
     }
 
     /// Appends a message and returns once it is on disk and fdatasync'd.
