@@ -595,6 +595,7 @@ async fn run_shard(
             shard: id,
             messages_recovered: recovered.messages.len() as u64,
             spool_corrupt_records: recovered.corrupt_records,
+            spool_unreadable_segments: recovered.unreadable_segments,
             ..ShardStats::default()
         }),
         active: Cell::new(0),

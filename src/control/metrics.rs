@@ -104,6 +104,12 @@ pub fn render(stats: &[ShardStats], uptime_s: u64, bans: BanCounts) -> String {
         &|s| s.spool_corrupt_records,
     );
     family(
+        "gomail_spool_unreadable_segments_total",
+        "counter",
+        "Spool segments that could not be read at start-up and were moved to spool/corrupt/ (their messages are not recovered).",
+        &|s| s.spool_unreadable_segments,
+    );
+    family(
         "gomail_store_backlog",
         "gauge",
         "Messages spooled and not yet done (stored and/or delivered by webhook); spool_max_backlog limits it.",

@@ -41,6 +41,9 @@ pub struct ShardStats {
     /// Damaged places in spool segments found at start-up (each usually
     /// one record, lost); their segments are copied to `spool/corrupt/`.
     pub spool_corrupt_records: u64,
+    /// Spool segments that could not be read at start-up (moved to
+    /// `spool/corrupt/`; their messages are not recovered).
+    pub spool_unreadable_segments: u64,
     /// Webhook POSTs made (every attempt).
     pub webhook_attempts: u64,
     /// Messages delivered to the webhook (2xx).

@@ -13,7 +13,8 @@
 //! the messages they cover. At start-up [`Spool::open`] reads what is left
 //! and returns every message without a done record for delivery again;
 //! store writes are idempotent, so a message is in the store exactly once.
-//! A damaged record costs that record only (see `recover`).
+//! A damaged record costs that record only, and an unreadable segment
+//! that segment only (see `recover`).
 //!
 //! The spool never: delivers, parses messages, or answers clients.
 
@@ -104,6 +105,8 @@ pub struct Recovered {
     /// Damaged places skipped in segments (each usually one record); the
     /// segments holding them were copied to `spool/corrupt/`.
     pub corrupt_records: u64,
+    /// Segments that could not be read at all (moved to `spool/corrupt/`).
+    pub unreadable_segments: u64,
 }
 
 /// One shard's spool (cheap to clone; shard-local).
@@ -120,7 +123,8 @@ impl Spool {
     /// recovering segments left by an earlier run. Also adopts the spools
     /// of shards that no longer exist (`shard-j` with `j % count == shard`),
     /// so lowering `shards` loses nothing. Returns the spool and what was
-    /// recovered. A damaged segment is reported and counted, not an error.
+    /// recovered. Only the shard's own directory failing is an error; a
+    /// damaged or unreadable segment is reported and counted instead.
     /// Must run on the shard.
     pub async fn open(
         data_dir: &Path,
@@ -176,6 +180,7 @@ impl Spool {
         let recovered = Recovered {
             messages,
             corrupt_records: found.corrupt_records,
+            unreadable_segments: found.unreadable_segments,
         };
         Ok((spool, recovered))
     }

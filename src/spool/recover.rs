@@ -3,8 +3,9 @@
 //! A torn last record (a write a crash cut short, never acknowledged) is
 //! normal and logged at INFO. Damage is not: every record that still checks
 //! is recovered, the damaged places are logged at ERROR with their offsets,
-//! and a copy of the segment is kept in `spool/corrupt/` as evidence.
-//! Recovery never deletes a segment and never writes one.
+//! and a copy of the segment is kept in `spool/corrupt/` as evidence. A
+//! segment that cannot be read at all is moved there; the shard starts
+//! without it. Recovery never deletes a segment and never writes one.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -19,10 +20,12 @@ pub(super) struct Found {
     /// Undelivered messages: (index into `segments`, envelope, message).
     pub pending: Vec<(usize, Envelope, Vec<u8>)>,
     /// The highest segment file number the shard's own directory has used
-    /// (segments copied to `corrupt/` included, so no number is reused).
+    /// (segments moved to `corrupt/` included, so no number is reused).
     pub max_file_no: u64,
     /// Damaged places skipped in readable segments.
     pub corrupt_records: u64,
+    /// Segments (or adopted directories) that could not be read at all.
+    pub unreadable_segments: u64,
 }
 
 /// Spool directories of shards `j >= count` that map onto `shard`.
@@ -69,7 +72,7 @@ fn file_name(p: &Path) -> std::borrow::Cow<'_, str> {
 }
 
 /// Reads every segment in `dirs` (the shard's own first) under the spool
-/// root `root`.
+/// root `root`. Only the shard's own directory failing to list is an error.
 pub(super) fn recover(root: &Path, dirs: &[PathBuf]) -> Result<Found, SpoolError> {
     let corrupt = root.join("corrupt");
     let mut found = Found {
@@ -77,11 +80,21 @@ pub(super) fn recover(root: &Path, dirs: &[PathBuf]) -> Result<Found, SpoolError
         pending: Vec::new(),
         max_file_no: 0,
         corrupt_records: 0,
+        unreadable_segments: 0,
     };
     let mut messages: Vec<(usize, Envelope, Vec<u8>)> = Vec::new();
     let mut done: HashSet<String> = HashSet::new();
     for (d, dir) in dirs.iter().enumerate() {
-        let files = numbered(dir, "", false).map_err(SpoolError::io("read directory", dir))?;
+        let files = match numbered(dir, "", false) {
+            Ok(files) => files,
+            Err(e) if d == 0 => return Err(SpoolError::io("read directory", dir)(e)),
+            Err(e) => {
+                found.unreadable_segments += 1;
+                tracing::error!(event = "spool_segment_unreadable", path = %dir.display(), error = %e,
+                    "cannot list an adopted spool directory; its messages are not recovered until it can be read");
+                continue;
+            }
+        };
         if d == 0 {
             let own = format!("{}-", file_name(dir));
             let kept = numbered(&corrupt, &own, true).unwrap_or_default();
@@ -93,7 +106,14 @@ pub(super) fn recover(root: &Path, dirs: &[PathBuf]) -> Result<Found, SpoolError
                 .unwrap_or(0);
         }
         for (_, path) in files {
-            let data = std::fs::read(&path).map_err(SpoolError::io("read", &path))?;
+            let data = match std::fs::read(&path) {
+                Ok(data) => data,
+                Err(e) => {
+                    found.unreadable_segments += 1;
+                    set_aside(&corrupt, dir, &path, &e);
+                    continue;
+                }
+            };
             let decoded = record::decode_all(&data);
             if let Some(at) = decoded.torn_at {
                 tracing::info!(event = "spool_torn_tail", path = %path.display(), offset = at,
@@ -162,6 +182,36 @@ fn keep_copy(corrupt: &Path, dir: &Path, path: &Path) -> std::io::Result<PathBuf
     Ok(to)
 }
 
+/// Moves a segment that cannot be read into `corrupt/`, so that the next
+/// start does not trip on it again; logs either way.
+fn set_aside(corrupt: &Path, dir: &Path, path: &Path, error: &std::io::Error) {
+    let base = corrupt.join(corrupt_name(dir, path));
+    let moved = std::fs::create_dir_all(corrupt).and_then(|()| {
+        // Never over an earlier one (a rename replaces a file).
+        let to = (0..1000)
+            .map(|n| match n {
+                0 => base.clone(),
+                n => PathBuf::from(format!("{}.{n}", base.display())),
+            })
+            .find(|p| !p.exists())
+            .ok_or_else(|| std::io::Error::other("no free name in spool/corrupt"))?;
+        std::fs::rename(path, &to)?;
+        Ok(to)
+    });
+    match moved {
+        Ok(to) => {
+            tracing::error!(event = "spool_segment_unreadable", path = %path.display(), error = %error,
+            moved_to = %to.display(),
+            "cannot read a spool segment; moved it to spool/corrupt/ and started without it (its messages are not recovered)")
+        }
+        Err(e) => {
+            tracing::error!(event = "spool_segment_unreadable", path = %path.display(), error = %error,
+            move_error = %e,
+            "cannot read a spool segment, nor move it aside; started without it (its messages are not recovered)")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +255,7 @@ mod tests {
         // "a" is done (its done record is after the damage), "b" is lost.
         assert_eq!(ids(&found), ["c"]);
         assert_eq!(found.corrupt_records, 1);
+        assert_eq!(found.unreadable_segments, 0);
         let kept = root.join("corrupt/shard-0-seg-0000000000000001.log");
         assert_eq!(std::fs::read(&kept).unwrap(), seg);
         // The segment itself stays for delivery; a second start keeps the
@@ -226,5 +277,43 @@ mod tests {
         assert_eq!(ids(&found), ["a"]);
         assert_eq!(found.corrupt_records, 0);
         assert!(!root.join("corrupt").exists());
+    }
+
+    #[test]
+    fn an_unreadable_segment_is_moved_aside_and_the_rest_recovered_issue_12() {
+        let (_tmp, root, dir) = spool(&[(1, message("a")), (3, message("c"))]);
+        // A directory where a segment should be: reading it fails, as root
+        // too (EISDIR).
+        let bad = super::super::segment_path(&dir, 2);
+        std::fs::create_dir(&bad).unwrap();
+        let found = recover(&root, std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(ids(&found), ["a", "c"]);
+        assert_eq!(found.unreadable_segments, 1);
+        assert_eq!(found.max_file_no, 3);
+        assert!(!bad.exists());
+        assert!(root
+            .join("corrupt/shard-0-seg-0000000000000002.log")
+            .is_dir());
+        // Numbers set aside are never used again.
+        std::fs::create_dir(&bad).unwrap();
+        std::fs::remove_file(super::super::segment_path(&dir, 3)).unwrap();
+        let again = recover(&root, std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(again.unreadable_segments, 1);
+        assert!(root
+            .join("corrupt/shard-0-seg-0000000000000002.log.1")
+            .is_dir());
+        std::fs::create_dir(root.join("corrupt/shard-0-seg-0000000000000009.log")).unwrap();
+        let later = recover(&root, std::slice::from_ref(&dir)).unwrap();
+        assert_eq!(later.max_file_no, 9);
+    }
+
+    #[test]
+    fn an_adopted_directory_that_cannot_be_listed_does_not_stop_the_shard() {
+        let (_tmp, root, dir) = spool(&[(1, message("a"))]);
+        let adopted = root.join("shard-2");
+        std::fs::write(&adopted, b"not a directory").unwrap();
+        let found = recover(&root, &[dir, adopted]).unwrap();
+        assert_eq!(ids(&found), ["a"]);
+        assert_eq!(found.unreadable_segments, 1);
     }
 }

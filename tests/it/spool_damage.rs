@@ -1,5 +1,6 @@
 //! A spool that survives a bad disk (issue 12): a damaged record costs that
-//! record only and is reported, a torn tail is quiet.
+//! record only and is reported, a torn tail is quiet, an unreadable
+//! segment is set aside and the server starts with the rest.
 //!
 //! Messages are kept in the spool by making the store unwritable (a file
 //! where `data_dir/inbox` goes), then gomail is killed with `kill -9`.
@@ -157,6 +158,7 @@ fn a_flipped_octet_in_one_record_loses_only_that_message_issue_12() {
     );
     assert_eq!(metric(&g, "gomail_messages_recovered_total"), 19.0);
     assert_eq!(metric(&g, "gomail_spool_corrupt_records_total"), 1.0);
+    assert_eq!(metric(&g, "gomail_spool_unreadable_segments_total"), 0.0);
 
     let name = bad.path.file_name().unwrap().to_string_lossy();
     let kept = data_dir.join(format!("spool/corrupt/shard-0-{name}"));
@@ -275,4 +277,45 @@ fn a_segment_cut_mid_record_delivers_every_record_before_the_cut_quietly() {
     assert_eq!(torn[0]["level"], "info");
     assert_eq!(torn[0]["offset"], last.offset as u64);
     assert_eq!(log_events(&log, "spool_record_damaged").len(), 0);
+}
+
+#[test]
+fn an_unreadable_segment_does_not_stop_the_server_issue_12() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let log = tmp.path().join("gomail.log");
+    block_store(&data_dir);
+    let mut g = Gomail::start_on(&data_dir, &config(&log, 2));
+    let ids = send(&g, 3, "ok");
+    g.kill9();
+    // A directory where a segment file should be: reading it fails with
+    // EISDIR, as root too. Number 0 is below any segment gomail made.
+    let bad = data_dir.join("spool/shard-1/seg-0000000000000000.log");
+    std::fs::create_dir_all(bad.join("inside")).unwrap();
+    unblock_store(&data_dir);
+
+    let g = Gomail::start_on(&data_dir, &config(&log, 2));
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO after.example");
+    let more = queued(&c.mail(
+        "s@sender.example",
+        &["r@example.test"],
+        "Subject: after\r\n\r\nhi",
+    ));
+    let all: Vec<String> = ids.iter().cloned().chain([more]).collect();
+    wait_stored(&data_dir, all.len());
+    assert_eq!(stored_ids(&data_dir), sorted(all));
+    assert_eq!(metric(&g, "gomail_spool_unreadable_segments_total"), 1.0);
+    assert!(!bad.exists());
+    assert!(data_dir
+        .join("spool/corrupt/shard-1-seg-0000000000000000.log/inside")
+        .is_dir());
+    wait_until(
+        Duration::from_secs(5),
+        "the unreadable segment is logged",
+        || !log_events(&log, "spool_segment_unreadable").is_empty(),
+    );
+    let e = &log_events(&log, "spool_segment_unreadable")[0];
+    assert_eq!(e["level"], "error");
+    assert_eq!(e["path"], bad.display().to_string());
 }
