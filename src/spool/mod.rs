@@ -35,6 +35,11 @@ pub use record::{Envelope, RawJson};
 const SEGMENT_MAX: u64 = 32 << 20;
 /// At most this much is written per group commit.
 const BATCH_MAX: usize = 8 << 20;
+/// Done records whose write failed go out again with the next batch, or on
+/// their own after this long when nothing else comes; the wait doubles
+/// with each failure in a row, up to [`DONE_RETRY_MAX`].
+const DONE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+const DONE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why the spool could not do its job.
 #[derive(Debug, thiserror::Error)]
@@ -351,7 +356,24 @@ async fn writer(
     prepare_spare(dir.clone(), file_no, slot.clone());
     file_no += 1;
     let mut prefilled = false;
-    while let Ok(first) = rx.recv().await {
+    // Failed writes in a row that left done records to write again.
+    let mut failures = 0u32;
+    loop {
+        let first = if inner.borrow().done_pending.is_empty() {
+            rx.recv().await
+        } else {
+            let wait = DONE_RETRY
+                .saturating_mul(1 << failures.saturating_sub(1).min(16))
+                .min(DONE_RETRY_MAX);
+            futures_lite::future::or(rx.recv(), async move {
+                glommio::timer::sleep(wait).await;
+                Ok(Write::Done)
+            })
+            .await
+        };
+        let Ok(first) = first else {
+            break;
+        };
         let mut buf = Vec::new();
         let mut waiters = Vec::new();
         let mut next = Some(first);
@@ -398,7 +420,7 @@ async fn writer(
                 other => *slot.borrow_mut() = other,
             }
         }
-        let (file, pos, seq) = {
+        let (file, pos, seq, done) = {
             let mut i = inner.borrow_mut();
             let done = std::mem::take(&mut i.done_pending);
             buf.extend_from_slice(&done);
@@ -406,6 +428,7 @@ async fn writer(
                 i.file.clone(),
                 i.pos,
                 i.segments.back().map_or(0, |s| s.seq),
+                done,
             )
         };
         if buf.is_empty() {
@@ -421,9 +444,19 @@ async fn writer(
                     if let Some(s) = i.segments.back_mut() {
                         s.outstanding += waiters.len();
                     }
+                    failures = 0;
                 }
                 Err(e) => {
-                    tracing::error!(dir = %i.dir.display(), error = %e, "spool write failed; clients get 451 4.3.0");
+                    tracing::error!(dir = %i.dir.display(), error = %e, done_records_kept = !done.is_empty(),
+                        "spool write failed; clients get 451 4.3.0");
+                    if !done.is_empty() {
+                        // Those messages are in the store already. Without
+                        // their done records a restart would deliver them
+                        // again: the records go out with the next write.
+                        let newer = std::mem::replace(&mut i.done_pending, done);
+                        i.done_pending.extend_from_slice(&newer);
+                        failures += 1;
+                    }
                 }
             }
         }
@@ -434,7 +467,17 @@ async fn writer(
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Writes that fail (as on a full disk) before writes work again.
+    static FAIL_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 async fn write_and_sync(file: &BufferedFile, buf: Vec<u8>, pos: u64) -> std::io::Result<()> {
+    #[cfg(test)]
+    if FAIL_WRITES.with(|n| n.replace(n.get().saturating_sub(1))) > 0 {
+        return Err(std::io::Error::other("injected write failure"));
+    }
     let len = buf.len();
     let n = file
         .write_at(buf, pos)
@@ -448,3 +491,6 @@ async fn write_and_sync(file: &BufferedFile, buf: Vec<u8>, pos: u64) -> std::io:
     }
     file.fdatasync().await.map_err(std::io::Error::from)
 }
+
+#[cfg(test)]
+mod tests;
