@@ -593,7 +593,9 @@ async fn run_shard(
         outbox: webhook.map(outbox::Outbox::new),
         stats: RefCell::new(ShardStats {
             shard: id,
-            messages_recovered: recovered.len() as u64,
+            messages_recovered: recovered.messages.len() as u64,
+            spool_corrupt_records: recovered.corrupt_records,
+            spool_unreadable_segments: recovered.unreadable_segments,
             ..ShardStats::default()
         }),
         active: Cell::new(0),
@@ -607,7 +609,7 @@ async fn run_shard(
         auth: shard_auth,
         shutdown: shutdown_rx,
     });
-    for msg in recovered {
+    for msg in recovered.messages {
         state.deliver(msg);
     }
     let deliverer = glommio::spawn_local(delivery::run(state.clone()));

@@ -110,6 +110,18 @@ pub fn render(stats: &[ShardStats], uptime_s: u64, bans: BanCounts) -> String {
         &|s| s.messages_recovered,
     );
     family(
+        "gomail_spool_corrupt_records_total",
+        "counter",
+        "Damaged places in spool segments found at start-up, each usually one lost record; the segments are copied to spool/corrupt/.",
+        &|s| s.spool_corrupt_records,
+    );
+    family(
+        "gomail_spool_unreadable_segments_total",
+        "counter",
+        "Spool segments that could not be read at start-up and were moved to spool/corrupt/ (their messages are not recovered).",
+        &|s| s.spool_unreadable_segments,
+    );
+    family(
         "gomail_store_backlog",
         "gauge",
         "Messages spooled and not yet done (stored and/or delivered by webhook); spool_max_backlog limits it.",

@@ -44,6 +44,12 @@ pub struct ShardStats {
     pub store_error: String,
     /// Messages recovered from the spool at start-up.
     pub messages_recovered: u64,
+    /// Damaged places in spool segments found at start-up (each usually
+    /// one record, lost); their segments are copied to `spool/corrupt/`.
+    pub spool_corrupt_records: u64,
+    /// Spool segments that could not be read at start-up (moved to
+    /// `spool/corrupt/`; their messages are not recovered).
+    pub spool_unreadable_segments: u64,
     /// Webhook POSTs made (every attempt).
     pub webhook_attempts: u64,
     /// Messages delivered to the webhook (2xx).

@@ -13,6 +13,8 @@
 //! the messages they cover. At start-up [`Spool::open`] reads what is left
 //! and returns every message without a done record for delivery again;
 //! store writes are idempotent, so a message is in the store exactly once.
+//! A damaged record costs that record only, and an unreadable segment
+//! that segment only (see `recover`).
 //!
 //! The spool never: delivers, parses messages, or answers clients.
 
@@ -33,6 +35,11 @@ pub use record::{Envelope, RawJson};
 const SEGMENT_MAX: u64 = 32 << 20;
 /// At most this much is written per group commit.
 const BATCH_MAX: usize = 8 << 20;
+/// Done records whose write failed go out again with the next batch, or on
+/// their own after this long when nothing else comes; the wait doubles
+/// with each failure in a row, up to [`DONE_RETRY_MAX`].
+const DONE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+const DONE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why the spool could not do its job.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +102,18 @@ enum Write {
     Done,
 }
 
+/// What [`Spool::open`] found on disk.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Messages still to deliver, oldest first.
+    pub messages: Vec<Spooled>,
+    /// Damaged places skipped in segments (each usually one record); the
+    /// segments holding them were copied to `spool/corrupt/`.
+    pub corrupt_records: u64,
+    /// Segments that could not be read at all (moved to `spool/corrupt/`).
+    pub unreadable_segments: u64,
+}
+
 /// One shard's spool (cheap to clone; shard-local).
 #[derive(Clone)]
 pub struct Spool {
@@ -108,19 +127,21 @@ impl Spool {
     /// Opens shard `shard`'s spool (of `count` shards) under `data_dir`,
     /// recovering segments left by an earlier run. Also adopts the spools
     /// of shards that no longer exist (`shard-j` with `j % count == shard`),
-    /// so lowering `shards` loses nothing. Returns the spool and the
-    /// messages still to deliver, oldest first. Must run on the shard.
+    /// so lowering `shards` loses nothing. Returns the spool and what was
+    /// recovered. Only the shard's own directory failing is an error; a
+    /// damaged or unreadable segment is reported and counted instead.
+    /// Must run on the shard.
     pub async fn open(
         data_dir: &Path,
         shard: usize,
         count: usize,
-    ) -> Result<(Spool, Vec<Spooled>), SpoolError> {
+    ) -> Result<(Spool, Recovered), SpoolError> {
         let root = data_dir.join("spool");
         let dir = root.join(format!("shard-{shard}"));
         std::fs::create_dir_all(&dir).map_err(SpoolError::io("create", &dir))?;
         let mut dirs = vec![dir.clone()];
         dirs.extend(recover::adopted_dirs(&root, shard, count));
-        let found = recover::recover(&dirs)?;
+        let found = recover::recover(&root, &dirs)?;
         let mut segments: VecDeque<Segment> = VecDeque::new();
         let mut seq = 0;
         for (path, outstanding) in found.segments {
@@ -131,7 +152,7 @@ impl Spool {
             });
             seq += 1;
         }
-        let pending: Vec<Spooled> = found
+        let messages: Vec<Spooled> = found
             .pending
             .into_iter()
             .map(|(seg_index, envelope, message)| Spooled {
@@ -161,7 +182,12 @@ impl Spool {
         glommio::spawn_local(writer(inner.clone(), rx, file_no + 1, spare.clone())).detach();
         let spool = Spool { inner, tx, spare };
         spool.collect_garbage();
-        Ok((spool, pending))
+        let recovered = Recovered {
+            messages,
+            corrupt_records: found.corrupt_records,
+            unreadable_segments: found.unreadable_segments,
+        };
+        Ok((spool, recovered))
     }
 
     /// Appends a message and returns once it is on disk and fdatasync'd.
@@ -330,7 +356,24 @@ async fn writer(
     prepare_spare(dir.clone(), file_no, slot.clone());
     file_no += 1;
     let mut prefilled = false;
-    while let Ok(first) = rx.recv().await {
+    // Failed writes in a row that left done records to write again.
+    let mut failures = 0u32;
+    loop {
+        let first = if inner.borrow().done_pending.is_empty() {
+            rx.recv().await
+        } else {
+            let wait = DONE_RETRY
+                .saturating_mul(1 << failures.saturating_sub(1).min(16))
+                .min(DONE_RETRY_MAX);
+            futures_lite::future::or(rx.recv(), async move {
+                glommio::timer::sleep(wait).await;
+                Ok(Write::Done)
+            })
+            .await
+        };
+        let Ok(first) = first else {
+            break;
+        };
         let mut buf = Vec::new();
         let mut waiters = Vec::new();
         let mut next = Some(first);
@@ -377,7 +420,7 @@ async fn writer(
                 other => *slot.borrow_mut() = other,
             }
         }
-        let (file, pos, seq) = {
+        let (file, pos, seq, done) = {
             let mut i = inner.borrow_mut();
             let done = std::mem::take(&mut i.done_pending);
             buf.extend_from_slice(&done);
@@ -385,6 +428,7 @@ async fn writer(
                 i.file.clone(),
                 i.pos,
                 i.segments.back().map_or(0, |s| s.seq),
+                done,
             )
         };
         if buf.is_empty() {
@@ -400,9 +444,19 @@ async fn writer(
                     if let Some(s) = i.segments.back_mut() {
                         s.outstanding += waiters.len();
                     }
+                    failures = 0;
                 }
                 Err(e) => {
-                    tracing::error!(dir = %i.dir.display(), error = %e, "spool write failed; clients get 451 4.3.0");
+                    tracing::error!(dir = %i.dir.display(), error = %e, done_records_kept = !done.is_empty(),
+                        "spool write failed; clients get 451 4.3.0");
+                    if !done.is_empty() {
+                        // Those messages are in the store already. Without
+                        // their done records a restart would deliver them
+                        // again: the records go out with the next write.
+                        let newer = std::mem::replace(&mut i.done_pending, done);
+                        i.done_pending.extend_from_slice(&newer);
+                        failures += 1;
+                    }
                 }
             }
         }
@@ -413,7 +467,17 @@ async fn writer(
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Writes that fail (as on a full disk) before writes work again.
+    static FAIL_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 async fn write_and_sync(file: &BufferedFile, buf: Vec<u8>, pos: u64) -> std::io::Result<()> {
+    #[cfg(test)]
+    if FAIL_WRITES.with(|n| n.replace(n.get().saturating_sub(1))) > 0 {
+        return Err(std::io::Error::other("injected write failure"));
+    }
     let len = buf.len();
     let n = file
         .write_at(buf, pos)
@@ -427,3 +491,6 @@ async fn write_and_sync(file: &BufferedFile, buf: Vec<u8>, pos: u64) -> std::io:
     }
     file.fdatasync().await.map_err(std::io::Error::from)
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,9 +5,19 @@
 //! message payload:    envelope JSON length u32 LE | envelope JSON | message octets
 //! done payload:       queue id (ASCII)
 //! ```
-//! A record whose header or CRC does not check marks the torn tail of a
-//! segment written during a crash: reading stops there. Such a record was
-//! never acknowledged, because `250` follows the fdatasync that covers it.
+//! The CRC covers the payload only, so a record checks when its magic,
+//! kind and length read, its payload fits in the segment, its CRC matches
+//! and its payload parses.
+//!
+//! A record that does not check is one of two things:
+//! - the torn tail of a segment: the last write before a crash, cut short
+//!   before its fdatasync, so never acknowledged (`250` follows the
+//!   fdatasync that covers it). Nothing after it checks, and it reaches
+//!   past the end of the file or into whole sectors of zeros, where an
+//!   unfinished write leaves off;
+//! - damage (a bad disk, a stray write): [`decode_all`] skips to the next
+//!   offset where a record checks and reports how many octets it skipped,
+//!   so one bad record costs that record, not the rest of its segment.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +25,11 @@ const MAGIC: &[u8; 4] = b"GMS1";
 const HEADER: usize = 16;
 const KIND_MESSAGE: u8 = 1;
 const KIND_DONE: u8 = 2;
+/// Unfinished writes leave off at a multiple of this (a disk sector).
+const SECTOR: usize = 512;
+/// Queue ids are 16 hex digits; a done record's id is checked against a
+/// looser shape (see [`plausible_id`]).
+const ID_MAX: usize = 64;
 
 /// A JSON document kept as its text: built once, then copied as it is into
 /// the spool record, the store file and every webhook payload.
@@ -94,7 +109,7 @@ pub struct Envelope {
 }
 
 /// A decoded record.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Record {
     /// A message and its envelope.
     Message(Box<Envelope>, Vec<u8>),
@@ -131,41 +146,220 @@ pub(crate) fn encode_done(id: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(id.as_bytes());
 }
 
-/// Decodes the records of a segment, stopping at the first that does not check.
-/// Returns the records and whether the segment ended cleanly: at its end,
-/// or where its zero-filled (preallocated, never written) part begins.
-pub(crate) fn decode_all(mut data: &[u8]) -> (Vec<Record>, bool) {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        let Some(rec) = decode_one(data) else {
-            return (out, data.iter().all(|&b| b == 0));
-        };
-        data = &data[rec.1..];
-        out.push(rec.0);
-    }
-    (out, true)
+/// What [`decode_all`] read from a segment.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Decoded {
+    /// Every record that checks, with its offset, in segment order.
+    pub records: Vec<(usize, Record)>,
+    /// Damaged places, each skipped up to the next record that checks (or
+    /// to the end of the written part of the segment).
+    pub damaged: Vec<Damaged>,
+    /// Where a torn last record begins: a write cut short by a crash.
+    pub torn_at: Option<usize>,
 }
 
-fn decode_one(data: &[u8]) -> Option<(Record, usize)> {
+/// A damaged place in a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Damaged {
+    /// Offset of the first octet that did not read as a record.
+    pub offset: usize,
+    /// Octets skipped from there.
+    pub skipped: usize,
+    /// What the damaged record seems to have been (unverified).
+    pub what: Salvaged,
+}
+
+/// What a damaged record's header and envelope still say, for the operator
+/// looking for it. Unverified: the damage may be in these octets too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Salvaged {
+    /// The header does not read.
+    Unknown,
+    /// A message record with this queue id.
+    Message(String),
+    /// A done record for this queue id.
+    Done(String),
+}
+
+impl Salvaged {
+    /// The record kind, for logs.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Salvaged::Unknown => "unknown",
+            Salvaged::Message(_) => "message",
+            Salvaged::Done(_) => "done",
+        }
+    }
+
+    /// The queue id it names, if any.
+    pub(crate) fn queue_id(&self) -> Option<&str> {
+        match self {
+            Salvaged::Unknown => None,
+            Salvaged::Message(id) | Salvaged::Done(id) => Some(id),
+        }
+    }
+}
+
+/// Decodes the records of a segment (see the module docs). The segment
+/// ends at the end of `data` or where its zero-filled (preallocated,
+/// never written) part begins.
+pub(crate) fn decode_all(data: &[u8]) -> Decoded {
+    let mut out = Decoded::default();
+    // The written part ends at its last non-zero octet. A record may end
+    // in zeros itself and reach past it; then what follows is zero fill.
+    let written = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let mut budget = scan_budget(data.len());
+    // Records read in order are each hashed once: no budget for them.
+    let mut unmetered = usize::MAX;
+    let mut pos = 0;
+    while pos < written {
+        if let Some((rec, n)) = decode_one(&data[pos..], &mut unmetered) {
+            out.records.push((pos, rec));
+            pos += n;
+            continue;
+        }
+        match resync(data, pos, &mut budget) {
+            Some(next) => {
+                out.damaged.push(Damaged {
+                    offset: pos,
+                    skipped: next - pos,
+                    what: salvage(&data[pos..]),
+                });
+                pos = next;
+            }
+            None if torn(data, pos, written) => {
+                out.torn_at = Some(pos);
+                break;
+            }
+            None => {
+                out.damaged.push(Damaged {
+                    offset: pos,
+                    skipped: written - pos,
+                    what: salvage(&data[pos..]),
+                });
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The CRC work a resync may do in a segment of `len` octets. Each offset
+/// that starts with the magic is a candidate whose payload is hashed if its
+/// length fits; a message body can hold many of them (only a damaged
+/// record's body is ever scanned). Past the budget the rest of the segment
+/// counts as damaged: bounded time at start-up, and the segment is kept.
+fn scan_budget(len: usize) -> usize {
+    len.saturating_mul(4).saturating_add(1 << 20)
+}
+
+/// The offset of the next record after `pos` that checks, if any.
+///
+/// Every offset is tried, even inside what the damaged record's length
+/// says is its payload: that length may be the damaged part, and trusting
+/// it could skip good records. A record found inside a damaged message's
+/// body is taken as it is: it checks, and only a damaged record is ever
+/// read that way.
+fn resync(data: &[u8], pos: usize, budget: &mut usize) -> Option<usize> {
+    let mut from = pos + 1;
+    while let Some(i) = memchr::memmem::find(data.get(from..)?, MAGIC) {
+        let at = from + i;
+        if decode_one(&data[at..], budget).is_some() {
+            return Some(at);
+        }
+        if *budget == 0 {
+            return None;
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Whether the record at `pos`, after which nothing checks, is an
+/// unfinished write: it reaches past the end of the file, or into the zero
+/// fill where that begins at a sector boundary. Damage to a complete last
+/// record does neither (unless its own last octets are zeros ending at a
+/// sector boundary: then it is taken for a torn write).
+fn torn(data: &[u8], pos: usize, written: usize) -> bool {
+    let rest = &data[pos..];
+    let reach = match rest.get(..HEADER) {
+        Some(h) if &h[..4] == MAGIC => {
+            pos + HEADER + u32::from_le_bytes(h[8..12].try_into().expect("4 octets")) as usize
+        }
+        // A header that does not read reaches at least past itself.
+        _ => pos + HEADER,
+    };
+    reach > data.len() || (reach > written && written.is_multiple_of(SECTOR))
+}
+
+/// Reads what a damaged record's header and envelope still say.
+fn salvage(rest: &[u8]) -> Salvaged {
+    #[derive(Deserialize)]
+    struct Id {
+        id: String,
+    }
+    if rest.len() < HEADER || &rest[..4] != MAGIC {
+        return Salvaged::Unknown;
+    }
+    let len = u32::from_le_bytes(rest[8..12].try_into().expect("4 octets")) as usize;
+    let payload = &rest[HEADER..rest.len().min(HEADER.saturating_add(len))];
+    match rest[4] {
+        KIND_MESSAGE => payload
+            .get(..4)
+            .map(|l| u32::from_le_bytes(l.try_into().expect("4 octets")) as usize)
+            .and_then(|mlen| payload.get(4..4usize.saturating_add(mlen)))
+            .and_then(|meta| serde_json::from_slice::<Id>(meta).ok())
+            .map_or(Salvaged::Unknown, |m| Salvaged::Message(m.id)),
+        KIND_DONE if plausible_id(payload) => {
+            Salvaged::Done(String::from_utf8_lossy(payload).into_owned())
+        }
+        _ => Salvaged::Unknown,
+    }
+}
+
+/// A queue id as gomail writes them, loosely: 1 to [`ID_MAX`] printable
+/// ASCII octets. Keeps a message payload whose kind octet was damaged into
+/// "done" (the kind is outside the CRC) from reading as a done record.
+fn plausible_id(id: &[u8]) -> bool {
+    (1..=ID_MAX).contains(&id.len()) && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// Decodes the record at the start of `data`, if it checks. The CRC is
+/// computed only for a header that reads and a payload that fits, and is
+/// charged to `budget` (nothing is hashed once it is spent).
+fn decode_one(data: &[u8], budget: &mut usize) -> Option<(Record, usize)> {
     if data.len() < HEADER || &data[..4] != MAGIC {
         return None;
     }
     let kind = data[4];
+    if kind != KIND_MESSAGE && kind != KIND_DONE {
+        return None;
+    }
     let len = u32::from_le_bytes(data[8..12].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(data[12..16].try_into().ok()?);
-    let payload = data.get(HEADER..HEADER + len)?;
+    // A length that points past the end of the segment does not read.
+    let payload = data.get(HEADER..HEADER.checked_add(len)?)?;
+    let Some(left) = budget.checked_sub(len) else {
+        *budget = 0;
+        return None;
+    };
+    *budget = left;
     if crc32fast::hash(payload) != crc {
         return None;
     }
     let rec = match kind {
         KIND_MESSAGE => {
             let mlen = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?) as usize;
-            let meta = payload.get(4..4 + mlen)?;
+            let meta = payload.get(4..4usize.checked_add(mlen)?)?;
             let env: Envelope = serde_json::from_slice(meta).ok()?;
             Record::Message(Box::new(env), payload[4 + mlen..].to_vec())
         }
-        KIND_DONE => Record::Done(String::from_utf8(payload.to_vec()).ok()?),
-        _ => return None,
+        _ => {
+            if !plausible_id(payload) {
+                return None;
+            }
+            Record::Done(String::from_utf8(payload.to_vec()).ok()?)
+        }
     };
     Some((rec, HEADER + len))
 }
@@ -196,40 +390,4 @@ pub(crate) fn test_envelope(id: &str) -> Envelope {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(id: &str) -> Envelope {
-        test_envelope(id)
-    }
-
-    #[test]
-    fn records_round_trip_and_torn_tails_stop_reading() {
-        let mut seg = encode_message(&env("A"), b"Received: x\r\n", b"body\r\n");
-        encode_done("A", &mut seg);
-        let second = encode_message(&env("B"), b"", b"two");
-        seg.extend_from_slice(&second);
-        let (recs, clean) = decode_all(&seg);
-        assert!(clean);
-        assert_eq!(recs.len(), 3);
-        assert_eq!(
-            recs[0],
-            Record::Message(Box::new(env("A")), b"Received: x\r\nbody\r\n".to_vec())
-        );
-        assert_eq!(recs[1], Record::Done("A".into()));
-        for cut in 1..second.len() {
-            let (recs, clean) = decode_all(&seg[..seg.len() - cut]);
-            assert!(!clean);
-            assert_eq!(recs.len(), 2, "cut {cut}");
-        }
-        let mut padded = seg.clone();
-        padded.extend(std::iter::repeat_n(0u8, 4096));
-        let (recs, clean) = decode_all(&padded);
-        assert!(clean);
-        assert_eq!(recs.len(), 3);
-        let mut flipped = seg.clone();
-        let n = flipped.len();
-        flipped[n - 1] ^= 1;
-        assert_eq!(decode_all(&flipped).0.len(), 2);
-    }
-}
+mod tests;

@@ -14,6 +14,7 @@ mod disk_full;
 mod reload;
 mod shards;
 mod smtp;
+mod spool_damage;
 mod tls;
 mod validation;
 mod webhook;
