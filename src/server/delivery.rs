@@ -28,8 +28,9 @@ pub(crate) struct Queue {
     items: RefCell<VecDeque<(Spooled, bool)>>,
     wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
     busy: Cell<bool>,
-    /// The last store write failed, with this error: until one succeeds,
-    /// new messages are deferred (`452 4.3.1`) and `/health` says why.
+    /// The last store write failed for want of space (ENOSPC, EDQUOT),
+    /// with this error: until one succeeds, new messages are deferred
+    /// (`452 4.3.1`) and `/health` says why.
     failing: RefCell<Option<String>>,
 }
 
@@ -130,13 +131,18 @@ pub(super) async fn run(state: Rc<ShardState>) {
             }
             (Err(e), batch) => {
                 state.stats.borrow_mut().store_failures += 1;
-                if state
-                    .delivery
-                    .failing
-                    .replace(Some(e.to_string()))
-                    .is_none()
+                // Out of space: what is accepted now could not be finished
+                // either, so nothing more is until it can. (Other errors
+                // are retried with the backlog bounded by spool_max_backlog.)
+                let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+                if full
+                    && state
+                        .delivery
+                        .failing
+                        .replace(Some(e.to_string()))
+                        .is_none()
                 {
-                    tracing::error!(shard = state.id, error = %e, "the JSON store cannot be written: new messages are deferred with 452 4.3.1 until it can");
+                    tracing::error!(shard = state.id, error = %e, "the JSON store's disk is full: new messages are deferred with 452 4.3.1 until it can be written");
                 }
                 tracing::error!(shard = state.id, error = %e, messages = batch.len(), retry_in = ?backoff,
                     "JSON store write failed; messages stay spooled and will be retried");

@@ -296,6 +296,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// filesystem has no `O_TMPFILE`, a temporary name and a rename are used.
 pub fn write_one(data_dir: &Path, env: &Envelope, message: &[u8]) -> std::io::Result<PathBuf> {
     let path = path_for(data_dir, env);
+    // Written by an earlier try of the same batch (or run): the same
+    // message, the same file. Writing it again would need room for a
+    // second copy, which a nearly full disk does not have, and the retry
+    // would never get past it.
+    if path.exists() {
+        return Ok(path);
+    }
     let dir = path.parent().expect("store paths have a parent");
     // One buffer, one write: serde_json writing straight to a File would
     // make a system call per JSON fragment.
@@ -408,6 +415,18 @@ mod tests {
             p,
             Path::new("/d/inbox/2025/11/30/msg_1764489600_0123456789abcdef.json")
         );
+    }
+
+    #[test]
+    fn a_file_already_written_is_not_written_again() {
+        // A retried batch on a nearly full disk: rewriting what is there
+        // would need room for a second copy.
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(dir.path(), &env());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"kept").unwrap();
+        assert_eq!(write_one(dir.path(), &env(), b"Subject: x\r\n\r\ny").unwrap(), path);
+        assert_eq!(std::fs::read(&path).unwrap(), b"kept");
     }
 
     #[test]

@@ -56,14 +56,15 @@ fn full_disk_gives_451_and_the_server_keeps_serving() {
 
 #[test]
 fn a_full_store_defers_new_mail_until_it_can_be_written_and_loses_nothing() {
-    // The store fills first: a small tmpfs under data_dir/inbox, while the
-    // spool has the whole disk. Every 250 must end up stored.
+    // The store fills first: a small tmpfs under data_dir/inbox (nearly
+    // filled), while the spool has the whole disk. Every 250 must end up
+    // stored once the filler goes (8 MiB hold the at most 60 messages).
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let inbox = data.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
         .arg(&inbox)
         .status()
         .expect("mount runs");
@@ -74,7 +75,7 @@ fn a_full_store_defers_new_mail_until_it_can_be_written_and_loses_nothing() {
     let _m = Tmpfs(inbox.clone());
     let filler = inbox.join("filler");
     let st = Command::new("dd")
-        .args(["if=/dev/zero", "bs=64k", "count=24"])
+        .args(["if=/dev/zero", "bs=64k", "count=120"])
         .arg(format!("of={}", filler.display()))
         .status()
         .unwrap();
