@@ -7,7 +7,7 @@ use super::record::{self, Envelope, Record};
 use super::SpoolError;
 
 /// What the segments on disk hold.
-pub(super) struct Found {
+pub(crate) struct Found {
     /// Every segment, oldest first, with its count of undelivered messages.
     pub segments: Vec<(PathBuf, usize)>,
     /// Undelivered messages: (index into `segments`, envelope, message).
@@ -48,7 +48,7 @@ fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SpoolError> {
 }
 
 /// Reads every segment in `dirs` (the shard's own first).
-pub(super) fn recover(dirs: &[PathBuf]) -> Result<Found, SpoolError> {
+pub(crate) fn recover(dirs: &[PathBuf]) -> Result<Found, SpoolError> {
     let mut found = Found {
         segments: Vec::new(),
         pending: Vec::new(),
