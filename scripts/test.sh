@@ -5,9 +5,10 @@
 # Tests use real tools and fail loudly when one is missing; this script is
 # what puts them there: swaks (an independent SMTP client) with
 # libnet-ssleay-perl for its --tls, openssl (s_client, key generation),
-# promtool (from Debian's prometheus) to lint the metrics, and
-# Python's dkimpy with authres (an independent DKIM signer and ARC sealer,
-# from PyPI). They also mount a small tmpfs (disk-full test), so run as root.
+# promtool (from Debian's prometheus) to lint the metrics, Python's dkimpy
+# with authres (an independent DKIM signer and ARC sealer, from PyPI), and
+# cargo-fuzz with g++ for libFuzzer (scripts/fuzz.sh installs cargo-fuzz).
+# They also mount a small tmpfs (disk-full test), so run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # promtool (Debian's prometheus package) lints a live /metrics scrape.
 command -v promtool >/dev/null || need+=(prometheus)
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
+# libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+command -v g++ >/dev/null || need+=(g++)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "scripts/test.sh: missing ${need[*]}; run as root or: apt-get install ${need[*]}" >&2
@@ -37,6 +40,15 @@ fi
 memlock=$(ulimit -l)
 if [[ $memlock != unlimited ]] && ((memlock < 512)); then
     ulimit -l 8192 || { echo "scripts/test.sh: ulimit -l is ${memlock} KiB; gomail needs >= 512 (raise it)" >&2; exit 1; }
+fi
+
+# Every fuzz target for GOMAIL_FUZZ_SECONDS each (default 30; 0 skips),
+# from the committed corpus: a crash fails the run (scripts/fuzz.sh). A
+# filtered run (arguments given) skips it. cargo test below also replays
+# the corpus through the same checks.
+fuzz_secs=${GOMAIL_FUZZ_SECONDS:-30}
+if ((!$# && fuzz_secs > 0)); then
+    scripts/fuzz.sh "$fuzz_secs"
 fi
 
 # fault-injection compiles the test-only faults (a command that panics a

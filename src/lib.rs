@@ -15,6 +15,8 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logfmt;
 pub mod reload;
 pub mod server;

@@ -15,7 +15,7 @@ const ARC_MAX_SETS: usize = 50;
 
 /// `message`, without the DKIM signatures and ARC fields past the limits
 /// (borrowed as it is when it has none too many).
-pub(super) fn limit_signatures(message: &[u8]) -> Cow<'_, [u8]> {
+pub(crate) fn limit_signatures(message: &[u8]) -> Cow<'_, [u8]> {
     const LIMITED: [(&[u8], usize); 4] = [
         (b"dkim-signature", DKIM_MAX_SIGNATURES),
         (b"arc-seal", ARC_MAX_SETS),

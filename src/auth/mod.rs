@@ -11,7 +11,8 @@
 pub mod dns;
 mod dnsbl;
 mod json;
-mod limits;
+// Reachable crate-wide for the message check in `crate::fuzzing`.
+pub(crate) mod limits;
 
 pub use limits::DKIM_MAX_SIGNATURES;
 

@@ -320,20 +320,36 @@ pub const SERVER_FLAGS: &[&str] = &[
 
 /// Loads and checks the configuration from `sources`.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    let path = sources.config_path();
+    let text = match &path {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    load_from(path.zip(text), sources)
+}
+
+/// [`load`] with the file's text given instead of read: what the config
+/// check in `crate::fuzzing` feeds arbitrary YAML to.
+pub(crate) fn load_text(path: &Path, text: &str, sources: &Sources) -> Result<Config, ConfigError> {
+    load_from(Some((path.to_path_buf(), text.to_string())), sources)
+}
+
+fn load_from(file: Option<(PathBuf, String)>, sources: &Sources) -> Result<Config, ConfigError> {
     let mut settings: BTreeMap<&'static str, (Value, Origin)> = BTreeMap::new();
     for key in keys::KEYS {
         if let Some(d) = key.default {
             settings.insert(key.name, (Value::from_text(d, key.kind), Origin::Default));
         }
     }
-    let path = sources.config_path();
-    if let Some(path) = &path {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        for (name, value) in read_yaml(path, &text)? {
-            let origin = Origin::File(path.clone(), line_of(&text, &name));
+    let path = file.as_ref().map(|(p, _)| p.clone());
+    if let Some((path, text)) = &file {
+        for (name, value) in read_yaml(path, text)? {
+            let origin = Origin::File(path.clone(), line_of(text, &name));
             let Some(key) = keys::find(&name) else {
                 return Err(unknown(name, origin));
             };

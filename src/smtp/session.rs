@@ -354,9 +354,15 @@ impl Session {
     /// Feeds back the result of an [`Action::Spool`].
     pub fn handle_completion(&mut self, completion: Completion, now: Instant, out: &mut Vec<u8>) {
         if let Completion::Sender(verdict) = completion {
+            // A verdict nobody waits for changes nothing: replacing the
+            // state first would drop a DATA, BDAT or closed state for
+            // `Command`, and the rest of a message would run as commands.
+            if !matches!(self.state, State::CheckingSender(_)) {
+                return;
+            }
             let State::CheckingSender(env) = std::mem::replace(&mut self.state, State::Command)
             else {
-                return;
+                unreachable!("checked above")
             };
             self.deadline = now + self.cfg.limits.command_timeout;
             match verdict {

@@ -754,3 +754,36 @@ fn a_client_that_never_reads_is_answered_up_to_the_reply_bound_only() {
     let more = s.handle_input(&script[used..], Instant::now(), &mut out);
     assert!(more > 0);
 }
+
+/// Regression (issue 12, found by the `session` fuzz target): a sender
+/// verdict fed while the session waited for none put it back in command
+/// mode, so the rest of a message body ran as commands, and a closed
+/// session took commands again.
+#[test]
+fn a_sender_verdict_nobody_asked_for_changes_nothing() {
+    let now = Instant::now();
+    let mut s = Session::new(cfg(), now);
+    let mut out = Vec::new();
+    s.handle_input(
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.test>\r\nDATA\r\nline one\r\n",
+        now,
+        &mut out,
+    );
+    out.clear();
+    s.handle_completion(Completion::Sender(None), now, &mut out);
+    s.handle_input(b"RSET\r\n.\r\n", now, &mut out);
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    let Some(Action::Spool(tx)) = s.poll_action() else {
+        panic!("the message did not end")
+    };
+    assert_eq!(tx.body, b"line one\r\nRSET\r\n");
+
+    let mut s = Session::new(cfg(), now);
+    s.handle_input(b"QUIT\r\n", now, &mut out);
+    assert!(s.is_closed());
+    s.handle_completion(Completion::Sender(None), now, &mut out);
+    assert!(s.is_closed());
+    out.clear();
+    s.handle_input(b"NOOP\r\n", now, &mut out);
+    assert!(out.is_empty());
+}

@@ -18,8 +18,9 @@
 //!
 //! The spool never: delivers, parses messages, or answers clients.
 
-mod record;
-mod recover;
+// Reachable crate-wide for the spool check in `crate::fuzzing`.
+pub(crate) mod record;
+pub(crate) mod recover;
 pub mod store;
 
 use std::cell::RefCell;

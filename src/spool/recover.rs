@@ -14,7 +14,7 @@ use super::record::{self, Envelope, Record};
 use super::SpoolError;
 
 /// What the segments on disk hold.
-pub(super) struct Found {
+pub(crate) struct Found {
     /// Every segment, oldest first, with its count of undelivered messages.
     pub segments: Vec<(PathBuf, usize)>,
     /// Undelivered messages: (index into `segments`, envelope, message).
@@ -73,7 +73,7 @@ fn file_name(p: &Path) -> std::borrow::Cow<'_, str> {
 
 /// Reads every segment in `dirs` (the shard's own first) under the spool
 /// root `root`. Only the shard's own directory failing to list is an error.
-pub(super) fn recover(root: &Path, dirs: &[PathBuf]) -> Result<Found, SpoolError> {
+pub(crate) fn recover(root: &Path, dirs: &[PathBuf]) -> Result<Found, SpoolError> {
     let corrupt = root.join("corrupt");
     let mut found = Found {
         segments: Vec::new(),

@@ -425,7 +425,10 @@ mod tests {
         let path = path_for(dir.path(), &env());
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"kept").unwrap();
-        assert_eq!(write_one(dir.path(), &env(), b"Subject: x\r\n\r\ny").unwrap(), path);
+        assert_eq!(
+            write_one(dir.path(), &env(), b"Subject: x\r\n\r\ny").unwrap(),
+            path
+        );
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
     }
 

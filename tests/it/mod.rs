@@ -11,6 +11,7 @@ mod cli;
 mod control;
 mod crash;
 mod disk_full;
+mod fuzz_corpus;
 mod reload;
 mod shards;
 mod smtp;

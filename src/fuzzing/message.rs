@@ -1,0 +1,122 @@
+//! A message's octets through what gomail does with them before and after
+//! the spool: the strict header check, the renaming of forged
+//! authentication fields, the signature limits and mail-auth's parse that
+//! DKIM, ARC and DMARC start from, and the JSON payload (store file and
+//! webhook body). No DNS is asked: the verifications themselves are not
+//! run.
+//!
+//! Input layout: the message, as the session hands it over.
+
+use base64::Engine as _;
+
+use crate::auth::limits::{limit_signatures, DKIM_MAX_SIGNATURES};
+use crate::smtp::headers::{check, obscure_forged};
+use crate::spool::store::{payload, PayloadParts};
+use crate::spool::Envelope;
+
+const AUTHSERV: &str = "mx.example.test";
+
+fn envelope() -> Envelope {
+    Envelope {
+        id: "Q1".into(),
+        received_at_ms: 1_764_576_000_000,
+        mail_from: "a@b.example".into(),
+        recipients: vec!["r@example.test".into(), "s@example.test".into()],
+        helo: "client.example".into(),
+        client_ip: "192.0.2.7".into(),
+        esmtp: true,
+        ..Envelope::default()
+    }
+}
+
+/// See the module docs.
+pub fn message(msg: &[u8]) {
+    let verdict = check(msg);
+    if let Some(r) = &verdict {
+        assert_eq!((r.code, r.status), (550, "5.6.0"));
+        super::assert_reply(r);
+    }
+
+    if let Some(renamed) = obscure_forged(msg, AUTHSERV) {
+        assert_ne!(renamed, msg, "nothing renamed");
+        assert_eq!(
+            obscure_forged(&renamed, AUTHSERV),
+            None,
+            "a forged field survived"
+        );
+        assert_eq!(
+            check(&renamed),
+            verdict,
+            "renaming changed the header verdict"
+        );
+        let before: Vec<&[u8]> = msg.split_inclusive(|&b| b == b'\n').collect();
+        let after: Vec<&[u8]> = renamed.split_inclusive(|&b| b == b'\n').collect();
+        assert_eq!(before.len(), after.len(), "renaming changed the lines");
+        for (a, b) in before.iter().zip(&after) {
+            if a != b {
+                let value = |l: &[u8]| l.iter().position(|&c| c == b':').map(|i| l[i..].to_vec());
+                assert!(
+                    b.starts_with(b"X-Gomail-Forged-"),
+                    "renamed to {:?}",
+                    String::from_utf8_lossy(b)
+                );
+                assert_eq!(value(a), value(b), "renaming changed a value");
+            }
+        }
+    }
+
+    // A message gomail can hold has every LF after a CR (SMTP refuses
+    // others; the API makes them CRLF): there, mail-auth sees no more
+    // signature fields than the limit lets through.
+    let limited = limit_signatures(msg);
+    let parsed = mail_auth::AuthenticatedMessage::parse(&limited);
+    let crlf_only = msg
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b != b'\n' || (i > 0 && msg[i - 1] == b'\r'));
+    if let (Some(m), true) = (&parsed, crlf_only) {
+        let signatures = m.dkim_headers.len();
+        assert!(
+            signatures <= DKIM_MAX_SIGNATURES,
+            "{signatures} DKIM signatures reach the verifier"
+        );
+        for (kind, n) in [
+            ("ARC-Seal", m.as_headers.len()),
+            ("ARC-Message-Signature", m.ams_headers.len()),
+        ] {
+            assert!(n <= 50, "{n} {kind} fields reach the verifier");
+        }
+        let _ = (m.from(), m.from.join(", "));
+    }
+
+    let env = envelope();
+    let json = payload(&env, msg, None);
+    let v: serde_json::Value = serde_json::from_slice(&json).expect("the payload is JSON");
+    assert_eq!(v["recipient"], "r@example.test");
+    assert_eq!(v["recipients"][1], "s@example.test");
+    assert_eq!(v["metadata"]["size_bytes"], msg.len());
+    let raw = v["raw"].as_str().expect("raw is a string");
+    match std::str::from_utf8(msg) {
+        Ok(text) => {
+            assert_eq!(raw, text, "raw differs from the message");
+            assert!(v["metadata"].get("raw_base64").is_none());
+        }
+        Err(_) => {
+            let b64 = v["metadata"]["raw_base64"]
+                .as_str()
+                .expect("raw_base64 for 8-bit octets");
+            let back = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("raw_base64 decodes");
+            assert!(back == msg, "raw_base64 differs from the message");
+        }
+    }
+    for field in ["subject", "from_header", "to_header", "message_id"] {
+        assert!(v[field].is_string(), "{field} is not a string");
+    }
+    let parts = PayloadParts::new(&env, msg);
+    let one = parts.with_recipient(Some("s@example.test"));
+    let v2: serde_json::Value = serde_json::from_slice(&one).expect("a spliced payload is JSON");
+    assert_eq!(v2["recipient"], "s@example.test");
+    assert_eq!(parts.len() + "\"s@example.test\"".len(), one.len());
+}
