@@ -10,7 +10,7 @@
 //! an API: it is hidden from the docs and may change at any time.
 //!
 //! These checks never touch the network or a clock; the spool check writes
-//! segment files under the system's temporary directory.
+//! segment files to a scratch directory (`/dev/shm` where there is one).
 
 mod command;
 mod config;

@@ -121,9 +121,17 @@ fn encoded(r: &Record) -> Vec<u8> {
     }
 }
 
-/// A directory of this process's own, empty.
+/// A directory of this process's own, empty: in memory (`/dev/shm`) unless
+/// `TMPDIR` says otherwise, since a disk's directory operations make this
+/// check some 50 times slower.
 fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gomail-fuzz-spool-{}", std::process::id()));
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if std::env::var_os("TMPDIR").is_none() && shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("gomail-fuzz-spool-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the scratch directory");
     dir
