@@ -74,6 +74,13 @@ session(
     + (E + "MAIL FROM:<a@b.example> REQUIRETLS\r\nRCPT TO:<r@example.test>\r\nDATA\r\nx\r\n.\r\nSTARTTLS\r\n").encode(),
 )
 session(
+    "starttls_then_mail_without_ehlo",
+    STARTTLS,
+    (E + "STARTTLS\r\n").encode()
+    + b"\xfe"
+    + (T + "DATA\r\nx\r\n.\r\n" + E + T + "DATA\r\ny\r\n.\r\n").encode(),
+)
+session(
     "checks_and_gate",
     CHECK_SENDER | GATE | STRICT,
     E + T + "DATA\r\nFrom: a@sender.example\r\nDate: Mon, 1 Dec 2025 08:00:00 +0000\r\n\r\nx\r\n.\r\n"
