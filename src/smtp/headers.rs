@@ -95,15 +95,47 @@ const FORGEABLE: [(&str, &str); 3] = [
     ("x-gomail-spf-failed", "X-Gomail-Forged-SPF-Failed"),
 ];
 
-/// The authserv-id of an `Authentication-Results` value: its first token,
-/// before `;` or a comment.
-fn authserv_id(value: &[u8]) -> &[u8] {
-    let v = value.trim_ascii_start();
-    let end = v
-        .iter()
-        .position(|&b| b == b';' || b == b'(' || b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    &v[..end]
+/// The authserv-id of an (unfolded) `Authentication-Results` value: its
+/// first token or quoted string after any whitespace and comments (RFC
+/// 8601 section 2.2), without a trailing dot.
+fn authserv_id(value: &[u8]) -> Vec<u8> {
+    let mut v = value;
+    loop {
+        v = v.trim_ascii_start();
+        if v.first() != Some(&b'(') {
+            break;
+        }
+        // A comment, nested comments and escapes included.
+        let mut depth = 0usize;
+        let mut end = v.len();
+        let mut k = 0;
+        while k < v.len() {
+            match v[k] {
+                b'\\' => k += 1,
+                b'(' => depth += 1,
+                b')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = k + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            k += 1;
+        }
+        v = &v[end.min(v.len())..];
+    }
+    let id: &[u8] = if let Some(q) = v.strip_prefix(b"\"") {
+        &q[..q.iter().position(|&b| b == b'"').unwrap_or(q.len())]
+    } else {
+        let end = v
+            .iter()
+            .position(|&b| b == b';' || b == b'(' || b.is_ascii_whitespace())
+            .unwrap_or(v.len());
+        &v[..end]
+    };
+    id.strip_suffix(b".").unwrap_or(id).to_vec()
 }
 
 /// `message` with every forgeable field (see [`FORGEABLE`]) of its header
@@ -131,8 +163,17 @@ pub fn obscure_forged(message: &[u8], authserv: &str) -> Option<Vec<u8>> {
         else {
             continue;
         };
-        let ours = !name.eq_ignore_ascii_case(b"authentication-results")
-            || authserv_id(&bare[colon + 1..]).eq_ignore_ascii_case(authserv.as_bytes());
+        // The value may be folded: the id can be on a continuation line.
+        let ours = !name.eq_ignore_ascii_case(b"authentication-results") || {
+            let mut value = bare[colon + 1..].to_vec();
+            for next in message[at..].split_inclusive(|&b| b == b'\n') {
+                if !matches!(next.first(), Some(b' ' | b'\t')) {
+                    break;
+                }
+                value.extend_from_slice(next);
+            }
+            authserv_id(&value).eq_ignore_ascii_case(authserv.as_bytes())
+        };
         if ours {
             renames.push((start, start + colon, kept_as));
         }
@@ -202,6 +243,23 @@ mod tests {
             obscure_forged(b"Subject: clean\r\n\r\nbody\r\n", "mx.example.test"),
             None
         );
+        // Folded, behind comments, quoted, with a trailing dot: still ours.
+        for forged in [
+            "Authentication-Results:\r\n mx.example.test; spf=pass\r\n\r\n",
+            "Authentication-Results:   \r\n  \r\n mx.example.test; spf=pass\r\n\r\n",
+            "Authentication-Results: (c) mx.example.test; spf=pass\r\n\r\n",
+            "Authentication-Results: (x;(y)) mx.example.test; spf=pass\r\n\r\n",
+            "Authentication-Results: (c)\r\n mx.example.test;\r\n\r\n",
+            "Authentication-Results: \"mx.example.test\"; spf=pass\r\n\r\n",
+            "Authentication-Results: mx.example.test.; spf=pass\r\n\r\n",
+            "Authentication-Results: mx.example.test.(x);spf=pass\r\n\r\n",
+        ] {
+            let out = obscure_forged(forged.as_bytes(), "mx.example.test");
+            assert!(
+                out.is_some_and(|o| o.starts_with(b"X-Gomail-Forged-Authentication-Results:")),
+                "{forged:?}"
+            );
+        }
         // A longer host that only starts with ours is someone else's.
         assert_eq!(
             obscure_forged(
