@@ -14,21 +14,28 @@ impl Drop for Tmpfs {
     }
 }
 
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`2m`) on `dir`, unmounted when dropped.
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount runs");
+        assert!(
+            st.success(),
+            "this test mounts a {size} tmpfs and needs root (CI runs as root)"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
 #[test]
 fn full_disk_gives_451_and_the_server_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .expect("mount runs");
-    assert!(
-        st.success(),
-        "this test mounts a 2 MiB tmpfs and needs root (CI runs as root)"
-    );
-    let _m = Tmpfs(mnt.clone());
+    let _m = Tmpfs::mount(&mnt, "2m");
     let g = Gomail::start_on(&mnt.join("data"), "max_message_size: 1MB\n");
     let body = format!(
         "Subject: big\r\n\r\n{}",
@@ -63,16 +70,7 @@ fn a_full_store_defers_new_mail_until_it_can_be_written_and_loses_nothing() {
     let data = tmp.path().join("data");
     let inbox = data.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&inbox)
-        .status()
-        .expect("mount runs");
-    assert!(
-        st.success(),
-        "this test mounts a tmpfs and needs root (CI runs as root)"
-    );
-    let _m = Tmpfs(inbox.clone());
+    let _m = Tmpfs::mount(&inbox, "8m");
     let filler = inbox.join("filler");
     let st = Command::new("dd")
         .args(["if=/dev/zero", "bs=64k", "count=120"])
