@@ -32,11 +32,15 @@ impl Tmpfs {
 
 #[test]
 fn full_disk_gives_451_and_the_server_keeps_serving() {
+    // Only the spool is small: with the whole data_dir on one small disk,
+    // the store's larger JSON files may fill it first, and the answer is
+    // then the store's 452 (the next test), not the spool's 451.
     let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let _m = Tmpfs::mount(&mnt, "2m");
-    let g = Gomail::start_on(&mnt.join("data"), "max_message_size: 1MB\n");
+    let data = tmp.path().join("data");
+    let spool = data.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let _m = Tmpfs::mount(&spool, "2m");
+    let g = Gomail::start_on(&data, "max_message_size: 1MB\n");
     let body = format!(
         "Subject: big\r\n\r\n{}",
         ("z".repeat(998) + "\r\n").repeat(300)
