@@ -102,12 +102,20 @@ pub(super) async fn run(state: Rc<ShardState>) {
         let dir = state.data_dir.clone();
         let result = glommio::executor()
             .spawn_blocking(move || {
-                let refs: Vec<_> = batch
+                // Messages that waited for retries, or were recovered at
+                // start-up, are read back from the spool here.
+                let contents: std::io::Result<Vec<_>> = batch
                     .iter()
                     .filter(|(_, store)| *store)
-                    .map(|(m, _)| (&m.envelope, m.message.as_slice()))
+                    .map(|(m, _)| m.read())
                     .collect();
-                let r = store::write_batch(&dir, &refs);
+                let r = contents.and_then(|contents| {
+                    let refs: Vec<_> = contents
+                        .iter()
+                        .map(|c| (&c.envelope, c.message.as_slice()))
+                        .collect();
+                    store::write_batch(&dir, &refs)
+                });
                 (r, batch)
             })
             .await;
@@ -121,11 +129,9 @@ pub(super) async fn run(state: Rc<ShardState>) {
                         "JSON store writable again; accepting mail"
                     );
                 }
-                state.spool.mark_done(
-                    batch
-                        .iter()
-                        .map(|(m, _)| (m.segment, m.envelope.id.as_str())),
-                );
+                state
+                    .spool
+                    .mark_done(batch.iter().map(|(m, _)| (m.at.segment, m.id.as_str())));
                 state.stats.borrow_mut().messages_stored +=
                     batch.iter().filter(|(_, s)| *s).count() as u64;
             }

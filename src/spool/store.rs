@@ -26,14 +26,15 @@ pub fn path_for(data_dir: &Path, env: &Envelope) -> PathBuf {
         .join(format!("{:04}", at.year()))
         .join(format!("{:02}", at.month()))
         .join(format!("{:02}", at.day()))
-        .join(file_name(env, &env.id))
+        .join(file_name(env.received_at_ms, &env.id))
 }
 
 /// GoMail's file name for a message, `msg_<unix>_<id>.json`; `id` is the
 /// queue id, or a per-recipient webhook id (`<queue id>.<n>`) for a dead
 /// letter.
-pub fn file_name(env: &Envelope, id: &str) -> String {
-    format!("msg_{}_{id}.json", received_at(env).timestamp())
+pub fn file_name(received_at_ms: i64, id: &str) -> String {
+    let at = DateTime::from_timestamp_millis(received_at_ms).unwrap_or_default();
+    format!("msg_{}_{id}.json", at.timestamp())
 }
 
 fn received_at(env: &Envelope) -> DateTime<Utc> {
