@@ -460,7 +460,7 @@ async fn attempt(state: &Rc<ShardState>, order: Order) {
                 outbox.release(m);
             }
         }
-        Outcome::DeadLetter { why, log, .. } => {
+        Outcome::DeadLetter { why, log, attempts } => {
             let target = match message {
                 Some(m) => {
                     let received_at_ms = outbox
@@ -480,7 +480,8 @@ async fn attempt(state: &Rc<ShardState>, order: Order) {
                     None => return,
                 },
             };
-            let written = dead::write(state, id, target, why, &log, body.as_deref()).await;
+            let written =
+                dead::write(state, id, target, why, &log, attempts, body.as_deref()).await;
             outbox
                 .engine
                 .borrow_mut()

@@ -20,10 +20,10 @@ pub(super) enum Target {
     Redriven(std::path::PathBuf, Vec<serde_json::Value>),
 }
 
-/// The dead letter's `reason`, from why delivery gave up and the attempts
-/// (this run's; the last is the one that decided).
-fn reason(why: GaveUp, attempts: &[Attempt]) -> String {
-    let n = attempts.len();
+/// The dead letter's `reason`, from why delivery gave up, the attempts
+/// kept (the last is the one that decided) and how many there were in all
+/// (over restarts).
+fn reason(why: GaveUp, attempts: &[Attempt], n: u32) -> String {
     let last = attempts.last();
     let detail = last.map_or("", |a| a.detail.as_str());
     match (why, last.and_then(|a| a.status)) {
@@ -50,9 +50,10 @@ pub(super) async fn write(
     target: Target,
     why: GaveUp,
     log: &[Attempt],
+    attempts_made: u32,
     payload: Option<&[u8]>,
 ) -> bool {
-    let reason = reason(why, log);
+    let reason = reason(why, log, attempts_made);
     let dir = state.data_dir.join("dead");
     let (path, mut attempts) = match target {
         Target::New(path) => (path, Vec::new()),
@@ -124,7 +125,7 @@ mod tests {
     fn the_reason_says_why_delivery_gave_up() {
         let refused = [attempt(Some(422), None, "no")];
         assert_eq!(
-            reason(GaveUp::Refused, &refused),
+            reason(GaveUp::Refused, &refused, 1),
             "receiver refused the message with HTTP 422"
         );
         let tls = [attempt(
@@ -133,21 +134,21 @@ mod tests {
             "TLS handshake with 192.0.2.1:443: invalid peer certificate: UnknownIssuer",
         )];
         assert_eq!(
-            reason(GaveUp::Tls, &tls),
+            reason(GaveUp::Tls, &tls, 1),
             "TLS failure, not retried (check the receiver's certificate, the host in api_endpoint and webhook_ca_file): TLS handshake with 192.0.2.1:443: invalid peer certificate: UnknownIssuer"
         );
         let denied = [attempt(Some(401), None, ""), attempt(Some(404), None, "")];
         assert_eq!(
-            reason(GaveUp::DeniedTooLong, &denied),
+            reason(GaveUp::DeniedTooLong, &denied, 2),
             "receiver answered HTTP 401, 403 or 404 for 60 minutes or more (2 attempts); last answer HTTP 404"
         );
         assert_eq!(
-            reason(GaveUp::RetriesUsedUp, &denied),
+            reason(GaveUp::RetriesUsedUp, &denied, 2),
             "retries exhausted (2 attempts); last answer HTTP 404"
         );
         let timeout = [attempt(None, Some(Failure::Timeout), "no answer within 2s")];
         assert_eq!(
-            reason(GaveUp::RetriesUsedUp, &timeout),
+            reason(GaveUp::RetriesUsedUp, &timeout, 1),
             "retries exhausted (1 attempts); last error: no answer within 2s"
         );
     }
