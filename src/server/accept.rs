@@ -46,9 +46,9 @@ pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result
         state.stats.borrow_mut().store_refusals += 1;
         return Err(Reply::STORE_FAILING);
     }
-    if state.spool.outstanding() as u64 >= live.max_backlog {
+    if let Some(r) = live.spool_refusal(&state.spool, tx.body.len()) {
         state.stats.borrow_mut().spool_backlog_refusals += 1;
-        return Err(Reply::BACKLOG_FULL);
+        return Err(r);
     }
     let done = match &state.auth {
         Some(auth) => {

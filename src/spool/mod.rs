@@ -344,6 +344,28 @@ impl Spool {
         self.inner.borrow().segments.iter().map(|s| s.bytes).sum()
     }
 
+    /// [`Spool::disk_bytes`] once a message of about `size` octets is
+    /// written: the same when it fits in the active segment's preallocated
+    /// space; else a whole new segment more (it may need one), less the
+    /// segments whose messages are all done (deleted once it is there).
+    pub fn disk_bytes_with(&self, size: usize) -> u64 {
+        let inner = self.inner.borrow();
+        let fits = inner
+            .segments
+            .back()
+            .is_some_and(|s| inner.pos + size as u64 + 4096 <= s.bytes);
+        if fits {
+            return inner.segments.iter().map(|s| s.bytes).sum();
+        }
+        let kept: u64 = inner
+            .segments
+            .iter()
+            .skip_while(|s| s.outstanding == 0)
+            .map(|s| s.bytes)
+            .sum();
+        kept + SEGMENT_MAX.max(size as u64)
+    }
+
     /// True while a spare segment is being zero-filled on the blocking
     /// pool. The shard must not stop before it is done: the pool's thread
     /// would finish after the executor it answers to is gone, and panic.

@@ -201,3 +201,46 @@ fn five_thousand_waiting_messages_cost_disk_not_memory_and_survive_a_kill_9() {
         );
     }
 }
+
+#[test]
+fn spool_max_bytes_defers_new_mail_until_the_backlog_drains() {
+    // One shard, 40 MB: the first preallocated 32 MiB segment fills, and
+    // the next one would pass the bound.
+    let rx = receiver(Mode::Fixed(503));
+    rx.keep_bodies.store(false, Ordering::Relaxed);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = rx.config(
+        "shards: 1\nspool_max_bytes: 40MB\nwebhook_retries: 1000\nwebhook_retry_delay: 200ms\nstore_mode: never\n",
+    );
+    let g = Gomail::start_on(&data, &cfg);
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        ("z".repeat(998) + "\r\n").repeat(100)
+    );
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO bulk.example");
+    let mut accepted = Vec::new();
+    let refused = loop {
+        let r = c.mail("s@sender.example", &["r@example.test"], &body);
+        match super::harness::queue_id(&r) {
+            Some(id) => accepted.push(id),
+            None => break r,
+        }
+        assert!(accepted.len() < 1000, "40 MB never filled");
+    };
+    assert_eq!(
+        refused,
+        "452 4.3.1 Insufficient system storage: spool full, try again later\r\n"
+    );
+    assert!(accepted.len() > 100, "only {} accepted", accepted.len());
+    let bytes = super::harness::metric(&g, "gomail_spool_bytes");
+    assert!(bytes <= 40e6, "{bytes}");
+    // The receiver is back: the backlog drains, its segments go, and mail
+    // is taken again.
+    *rx.mode.lock().unwrap() = Mode::Fixed(200);
+    rx.wait_delivered(&accepted);
+    wait_until(Duration::from_secs(30), "new mail taken again", || {
+        super::harness::queue_id(&c.mail("s@sender.example", &["r@example.test"], &body)).is_some()
+    });
+}
