@@ -104,16 +104,7 @@ impl PayloadParts {
             .as_deref()
             .or(headers.subject.as_deref())
             .unwrap_or_default();
-        // `raw` is a JSON string: octets that are not UTF-8 cannot be in it
-        // unchanged, so the exact message travels base64-encoded too.
-        // (`from_utf8` first: its check is several times faster than the
-        // lossy conversion's, and almost every message passes it.)
-        let raw = match std::str::from_utf8(message) {
-            Ok(text) => Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(message),
-        };
-        let raw_base64 =
-            matches!(raw, Cow::Owned(_)).then(|| crate::delivery::sign::base64_encode(message));
+        let (raw, raw_base64) = raw_text(message);
         let received_at = received_at(env).to_rfc3339_opts(SecondsFormat::Secs, true);
         let head = Head {
             authentication: env.authentication.as_ref(),
@@ -165,6 +156,42 @@ impl PayloadParts {
         t[0] = b',';
         PayloadParts { head: h, tail: t }
     }
+}
+
+/// `raw` as a JSON string can carry it, and the exact octets base64-encoded
+/// when it cannot carry them unchanged.
+///
+/// Text (UTF-8 without control characters other than TAB, CR and LF, i.e.
+/// nearly every message) goes as it is: its JSON form is its size plus a
+/// backslash per quote, backslash, TAB, CR and LF. Octets that are not
+/// UTF-8, and the other control characters (which JSON could carry only
+/// as six-octet `\u00XX` escapes), are each replaced by U+FFFD in `raw`,
+/// and `metadata.raw_base64` carries the exact message. So `raw` is at
+/// most 3× the message (an octet of garbage becomes the three octets of
+/// U+FFFD), `raw_base64` 4/3×, and text never grows past 2×.
+fn raw_text(message: &[u8]) -> (Cow<'_, str>, Option<String>) {
+    let control = |b: &u8| *b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n');
+    // `from_utf8` first: its check is several times faster than the lossy
+    // conversion's, and almost every message passes it.
+    let text = match std::str::from_utf8(message) {
+        Ok(text) if !message.iter().any(control) => return (Cow::Borrowed(text), None),
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(message),
+    };
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && control(&(c as u8)) {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect();
+    (
+        Cow::Owned(clean),
+        Some(crate::delivery::sign::base64_encode(message)),
+    )
 }
 
 // The payload's fields in alphabetical order, as GoMail's JSON has them:
@@ -435,7 +462,7 @@ mod tests {
 
     #[test]
     fn parts_splice_each_recipient_into_one_build() {
-        let msg = b"From: a@b.example\r\nSubject: s\r\n\r\nbody \x01 \"quoted\"\r\n";
+        let msg = b"From: a@b.example\r\nSubject: s\r\n\r\nbody \\ \"quoted\"\r\n";
         let parts = PayloadParts::new(&env(), msg);
         for r in ["r@example.test", "s@example.test", "we\"ird\\@x.example"] {
             let bytes = parts.with_recipient(Some(r));
@@ -508,6 +535,33 @@ mod tests {
         let msg = b"Subject: x\r\n\r\n\xff\xfe\r\n";
         let v: serde_json::Value = serde_json::from_slice(&payload(&env(), msg, None)).unwrap();
         assert_eq!(v["metadata"]["raw_base64"], "U3ViamVjdDogeA0KDQr//g0K");
+        assert_eq!(v["raw"], "Subject: x\r\n\r\n\u{fffd}\u{fffd}\r\n");
+    }
+
+    #[test]
+    fn the_json_form_of_raw_is_bounded_by_the_message_size() {
+        // Text goes as it is, with no raw_base64.
+        let text = b"Subject: t\r\n\r\nplain \"text\"\twith tabs\r\n";
+        let v: serde_json::Value = serde_json::from_slice(&payload(&env(), text, None)).unwrap();
+        assert_eq!(v["raw"].as_str().unwrap().as_bytes(), text);
+        assert!(v["metadata"].get("raw_base64").is_none());
+        // A megabyte of control octets: each would be a six-octet \u00XX
+        // escape; it is three octets in raw and 4/3 in raw_base64.
+        let mut garbage = b"Subject: c\r\n\r\n".to_vec();
+        garbage.extend((0..1_000_000).map(|i| [1u8, 2, 0x1b, 0x7f, 0][i % 5]));
+        let json = payload(&env(), &garbage, None);
+        assert!(
+            json.len() < garbage.len() * 3 + garbage.len() * 4 / 3 + 4096,
+            "{} octets of JSON for {} octets",
+            json.len(),
+            garbage.len()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(!v["raw"].as_str().unwrap().contains('\u{1b}'));
+        assert_eq!(
+            crate::delivery::sign::base64_decode(v["metadata"]["raw_base64"].as_str().unwrap()),
+            Some(garbage)
+        );
     }
 }
 
