@@ -363,6 +363,10 @@ impl Engine {
         if self.disabled {
             return None;
         }
+        if self.in_flight >= self.cfg.max_in_flight {
+            // Full: only an answer lets anything start.
+            return None;
+        }
         let next_due = self.later.first_key_value().map(|((due, _), _)| *due);
         if !self.breaker.is_open() {
             return next_due;

@@ -418,7 +418,28 @@ fn in_flight_is_bounded() {
     }
     let first: Vec<Order> = std::iter::from_fn(|| e.poll_attempt(t0)).collect();
     assert_eq!(first.len(), 64);
+    assert_eq!(e.poll_timeout(), None, "full: only an answer wakes");
     e.handle_answer(first[0].key, answer(200), t0, 0.5);
     assert!(e.poll_attempt(t0).is_some());
     assert!(e.poll_attempt(t0).is_none());
+}
+
+#[test]
+fn an_open_breaker_with_every_slot_taken_waits_for_an_answer_not_the_clock() {
+    // Ten fail and open the breaker while 54 are still out, and ten new
+    // ones take their slots: past the probe time, nothing may start until
+    // an answer comes, so the driver must not be woken before.
+    let t0 = Instant::now();
+    let mut e = engine(100);
+    let keys = open_with_in_flight(&mut e, t0, 64);
+    for k in &keys[..10] {
+        e.handle_answer(*k, answer(503), t0, 0.5);
+    }
+    for i in 0..20 {
+        e.handle_accepted(&format!("N{i}"), 1, none, t0);
+    }
+    let t1 = t0 + PROBE_FIRST;
+    let probe = e.poll_attempt(t1).expect("the probe takes a free slot");
+    assert!(probe.probe);
+    assert_eq!(e.poll_timeout(), None);
 }
