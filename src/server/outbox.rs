@@ -95,6 +95,9 @@ struct Held {
     /// are in memory: built at the first attempt and spliced per
     /// recipient (the MIME parse and the escaping of `raw` once).
     parts: Option<Rc<store::PayloadParts>>,
+    /// The payload its (one) recipient's last attempt posted, once its
+    /// delivery is over: the store's file is those bytes.
+    json: Option<Bytes>,
 }
 
 /// A dead letter re-driven by `gomail queue retry`.
@@ -152,9 +155,14 @@ impl Outbox {
             msg.contents = None;
         }
         self.held.set(self.held.get() + msg.held());
-        self.messages
-            .borrow_mut()
-            .insert(key, Held { msg, parts: None });
+        self.messages.borrow_mut().insert(
+            key,
+            Held {
+                msg,
+                parts: None,
+                json: None,
+            },
+        );
         self.poke();
     }
 
@@ -212,9 +220,10 @@ impl Outbox {
                         continue;
                     };
                     self.held.set(self.held.get() - h.msg.held());
-                    state
-                        .delivery
-                        .push_with(h.msg, self.cfg.store_mode.keeps(dead));
+                    match (self.cfg.store_mode.keeps(dead), h.json) {
+                        (true, Some(json)) => state.delivery.push_built(h.msg, json),
+                        (keeps, _) => state.delivery.push_with(h.msg, keeps),
+                    }
                 }
                 Event::Progress {
                     webhook_id,
@@ -438,6 +447,17 @@ async fn attempt(state: &Rc<ShardState>, order: Order) {
         Subject::Recipient { message, .. } => Some(message),
         Subject::Redrive => None,
     };
+    if let (Some(m), Some(body), Outcome::Delivered { .. } | Outcome::DeadLetter { .. }) =
+        (message, &body, &outcome)
+    {
+        // A message's only delivery is over: its payload is the store's
+        // file, so the store does not build it again.
+        if let Some(h) = outbox.messages.borrow_mut().get_mut(&m) {
+            if h.msg.recipients < 2 {
+                h.json = Some(body.clone());
+            }
+        }
+    }
     match outcome {
         Outcome::Delivered { attempts } => {
             let received_at_ms = message.and_then(|m| {

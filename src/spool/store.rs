@@ -20,13 +20,18 @@ use super::record::{Envelope, RawJson};
 
 /// Where a message's JSON file goes.
 pub fn path_for(data_dir: &Path, env: &Envelope) -> PathBuf {
-    let at = received_at(env);
+    path_at(data_dir, env.received_at_ms, &env.id)
+}
+
+/// [`path_for`] from a message's time of acceptance and queue id.
+pub fn path_at(data_dir: &Path, received_at_ms: i64, id: &str) -> PathBuf {
+    let at = DateTime::from_timestamp_millis(received_at_ms).unwrap_or_default();
     data_dir
         .join("inbox")
         .join(format!("{:04}", at.year()))
         .join(format!("{:02}", at.month()))
         .join(format!("{:02}", at.day()))
-        .join(file_name(env.received_at_ms, &env.id))
+        .join(file_name(received_at_ms, id))
 }
 
 /// GoMail's file name for a message, `msg_<unix>_<id>.json`; `id` is the
@@ -324,29 +329,38 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// filesystem has no `O_TMPFILE`, a temporary name and a rename are used.
 pub fn write_one(data_dir: &Path, env: &Envelope, message: &[u8]) -> std::io::Result<PathBuf> {
     let path = path_for(data_dir, env);
+    // Written by an earlier try of the same batch (or run): see write_json.
+    if path.exists() {
+        return Ok(path);
+    }
+    write_json(&path, &payload(env, message, None))?;
+    Ok(path)
+}
+
+/// Writes a message's payload, already built (the one its webhook POST
+/// carried), as its store file `path` (from [`path_at`]).
+pub fn write_json(path: &Path, json: &[u8]) -> std::io::Result<()> {
     // Written by an earlier try of the same batch (or run): the same
     // message, the same file. Writing it again would need room for a
     // second copy, which a nearly full disk does not have, and the retry
     // would never get past it.
     if path.exists() {
-        return Ok(path);
+        return Ok(());
     }
     let dir = path.parent().expect("store paths have a parent");
-    // One buffer, one write: serde_json writing straight to a File would
+    // Two writes, no copy: serde_json writing straight to a File would
     // make a system call per JSON fragment.
-    let mut json = payload(env, message, None);
-    json.push(b'\n');
-    match write_linked(dir, &path, &json) {
+    let parts: [&[u8]; 2] = [json, b"\n"];
+    match write_linked(dir, path, &parts) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir)?;
-            write_linked(dir, &path, &json)
+            write_linked(dir, path, &parts)
         }
         other => other,
-    }?;
-    Ok(path)
+    }
 }
 
-fn write_linked(dir: &Path, path: &Path, json: &[u8]) -> std::io::Result<()> {
+fn write_linked(dir: &Path, path: &Path, json: &[&[u8]]) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
@@ -370,7 +384,9 @@ fn write_linked(dir: &Path, path: &Path, json: &[u8]) -> std::io::Result<()> {
     }
     // SAFETY: fd is a fresh descriptor we own.
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-    f.write_all(json)?;
+    for part in json {
+        f.write_all(part)?;
+    }
     let src = CString::new(format!("/proc/self/fd/{fd}"))?;
     let dst = CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: both paths are valid C strings.
@@ -393,25 +409,50 @@ fn write_linked(dir: &Path, path: &Path, json: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_renamed(dir: &Path, path: &Path, json: &[u8]) -> std::io::Result<()> {
+fn write_renamed(dir: &Path, path: &Path, json: &[&[u8]]) -> std::io::Result<()> {
     let name = path.file_name().expect("store paths have a file name");
     let tmp = dir.join(format!(".tmp_{}", name.to_string_lossy()));
-    std::fs::File::create(&tmp)?.write_all(json)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    for part in json {
+        f.write_all(part)?;
+    }
     std::fs::rename(&tmp, path)
+}
+
+/// A message for [`write_batch`].
+pub enum Stored<'a> {
+    /// Its envelope and octets: the payload is built here.
+    Message(&'a Envelope, &'a [u8]),
+    /// Its payload, built already (the webhook POST's), with what names
+    /// its file.
+    Built {
+        received_at_ms: i64,
+        id: &'a str,
+        json: &'a [u8],
+    },
 }
 
 /// Writes every message of a batch, then makes them durable with one
 /// `syncfs` of the filesystem holding `data_dir`. Blocking: run it off the
 /// shard's event loop.
-pub fn write_batch(data_dir: &Path, batch: &[(&Envelope, &[u8])]) -> std::io::Result<()> {
+pub fn write_batch(data_dir: &Path, batch: &[Stored<'_>]) -> std::io::Result<()> {
     if batch.is_empty() {
         // Only done records this time (messages the webhook delivered and
         // `store_mode` does not keep): no file, so nothing to make durable,
         // and a syncfs would only slow the spool's fdatasyncs.
         return Ok(());
     }
-    for (env, message) in batch {
-        write_one(data_dir, env, message)?;
+    for item in batch {
+        match item {
+            Stored::Message(env, message) => {
+                write_one(data_dir, env, message)?;
+            }
+            Stored::Built {
+                received_at_ms,
+                id,
+                json,
+            } => write_json(&path_at(data_dir, *received_at_ms, id), json)?,
+        }
     }
     let dir = std::fs::File::open(data_dir)?;
     // SAFETY: syncfs takes a valid open descriptor, which `dir` is.

@@ -43,8 +43,14 @@ fn messages_are_posted_signed_with_a_stable_id() {
         assert_eq!(r.body["metadata"]["queue_id"], r.id.as_str());
         assert!(r.body["raw"].as_str().unwrap().contains("Subject: hello"));
     }
-    // store_mode always (default): the JSON store has them too.
-    assert_eq!(wait_stored(&g.data_dir, 2).len(), 2);
+    // store_mode always (default): the JSON store has them too, each the
+    // very payload its POST carried.
+    let stored = wait_stored(&g.data_dir, 2);
+    assert_eq!(stored.len(), 2);
+    for (id, doc) in stored {
+        let posted = log.iter().find(|r| r.id == id).expect("posted");
+        assert_eq!(doc, posted.body, "the stored file of {id}");
+    }
 }
 
 #[test]

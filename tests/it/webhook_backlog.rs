@@ -58,7 +58,8 @@ fn the_retry_count_goes_on_after_a_kill_9() {
     let rx = receiver(Mode::Fixed(503));
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let cfg = rx.config("webhook_retries: 1\nwebhook_retry_delay: 3s\nstore_mode: never\n");
+    // A retry due 8-12 s later: long enough that the crash comes first.
+    let cfg = rx.config("webhook_retries: 1\nwebhook_retry_delay: 10s\nstore_mode: never\n");
     let mut g = Gomail::start_on(&data, &cfg);
     let mut c = Client::connect(g.addr);
     c.cmd("EHLO hooks.example");
@@ -73,7 +74,7 @@ fn the_retry_count_goes_on_after_a_kill_9() {
     g.kill9();
     assert_eq!(rx.log().len(), 1);
     let _g = Gomail::start_on(&data, &cfg);
-    wait_until(Duration::from_secs(20), "a dead letter", || {
+    wait_until(Duration::from_secs(30), "a dead letter", || {
         !dead_letters(&data).is_empty()
     });
     let ids: Vec<String> = rx.log().into_iter().map(|r| r.id).collect();

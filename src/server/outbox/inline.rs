@@ -33,14 +33,14 @@ impl Outbox {
     ) -> crate::smtp::Completion {
         use crate::smtp::{Completion, Reply};
         let id = msg.id.clone();
-        let body = match &msg.contents {
+        let posted = match &msg.contents {
             Some(c) => Bytes::from(store::payload(&c.envelope, &c.message, None)),
             None => {
                 self.push(msg);
                 return Completion::Spooled { id };
             }
         };
-        let post = self.cfg.client.post(&id, body);
+        let post = self.cfg.client.post(&id, posted.clone());
         let answer = match self.cfg.mode {
             WebhookMode::Hybrid(deadline) => {
                 future::or(async { Some(post.await) }, async {
@@ -78,9 +78,12 @@ impl Outbox {
         match (verdict, a.status) {
             (Verdict::Delivered, _) => {
                 record_delivered(state, Some(msg.received_at_ms));
-                state
-                    .delivery
-                    .push_with(msg, self.cfg.store_mode.keeps(false));
+                if self.cfg.store_mode.keeps(false) {
+                    // The store's file is the payload just posted.
+                    state.delivery.push_built(msg, posted);
+                } else {
+                    state.delivery.push_with(msg, false);
+                }
                 Completion::Spooled { id }
             }
             (Verdict::Permanent, Some(status)) => {
