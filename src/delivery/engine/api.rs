@@ -73,7 +73,7 @@ pub enum Outcome {
     /// [`Engine::handle_dead_letter`].
     DeadLetter {
         why: GaveUp,
-        /// The latest attempts ([`LOG_MAX`]), oldest first.
+        /// The latest attempts (`engine::LOG_MAX`), oldest first.
         log: Vec<Attempt>,
         attempts: u32,
     },
