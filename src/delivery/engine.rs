@@ -346,17 +346,17 @@ impl Engine {
                 };
                 let n = self.fresh();
                 self.later.insert((due, n), key);
+                // A re-driven dead letter keeps its file: nothing to resume.
                 let d = &self.deliveries[&key];
-                self.events.push_back(Event::Progress {
-                    key,
-                    message: match d.subject {
-                        Subject::Recipient { message, .. } => Some(message),
-                        Subject::Redrive => None,
-                    },
-                    webhook_id: d.webhook_id.clone(),
-                    attempts: tried,
-                    state,
-                });
+                if let Subject::Recipient { message, .. } = d.subject {
+                    self.events.push_back(Event::Progress {
+                        key,
+                        message: Some(message),
+                        webhook_id: d.webhook_id.clone(),
+                        attempts: tried,
+                        state,
+                    });
+                }
                 Outcome::Retry {
                     wait,
                     attempt: tried,
