@@ -12,6 +12,8 @@ use gomail::server::Server;
 mod api;
 #[path = "cli/signals.rs"]
 mod signals;
+#[path = "cli/ssl.rs"]
+mod ssl;
 use api::{api_call, api_of, api_request};
 use signals::{block_signals, wait_signal};
 
@@ -81,6 +83,43 @@ enum Cmd {
     Security {
         #[command(subcommand)]
         action: SecurityCmd,
+    },
+    /// ACME certificates: obtain, show, renew (docs/tls-acme.md).
+    Ssl {
+        #[command(subcommand)]
+        action: SslCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SslCmd {
+    /// Create the ACME account (if needed) and obtain a certificate for
+    /// acme_domains now.
+    Setup {
+        /// The account's contact address (default: acme_email).
+        #[arg(long)]
+        email: Option<String>,
+        /// Agree to the CA's terms of service (printed when missing).
+        #[arg(long)]
+        agree_tos: bool,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Show the certificate in use and the renewal state.
+    Status {
+        /// Print the JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Renew the certificate if it is due (or now, with --force).
+    Renew {
+        /// Renew even if it is not due.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        cfg: ConfigArg,
     },
 }
 
@@ -301,6 +340,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Queue { action } => queue(action),
         Cmd::Security { action } => security(action),
+        Cmd::Ssl { action } => {
+            let (cfg, action) = match action {
+                SslCmd::Setup {
+                    email,
+                    agree_tos,
+                    cfg,
+                } => {
+                    let c = config::load(&sources(&cfg, Vec::new()))?;
+                    let email = email.or_else(|| c.text("acme_email")).context(
+                        "--email is needed (or acme_email): the CA's contact for the account",
+                    )?;
+                    (c, ssl::Action::Setup { email, agree_tos })
+                }
+                SslCmd::Status { json, cfg } => (
+                    config::load(&sources(&cfg, Vec::new()))?,
+                    ssl::Action::Status { json },
+                ),
+                SslCmd::Renew { force, cfg } => (
+                    config::load(&sources(&cfg, Vec::new()))?,
+                    ssl::Action::Renew { force },
+                ),
+            };
+            ssl::run(&cfg, action)
+        }
         Cmd::Config { action } => match action {
             ConfigCmd::Show { cfg } => {
                 print!("{}", config::load(&sources(&cfg, Vec::new()))?.show());

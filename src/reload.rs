@@ -147,6 +147,25 @@ impl Reloader {
         self.state.lock().expect("reload state").current.clone()
     }
 
+    /// Reads the certificate files of the configuration in force again and
+    /// publishes them to every shard (after ACME replaced them); nothing
+    /// else changes. An unusable pair changes nothing.
+    pub fn refresh_certificates(&self, why: &str) -> Result<(), ServerError> {
+        let state = self.state.lock().expect("reload state");
+        let r = self.server.apply(&state.current);
+        match &r {
+            Ok(()) => tracing::info!(
+                event = "certificate_swapped",
+                source = why,
+                "TLS certificates reloaded on every shard"
+            ),
+            Err(e) => {
+                tracing::error!(event = "certificate_swap_failed", source = why, error = %e, "new certificate files not applied; the certificates in use stay")
+            }
+        }
+        r
+    }
+
     /// Reads the configuration again and applies it (see the module docs);
     /// `why` (SIGHUP, API, …) goes into the log.
     pub fn reload(&self, why: &str) -> Result<Reloaded, ReloadError> {

@@ -1,5 +1,6 @@
 pub(crate) mod harness;
 
+mod acme;
 mod admission;
 mod api;
 mod api_timeouts;

@@ -1,0 +1,71 @@
+//! Checks of the ACME keys that need more than a type check (URLs,
+//! certificate names, combinations); what they mean is in `tls::acme`.
+
+use super::ConfigError;
+
+/// Checks the ACME keys; `get` reads a setting as text, `list` a list,
+/// `invalid` makes the error that names the key and where it was set.
+pub(super) fn check(
+    get: &dyn Fn(&str) -> String,
+    list: &dyn Fn(&str) -> Vec<String>,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    is_domain: fn(&str) -> bool,
+) -> Result<(), ConfigError> {
+    let url = |k: &str, v: &str| -> Result<(), ConfigError> {
+        let rest = v
+            .strip_prefix("https://")
+            .or_else(|| v.strip_prefix("http://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.starts_with('/') => Ok(()),
+            _ => Err(invalid(
+                k,
+                format!("`{v}` is not an http:// or https:// URL"),
+            )),
+        }
+    };
+    let dir = get("acme_directory_url");
+    if !matches!(dir.as_str(), "letsencrypt" | "letsencrypt-staging") {
+        url("acme_directory_url", &dir).map_err(|_| {
+            invalid(
+                "acme_directory_url",
+                format!("`{dir}` is not `letsencrypt`, `letsencrypt-staging` or an https:// URL"),
+            )
+        })?;
+    }
+    url("digitalocean_api_url", &get("digitalocean_api_url"))?;
+    for d in list("acme_domains") {
+        let name = d.trim().to_ascii_lowercase();
+        let bare = name.strip_prefix("*.").unwrap_or(&name);
+        if !is_domain(bare) || !bare.contains('.') {
+            return Err(invalid(
+                "acme_domains",
+                format!("`{d}` is not a domain name (a wildcard is written `*.example.com`)"),
+            ));
+        }
+    }
+    let email = get("acme_email");
+    if !email.is_empty() {
+        let ok = email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && is_domain(d))
+            && !email.contains(char::is_whitespace);
+        if !ok {
+            return Err(invalid(
+                "acme_email",
+                format!("`{email}` is not an email address"),
+            ));
+        }
+    }
+    if get("acme_challenge") == "http-01" {
+        return Err(invalid(
+            "acme_challenge",
+            "http-01 is not in this version; use dns-01 (with do_api_token)".into(),
+        ));
+    }
+    for k in ["acme_dns_timeout", "acme_timeout"] {
+        if super::keys::parse_duration(&get(k)).is_some_and(|d| d.is_zero()) {
+            return Err(invalid(k, "must be longer than 0s".into()));
+        }
+    }
+    Ok(())
+}
