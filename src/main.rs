@@ -10,6 +10,8 @@ use gomail::server::Server;
 
 #[path = "cli/api.rs"]
 mod api;
+#[path = "cli/dkim.rs"]
+mod dkim;
 #[path = "cli/signals.rs"]
 mod signals;
 #[path = "cli/ssl.rs"]
@@ -84,10 +86,61 @@ enum Cmd {
         #[command(subcommand)]
         action: SecurityCmd,
     },
+    /// DKIM keys for the domain's signer: make one, print its DNS record.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimCmd,
+    },
+    /// Check what DNS publishes for a domain: MX, SPF, DMARC, DKIM.
+    Dns {
+        #[command(subcommand)]
+        action: DnsCmd,
+    },
     /// ACME certificates: obtain, show, renew (docs/tls-acme.md).
     Ssl {
         #[command(subcommand)]
         action: SslCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCmd {
+    /// Make a key in data_dir/dkim/<domain>/<selector>.pem and print its record.
+    Keygen {
+        /// rsa-2048 or ed25519.
+        #[arg(long, default_value = "rsa-2048")]
+        algorithm: String,
+        /// The selector (a DNS label; a new one per rotation).
+        #[arg(long, default_value = "default")]
+        selector: String,
+        /// The domain (default: primary_domain).
+        #[arg(long)]
+        domain: Option<String>,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Print the TXT record of each key (or of --selector) to publish.
+    ShowRecord {
+        /// Only this selector.
+        #[arg(long)]
+        selector: Option<String>,
+        /// The domain (default: primary_domain).
+        #[arg(long)]
+        domain: Option<String>,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnsCmd {
+    /// Look up MX, the mail host's address, SPF, DMARC and the DKIM keys.
+    Check {
+        /// The domain (default: primary_domain).
+        #[arg(long)]
+        domain: Option<String>,
+        #[command(flatten)]
+        cfg: ConfigArg,
     },
 }
 
@@ -340,6 +393,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Queue { action } => queue(action),
         Cmd::Security { action } => security(action),
+        Cmd::Dkim { action } => match action {
+            DkimCmd::Keygen {
+                algorithm,
+                selector,
+                domain,
+                cfg,
+            } => dkim::keygen(
+                &config::load(&sources(&cfg, Vec::new()))?,
+                &algorithm,
+                &selector,
+                domain,
+            ),
+            DkimCmd::ShowRecord {
+                selector,
+                domain,
+                cfg,
+            } => dkim::show_record(&config::load(&sources(&cfg, Vec::new()))?, selector, domain),
+        },
+        Cmd::Dns {
+            action: DnsCmd::Check { domain, cfg },
+        } => dkim::dns_check(&config::load(&sources(&cfg, Vec::new()))?, domain),
         Cmd::Ssl { action } => {
             let (cfg, action) = match action {
                 SslCmd::Setup {

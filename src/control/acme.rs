@@ -189,7 +189,12 @@ impl AcmeService {
     pub(super) fn render(&self, out: &mut String) {
         use std::fmt::Write;
         let s = self.settings();
-        if let Some(c) = s.current() {
+        // The certificate served by default: ACME's (or tls_cert_file),
+        // else the self-signed fallback.
+        let served = s
+            .current()
+            .or_else(|| certinfo::CertInfo::read(&s.data_dir.join("tls/self-signed.crt")).ok());
+        if let Some(c) = served {
             let _ = writeln!(out, "# HELP gomail_tls_certificate_expiry_seconds When the default TLS certificate expires (Unix seconds).\n# TYPE gomail_tls_certificate_expiry_seconds gauge\ngomail_tls_certificate_expiry_seconds {}", c.not_after);
         }
         let _ = writeln!(out, "# HELP gomail_acme_renewals_total ACME issuances that went to the CA, by result.\n# TYPE gomail_acme_renewals_total counter\ngomail_acme_renewals_total{{result=\"success\"}} {}\ngomail_acme_renewals_total{{result=\"failure\"}} {}",
@@ -234,13 +239,10 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx, svc: &Arc<AcmeServi
                 Err(r) => return *r,
             };
             let force = v["force"].as_bool().unwrap_or(false);
-            let setup = match v["email"].as_str() {
-                Some(email) => Some(acme::Setup {
-                    email: email.to_string(),
-                    agree_tos: v["agree_tos"].as_bool().unwrap_or(false),
-                }),
-                None => None,
-            };
+            let setup = v["email"].as_str().map(|email| acme::Setup {
+                email: email.to_string(),
+                agree_tos: v["agree_tos"].as_bool().unwrap_or(false),
+            });
             let why = if setup.is_some() {
                 "ssl setup"
             } else {

@@ -349,3 +349,21 @@ fn the_renewal_loop_renews_a_due_certificate_on_its_own() {
     assert_eq!(served_cert(&g, &root), second);
     assert_no_challenge_records(&p, &fake);
 }
+
+#[test]
+fn the_certificate_alert_rules_pass_promtool() {
+    let promtool = super::harness::require_tool("promtool");
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus-rules.yaml");
+    let out = std::process::Command::new(promtool)
+        .args(["check", "rules", rules])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(rules).unwrap();
+    assert!(text.contains("gomail_tls_certificate_expiry_seconds - time() < 14 * 86400"));
+}
