@@ -63,6 +63,18 @@ pub const LIVE: &[&str] = &[
     "tls_cert_dir",
     "tls_min_version",
     "tls_cipher_suites",
+    // ACME: read at each issuance and renewal (docs/tls-acme.md)
+    "acme_email",
+    "acme_directory_url",
+    "acme_ca_file",
+    "acme_domains",
+    "acme_challenge",
+    "acme_renew_before",
+    "acme_dns_timeout",
+    "acme_timeout",
+    "do_api_token",
+    "digitalocean_token",
+    "digitalocean_api_url",
 ];
 
 /// What a reload did.

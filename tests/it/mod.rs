@@ -5,6 +5,7 @@ mod admission;
 mod api;
 mod api_timeouts;
 mod auth;
+mod dkim_tools;
 mod dns;
 mod dns_relay;
 
