@@ -89,90 +89,17 @@ enum Cmd {
     /// DKIM keys for the domain's signer: make one, print its DNS record.
     Dkim {
         #[command(subcommand)]
-        action: DkimCmd,
+        action: dkim::DkimCmd,
     },
     /// Check what DNS publishes for a domain: MX, SPF, DMARC, DKIM.
     Dns {
         #[command(subcommand)]
-        action: DnsCmd,
+        action: dkim::DnsCmd,
     },
     /// ACME certificates: obtain, show, renew (docs/tls-acme.md).
     Ssl {
         #[command(subcommand)]
-        action: SslCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum DkimCmd {
-    /// Make a key in data_dir/dkim/<domain>/<selector>.pem and print its record.
-    Keygen {
-        /// rsa-2048 or ed25519.
-        #[arg(long, default_value = "rsa-2048")]
-        algorithm: String,
-        /// The selector (a DNS label; a new one per rotation).
-        #[arg(long, default_value = "default")]
-        selector: String,
-        /// The domain (default: primary_domain).
-        #[arg(long)]
-        domain: Option<String>,
-        #[command(flatten)]
-        cfg: ConfigArg,
-    },
-    /// Print the TXT record of each key (or of --selector) to publish.
-    ShowRecord {
-        /// Only this selector.
-        #[arg(long)]
-        selector: Option<String>,
-        /// The domain (default: primary_domain).
-        #[arg(long)]
-        domain: Option<String>,
-        #[command(flatten)]
-        cfg: ConfigArg,
-    },
-}
-
-#[derive(Subcommand)]
-enum DnsCmd {
-    /// Look up MX, the mail host's address, SPF, DMARC and the DKIM keys.
-    Check {
-        /// The domain (default: primary_domain).
-        #[arg(long)]
-        domain: Option<String>,
-        #[command(flatten)]
-        cfg: ConfigArg,
-    },
-}
-
-#[derive(Subcommand)]
-enum SslCmd {
-    /// Create the ACME account (if needed) and obtain a certificate for
-    /// acme_domains now.
-    Setup {
-        /// The account's contact address (default: acme_email).
-        #[arg(long)]
-        email: Option<String>,
-        /// Agree to the CA's terms of service (printed when missing).
-        #[arg(long)]
-        agree_tos: bool,
-        #[command(flatten)]
-        cfg: ConfigArg,
-    },
-    /// Show the certificate in use and the renewal state.
-    Status {
-        /// Print the JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        cfg: ConfigArg,
-    },
-    /// Renew the certificate if it is due (or now, with --force).
-    Renew {
-        /// Renew even if it is not due.
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        cfg: ConfigArg,
+        action: ssl::SslCmd,
     },
 }
 
@@ -393,51 +320,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Queue { action } => queue(action),
         Cmd::Security { action } => security(action),
-        Cmd::Dkim { action } => match action {
-            DkimCmd::Keygen {
-                algorithm,
-                selector,
-                domain,
-                cfg,
-            } => dkim::keygen(
-                &config::load(&sources(&cfg, Vec::new()))?,
-                &algorithm,
-                &selector,
-                domain,
-            ),
-            DkimCmd::ShowRecord {
-                selector,
-                domain,
-                cfg,
-            } => dkim::show_record(&config::load(&sources(&cfg, Vec::new()))?, selector, domain),
-        },
-        Cmd::Dns {
-            action: DnsCmd::Check { domain, cfg },
-        } => dkim::dns_check(&config::load(&sources(&cfg, Vec::new()))?, domain),
-        Cmd::Ssl { action } => {
-            let (cfg, action) = match action {
-                SslCmd::Setup {
-                    email,
-                    agree_tos,
-                    cfg,
-                } => {
-                    let c = config::load(&sources(&cfg, Vec::new()))?;
-                    let email = email.or_else(|| c.text("acme_email")).context(
-                        "--email is needed (or acme_email): the CA's contact for the account",
-                    )?;
-                    (c, ssl::Action::Setup { email, agree_tos })
-                }
-                SslCmd::Status { json, cfg } => (
-                    config::load(&sources(&cfg, Vec::new()))?,
-                    ssl::Action::Status { json },
-                ),
-                SslCmd::Renew { force, cfg } => (
-                    config::load(&sources(&cfg, Vec::new()))?,
-                    ssl::Action::Renew { force },
-                ),
-            };
-            ssl::run(&cfg, action)
-        }
+        Cmd::Dkim { action } => dkim::dkim_command(action),
+        Cmd::Dns { action } => dkim::dns_command(action),
+        Cmd::Ssl { action } => ssl::command(action),
         Cmd::Config { action } => match action {
             ConfigCmd::Show { cfg } => {
                 print!("{}", config::load(&sources(&cfg, Vec::new()))?.show());

@@ -10,7 +10,75 @@ use gomail::config::Config;
 /// How long `dns check` waits for one answer.
 const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-pub(crate) fn keygen(
+#[derive(clap::Subcommand)]
+pub(crate) enum DkimCmd {
+    /// Make a key in data_dir/dkim/<domain>/<selector>.pem and print its record.
+    Keygen {
+        /// rsa-2048 or ed25519.
+        #[arg(long, default_value = "rsa-2048")]
+        algorithm: String,
+        /// The selector (a DNS label; a new one per rotation).
+        #[arg(long, default_value = "default")]
+        selector: String,
+        /// The domain (default: primary_domain).
+        #[arg(long)]
+        domain: Option<String>,
+        #[command(flatten)]
+        cfg: super::ConfigArg,
+    },
+    /// Print the TXT record of each key (or of --selector) to publish.
+    ShowRecord {
+        /// Only this selector.
+        #[arg(long)]
+        selector: Option<String>,
+        /// The domain (default: primary_domain).
+        #[arg(long)]
+        domain: Option<String>,
+        #[command(flatten)]
+        cfg: super::ConfigArg,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum DnsCmd {
+    /// Look up MX, the mail host's address, SPF, DMARC and the DKIM keys.
+    Check {
+        /// The domain (default: primary_domain).
+        #[arg(long)]
+        domain: Option<String>,
+        #[command(flatten)]
+        cfg: super::ConfigArg,
+    },
+}
+
+/// `gomail dkim …`.
+pub(crate) fn dkim_command(action: DkimCmd) -> anyhow::Result<()> {
+    let load = |cfg: &super::ConfigArg| gomail::config::load(&super::sources(cfg, Vec::new()));
+    match action {
+        DkimCmd::Keygen {
+            algorithm,
+            selector,
+            domain,
+            cfg,
+        } => keygen(&load(&cfg)?, &algorithm, &selector, domain),
+        DkimCmd::ShowRecord {
+            selector,
+            domain,
+            cfg,
+        } => show_record(&load(&cfg)?, selector, domain),
+    }
+}
+
+/// `gomail dns …`.
+pub(crate) fn dns_command(action: DnsCmd) -> anyhow::Result<()> {
+    let DnsCmd::Check { domain, cfg } = action;
+    dns_check(
+        &gomail::config::load(&super::sources(&cfg, Vec::new()))?,
+        domain,
+    )
+}
+
+fn keygen(
     c: &Config,
     algorithm: &str,
     selector: &str,
@@ -25,11 +93,7 @@ pub(crate) fn keygen(
     Ok(())
 }
 
-pub(crate) fn show_record(
-    c: &Config,
-    selector: Option<String>,
-    domain: Option<String>,
-) -> anyhow::Result<()> {
+fn show_record(c: &Config, selector: Option<String>, domain: Option<String>) -> anyhow::Result<()> {
     let domain = domain.unwrap_or_else(|| c.primary_domain.clone());
     let selectors = match selector {
         Some(s) => vec![s],
@@ -55,7 +119,7 @@ struct Finding {
     detail: String,
 }
 
-pub(crate) fn dns_check(c: &Config, domain: Option<String>) -> anyhow::Result<()> {
+fn dns_check(c: &Config, domain: Option<String>) -> anyhow::Result<()> {
     let domain = domain.unwrap_or_else(|| c.primary_domain.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,8 +10,61 @@ use gomail::tls::acme::{self, status, AcmeSettings, Outcome, Request, Setup};
 
 use super::api::{api_call, api_of};
 
+#[derive(clap::Subcommand)]
+pub(crate) enum SslCmd {
+    /// Create the ACME account (if needed) and obtain a certificate for
+    /// acme_domains now.
+    Setup {
+        /// The account's contact address (default: acme_email).
+        #[arg(long)]
+        email: Option<String>,
+        /// Agree to the CA's terms of service (printed when missing).
+        #[arg(long)]
+        agree_tos: bool,
+        #[command(flatten)]
+        cfg: super::ConfigArg,
+    },
+    /// Show the certificate in use and the renewal state.
+    Status {
+        /// Print the JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        cfg: super::ConfigArg,
+    },
+    /// Renew the certificate if it is due (or now, with --force).
+    Renew {
+        /// Renew even if it is not due.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        cfg: super::ConfigArg,
+    },
+}
+
+/// `gomail ssl …`.
+pub(crate) fn command(action: SslCmd) -> anyhow::Result<()> {
+    let load = |cfg: &super::ConfigArg| gomail::config::load(&super::sources(cfg, Vec::new()));
+    let (cfg, action) = match action {
+        SslCmd::Setup {
+            email,
+            agree_tos,
+            cfg,
+        } => {
+            let c = load(&cfg)?;
+            let email = email
+                .or_else(|| c.text("acme_email"))
+                .context("--email is needed (or acme_email): the CA's contact for the account")?;
+            (c, Action::Setup { email, agree_tos })
+        }
+        SslCmd::Status { json, cfg } => (load(&cfg)?, Action::Status { json }),
+        SslCmd::Renew { force, cfg } => (load(&cfg)?, Action::Renew { force }),
+    };
+    run(&cfg, action)
+}
+
 /// What was asked.
-pub(crate) enum Action {
+enum Action {
     Setup { email: String, agree_tos: bool },
     Status { json: bool },
     Renew { force: bool },
@@ -28,7 +81,7 @@ fn server_running(c: &Config) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
 }
 
-pub(crate) fn run(c: &Config, action: Action) -> anyhow::Result<()> {
+fn run(c: &Config, action: Action) -> anyhow::Result<()> {
     let s = AcmeSettings::from_config(c);
     if let Action::Setup {
         agree_tos: false, ..

@@ -98,8 +98,8 @@ fn acme(step: &'static str) -> impl FnOnce(instant_acme::Error) -> AcmeError {
     }
 }
 
-/// The ACME settings of a configuration.
-#[derive(Debug, Clone)]
+/// The ACME settings of a configuration (its `Debug` hides the token).
+#[derive(Clone)]
 pub struct AcmeSettings {
     /// `acme_email`.
     pub email: Option<String>,
@@ -128,6 +128,17 @@ pub struct AcmeSettings {
     pub key_file: PathBuf,
     /// `data_dir`.
     pub data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for AcmeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeSettings")
+            .field("directory", &self.directory)
+            .field("domains", &self.domains)
+            .field("do_token", &self.do_token.as_ref().map(|_| "********"))
+            .field("cert_file", &self.cert_file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The default chain file when `tls_cert_file` is not set.
@@ -331,7 +342,12 @@ pub async fn issue(s: &AcmeSettings, req: &Request) -> Result<Outcome, AcmeError
             "do_api_token is not set: DNS-01 needs a DigitalOcean API token with write access to the domain".into(),
         )
     })?;
-    let account = account(s, req).await?;
+    let account = tokio::time::timeout(s.timeout, account(s, req))
+        .await
+        .map_err(|_| AcmeError::Acme {
+            step: "account",
+            detail: format!("no answer within {}s (acme_timeout)", s.timeout.as_secs()),
+        })??;
     let http = http::Http::new(None).map_err(AcmeError::Settings)?;
     let mut dns = dns01::DigitalOcean {
         http: &http,
@@ -340,7 +356,20 @@ pub async fn issue(s: &AcmeSettings, req: &Request) -> Result<Outcome, AcmeError
         zones: Default::default(),
     };
     let mut records = Vec::new();
-    let result = order(s, &account, &mut dns, &mut records).await;
+    // instant-acme's requests have no deadline of their own: the whole
+    // order has one (the DNS wait, validation and issuance, plus slack).
+    let deadline = s.dns_timeout + s.timeout * 2 + Duration::from_secs(120);
+    let result =
+        match tokio::time::timeout(deadline, order(s, &account, &mut dns, &mut records)).await {
+            Ok(r) => r,
+            Err(_) => Err(AcmeError::Acme {
+                step: "order",
+                detail: format!(
+                    "not finished within {}s (acme_dns_timeout + 2 × acme_timeout + 2 min)",
+                    deadline.as_secs()
+                ),
+            }),
+        };
     for r in &records {
         if let Err(e) = dns.delete(r).await {
             tracing::warn!(event = "acme_dns_cleanup_failed", record = %r.fqdn, id = r.id, error = %e, "could not delete an ACME challenge record; delete it by hand");
