@@ -69,6 +69,7 @@ pub const LIVE: &[&str] = &[
     "acme_ca_file",
     "acme_domains",
     "acme_challenge",
+    "acme_http_listen",
     "acme_renew_before",
     "acme_dns_timeout",
     "acme_timeout",

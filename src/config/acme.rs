@@ -56,11 +56,23 @@ pub(super) fn check(
             ));
         }
     }
-    if get("acme_challenge") == "http-01" {
+    let listen = get("acme_http_listen");
+    if crate::tls::acme::parse_http_listen(&listen).is_none() {
         return Err(invalid(
-            "acme_challenge",
-            "http-01 is not in this version; use dns-01 (with do_api_token)".into(),
+            "acme_http_listen",
+            format!("`{listen}` is not an ip:port (or :port) address to listen on"),
         ));
+    }
+    if get("acme_challenge") == "http-01" {
+        if let Some(w) = list("acme_domains")
+            .iter()
+            .find(|d| d.trim().starts_with("*."))
+        {
+            return Err(invalid(
+                "acme_challenge",
+                format!("http-01 cannot validate the wildcard `{w}` in acme_domains; use dns-01"),
+            ));
+        }
     }
     for k in ["acme_dns_timeout", "acme_timeout"] {
         if super::keys::parse_duration(&get(k)).is_some_and(|d| d.is_zero()) {

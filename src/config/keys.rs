@@ -192,6 +192,7 @@ pub const KEYS: &[Key] = &[
         Some("dns-01"),
         Active,
     ),
+    k("acme_http_listen", Str, Some(":80"), Active),
     k("acme_renew_before", Duration, Some("0s"), Active),
     k("acme_dns_timeout", Duration, Some("10m"), Active),
     k("acme_timeout", Duration, Some("5m"), Active),

@@ -1,5 +1,6 @@
 //! ACME (RFC 8555) certificates with instant-acme: the account, one order
-//! for `acme_domains` with DNS-01 through DigitalOcean, and the new chain
+//! for `acme_domains` with DNS-01 through DigitalOcean (or HTTP-01 on
+//! `acme_http_listen` while the order runs), and the new chain
 //! and key written where the TLS settings read them.
 //!
 //! Runs on a tokio runtime: the control plane's in a running server, the
@@ -11,6 +12,7 @@
 pub mod certinfo;
 mod dns01;
 mod http;
+mod http01;
 pub mod status;
 pub mod store;
 
@@ -109,6 +111,8 @@ pub struct AcmeSettings {
     pub ca_file: Option<PathBuf>,
     /// `acme_domains`, or `mail_hostname`.
     pub domains: Vec<String>,
+    /// `acme_challenge` (with `acme_http_listen` for http-01).
+    pub challenge: Challenge,
     /// `do_api_token` (or `digitalocean_token`).
     pub do_token: Option<String>,
     /// `digitalocean_api_url`.
@@ -138,6 +142,28 @@ impl std::fmt::Debug for AcmeSettings {
             .field("do_token", &self.do_token.as_ref().map(|_| "********"))
             .field("cert_file", &self.cert_file)
             .finish_non_exhaustive()
+    }
+}
+
+/// How the CA checks that we control the names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// A TXT record at `_acme-challenge.<name>` (through DigitalOcean).
+    Dns01,
+    /// A file under `/.well-known/acme-challenge/` on port 80 of the
+    /// name, served from `acme_http_listen` while an order runs.
+    Http01 {
+        /// `acme_http_listen`.
+        listen: SocketAddr,
+    },
+}
+
+/// `acme_http_listen` as an address: `:80` listens on every IPv4 address.
+pub fn parse_http_listen(s: &str) -> Option<SocketAddr> {
+    let s = s.trim();
+    match s.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}").parse().ok(),
+        None => s.parse().ok(),
     }
 }
 
@@ -172,6 +198,13 @@ impl AcmeSettings {
             directory,
             ca_file: cfg.text("acme_ca_file").map(PathBuf::from),
             domains,
+            challenge: match cfg.text("acme_challenge").as_deref() {
+                Some("http-01") => Challenge::Http01 {
+                    listen: parse_http_listen(&cfg.text("acme_http_listen").unwrap_or_default())
+                        .expect("checked at load"),
+                },
+                _ => Challenge::Dns01,
+            },
             do_token: cfg
                 .text("do_api_token")
                 .or_else(|| cfg.text("digitalocean_token")),
@@ -337,11 +370,14 @@ pub async fn issue(s: &AcmeSettings, req: &Request) -> Result<Outcome, AcmeError
             }
         }
     }
-    let token = s.do_token.clone().ok_or_else(|| {
-        AcmeError::Settings(
-            "do_api_token is not set: DNS-01 needs a DigitalOcean API token with write access to the domain".into(),
-        )
-    })?;
+    let token = match s.challenge {
+        Challenge::Dns01 => Some(s.do_token.clone().ok_or_else(|| {
+            AcmeError::Settings(
+                "do_api_token is not set: DNS-01 needs a DigitalOcean API token with write access to the domain".into(),
+            )
+        })?),
+        Challenge::Http01 { .. } => None,
+    };
     let account = tokio::time::timeout(s.timeout, account(s, req))
         .await
         .map_err(|_| AcmeError::Acme {
@@ -349,28 +385,38 @@ pub async fn issue(s: &AcmeSettings, req: &Request) -> Result<Outcome, AcmeError
             detail: format!("no answer within {}s (acme_timeout)", s.timeout.as_secs()),
         })??;
     let http = http::Http::new(None).map_err(AcmeError::Settings)?;
-    let mut dns = dns01::DigitalOcean {
+    let mut dns = token.map(|token| dns01::DigitalOcean {
         http: &http,
         base: s.do_api_url.clone(),
         token,
         zones: Default::default(),
+    });
+    let responder = match s.challenge {
+        Challenge::Http01 { listen } => Some(http01::Responder::start(listen).await?),
+        Challenge::Dns01 => None,
     };
     let mut records = Vec::new();
     // instant-acme's requests have no deadline of their own: the whole
     // order has one (the DNS wait, validation and issuance, plus slack).
     let deadline = s.dns_timeout + s.timeout * 2 + Duration::from_secs(120);
-    let result =
-        match tokio::time::timeout(deadline, order(s, &account, &mut dns, &mut records)).await {
-            Ok(r) => r,
-            Err(_) => Err(AcmeError::Acme {
-                step: "order",
-                detail: format!(
-                    "not finished within {}s (acme_dns_timeout + 2 × acme_timeout + 2 min)",
-                    deadline.as_secs()
-                ),
-            }),
-        };
+    let result = match tokio::time::timeout(
+        deadline,
+        order(s, &account, dns.as_mut(), responder.as_ref(), &mut records),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(AcmeError::Acme {
+            step: "order",
+            detail: format!(
+                "not finished within {}s (acme_dns_timeout + 2 × acme_timeout + 2 min)",
+                deadline.as_secs()
+            ),
+        }),
+    };
+    drop(responder);
     for r in &records {
+        let Some(dns) = &dns else { break };
         if let Err(e) = dns.delete(r).await {
             tracing::warn!(event = "acme_dns_cleanup_failed", record = %r.fqdn, id = r.id, error = %e, "could not delete an ACME challenge record; delete it by hand");
         }
@@ -393,9 +439,14 @@ use rustls::pki_types::pem::PemObject;
 async fn order(
     s: &AcmeSettings,
     account: &Account,
-    dns: &mut dns01::DigitalOcean<'_>,
+    mut dns: Option<&mut dns01::DigitalOcean<'_>>,
+    responder: Option<&http01::Responder>,
     records: &mut Vec<dns01::Record>,
 ) -> Result<(String, String), AcmeError> {
+    let kind = match s.challenge {
+        Challenge::Dns01 => ChallengeType::Dns01,
+        Challenge::Http01 { .. } => ChallengeType::Http01,
+    };
     let ids: Vec<Identifier> = s
         .domains
         .iter()
@@ -422,25 +473,32 @@ async fn order(
                 });
             };
             let ch = a
-                .challenge(ChallengeType::Dns01)
+                .challenge(kind.clone())
                 .ok_or_else(|| AcmeError::Validation {
                     name: shown,
-                    detail: "the CA offers no dns-01 challenge for it".into(),
+                    detail: format!("the CA offers no {kind:?} challenge for it"),
                 })?;
-            let value = ch.key_authorization().dns_value();
-            records.push(dns.create(&name, &value).await?);
+            if let Some(dns) = dns.as_deref_mut() {
+                let value = ch.key_authorization().dns_value();
+                records.push(dns.create(&name, &value).await?);
+            }
+            if let Some(r) = responder {
+                r.add(&ch.token, ch.key_authorization().as_str());
+            }
             pending += 1;
         }
     }
     if pending > 0 {
-        dns01::wait_visible(records, &s.dns_servers, s.dns_timeout).await?;
+        if dns.is_some() {
+            dns01::wait_visible(records, &s.dns_servers, s.dns_timeout).await?;
+        }
         let mut authzs = order.authorizations();
         while let Some(a) = authzs.next().await {
             let mut a = a.map_err(acme("authorization"))?;
             if a.status == AuthorizationStatus::Valid {
                 continue;
             }
-            if let Some(mut ch) = a.challenge(ChallengeType::Dns01) {
+            if let Some(mut ch) = a.challenge(kind.clone()) {
                 ch.set_ready().await.map_err(acme("challenge"))?;
             }
         }

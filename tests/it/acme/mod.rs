@@ -367,3 +367,43 @@ fn the_certificate_alert_rules_pass_promtool() {
     let text = std::fs::read_to_string(rules).unwrap();
     assert!(text.contains("gomail_tls_certificate_expiry_seconds - time() < 14 * 86400"));
 }
+
+#[test]
+fn http_01_is_answered_on_acme_http_listen_only_while_the_order_runs() {
+    let p = Pebble::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pebble-root.pem");
+    std::fs::write(&root, p.root_pem()).unwrap();
+    // challtestsrv answers A 127.0.0.1 for every name: pebble fetches the
+    // token from 127.0.0.1:<its httpPort>, where gomail listens.
+    let listen = format!("127.0.0.1:{}", p.http_port);
+    let http01 = format!("acme_challenge: http-01\nacme_http_listen: \"{listen}\"\n");
+    // A wildcard cannot be validated over HTTP: the config says so.
+    let bad = write_config(
+        &tmp.path().join("bad"),
+        &acme_yaml(&p, "http://127.0.0.1:9", TOKEN, DOMAINS, &http01),
+    );
+    let (ok, _, err) = cli(&bad, &["config", "validate"]);
+    assert!(!ok);
+    assert!(
+        err.contains("acme_challenge") && err.contains("wildcard `*.example.test`"),
+        "{err}"
+    );
+    let g = Gomail::start(&acme_yaml(
+        &p,
+        "http://127.0.0.1:9",
+        TOKEN,
+        "[mx.example.test, example.test]",
+        &http01,
+    ));
+    let (ok, out, err) = super::harness::gomail_cli(
+        &g,
+        &["ssl", "setup", "--email", "ops@example.test", "--agree-tos"],
+    );
+    assert!(ok, "{out}{err}");
+    let cert = first_cert_der(&g.data_dir.join("acme/cert.pem"));
+    assert_eq!(served_cert(&g, &root), cert);
+    // Nothing listens on the challenge port between orders.
+    let refused = std::net::TcpStream::connect(&listen).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}

@@ -49,6 +49,8 @@ pub(crate) struct Pebble {
     pub(crate) challtest: SocketAddr,
     /// pebble's management API (its issuing root at /roots/0).
     pub(crate) management: SocketAddr,
+    /// The port pebble's validator connects to for http-01.
+    pub(crate) http_port: u16,
     /// The test CA that signed pebble's listener certificate
     /// (`acme_ca_file`).
     pub(crate) ca_file: PathBuf,
@@ -127,6 +129,7 @@ impl Pebble {
             dns: format!("127.0.0.1:{dns}").parse().unwrap(),
             challtest: challtest_addr,
             management: management_addr,
+            http_port: http,
             ca_file,
             children: vec![pb, cts],
             _dir: dir,
