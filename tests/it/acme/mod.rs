@@ -348,6 +348,13 @@ fn the_renewal_loop_renews_a_due_certificate_on_its_own() {
     assert_ne!(second, first);
     assert_eq!(served_cert(&g, &root), second);
     assert_no_challenge_records(&p, &fake);
+    // A valid certificate is never traded for the self-signed fallback:
+    // with its key gone, a reload keeps serving it.
+    std::fs::remove_file(data.join("acme/key.pem")).unwrap();
+    let (ok, out, err) = super::harness::gomail_cli(&g, &["config", "reload"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("the certificates in use stay"), "{err}");
+    assert_eq!(served_cert(&g, &root), second);
 }
 
 #[test]
