@@ -17,11 +17,23 @@ use hyper::{Method, Request, StatusCode};
 
 use super::{error, json, json_body, Answer, Ctx};
 use crate::reload::Reloader;
-use crate::tls::acme::{self, certinfo, store, AcmeSettings, Outcome, Request as AcmeRequest};
+use crate::tls::acme::{self, ari, certinfo, store, AcmeSettings, Outcome, Request as AcmeRequest};
 
 /// The loop looks again at least this often (a certificate replaced by
-/// hand, an account made by `ssl setup` while the server ran).
-const RECHECK: Duration = Duration::from_secs(12 * 3600);
+/// hand, an account made by `ssl setup` while the server ran, the CA's
+/// renewal information).
+const RECHECK: Duration = Duration::from_secs(6 * 3600);
+
+/// How long the CA's renewal window (ARI) is believed before it is asked
+/// again.
+const ARI_REFRESH: i64 = 6 * 3600;
+
+/// The CA's last answer about one certificate's renewal window.
+struct AriSeen {
+    id: String,
+    window: Option<(i64, i64)>,
+    at: i64,
+}
 
 /// After renewing on its own, the loop waits at least this long before it
 /// renews again, even if the new certificate is already due (an
@@ -128,12 +140,18 @@ impl AcmeService {
 
     /// When the loop should next try, given the state on disk; `None`: no
     /// account, nothing to renew.
-    fn plan(&self, s: &AcmeSettings, own_success: Option<i64>, tried: bool) -> Option<i64> {
+    fn plan(
+        &self,
+        s: &AcmeSettings,
+        own_success: Option<i64>,
+        tried: bool,
+        ari_due: Option<i64>,
+    ) -> Option<i64> {
         if !s.has_account() {
             return None;
         }
         let state = store::load_state(&s.data_dir);
-        let mut at = s.due_at(now());
+        let mut at = ari_due.unwrap_or_else(|| s.due_at(now()));
         let valid = s
             .current()
             .is_some_and(|c| !c.self_signed && c.not_after > now());
@@ -149,13 +167,59 @@ impl AcmeService {
         Some(at)
     }
 
+    /// When the CA's renewal window (ARI) says the certificate in place
+    /// is due; `None` when the CA offers no ARI or the certificate is not
+    /// one to renew (the two-thirds rule then decides).
+    async fn ari_due(&self, s: &AcmeSettings, seen: &mut Option<AriSeen>) -> Option<i64> {
+        let c = s
+            .current()
+            .filter(|c| !c.self_signed && c.covers(&s.domains))?;
+        let id = c.ari_id.clone()?;
+        let fresh = seen
+            .as_ref()
+            .is_some_and(|k| k.id == id && now() - k.at < ARI_REFRESH);
+        if !fresh {
+            let asked = tokio::time::timeout(
+                Duration::from_secs(60),
+                ari::suggested_window(&s.directory, s.ca_file.as_deref(), &id),
+            )
+            .await;
+            let window = match asked {
+                Ok(Ok(w)) => w,
+                Ok(Err(e)) => {
+                    tracing::info!(error = %e, "no ACME renewal information; renewing at two thirds of the lifetime");
+                    None
+                }
+                Err(_) => None,
+            };
+            *seen = Some(AriSeen {
+                id,
+                window,
+                at: now(),
+            });
+        }
+        let (start, end) = seen.as_ref()?.window?;
+        let mut at = ari::pick(start, end, c.jitter);
+        if !s.renew_before.is_zero() {
+            let window = i64::try_from(s.renew_before.as_secs()).unwrap_or(i64::MAX);
+            at = at.min(c.not_after.saturating_sub(window));
+        }
+        Some(at)
+    }
+
     /// The renewal loop: sleeps until the plan says, renews, plans again.
     pub(super) async fn run_loop(self: Arc<Self>) {
         let mut own_success: Option<i64> = None;
         let mut tried = false;
+        let mut ari_seen = None;
         loop {
             let s = self.settings();
-            let plan = self.plan(&s, own_success, tried);
+            let ari_due = if s.has_account() {
+                self.ari_due(&s, &mut ari_seen).await
+            } else {
+                None
+            };
+            let plan = self.plan(&s, own_success, tried, ari_due);
             *self.next.lock().expect("acme next") = plan;
             let mut state = store::load_state(&s.data_dir);
             if state.next_renewal != plan {
@@ -177,7 +241,15 @@ impl AcmeService {
             let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
             tried = true;
             if let Some(Outcome::Issued(_)) = self
-                .attempt(n, AcmeRequest::default(), "renewal loop")
+                .attempt(
+                    n,
+                    // The CA's window may say "due" before the two-thirds rule.
+                    AcmeRequest {
+                        force: ari_due.is_some(),
+                        setup: None,
+                    },
+                    "renewal loop",
+                )
                 .await
             {
                 own_success = Some(now());

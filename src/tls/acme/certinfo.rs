@@ -29,6 +29,9 @@ pub struct CertInfo {
     /// restarts while many servers' renewals spread out.
     #[serde(skip)]
     pub jitter: f64,
+    /// Its ARI identifier (RFC 9773), when it names its issuer's key.
+    #[serde(skip)]
+    pub ari_id: Option<String>,
 }
 
 impl CertInfo {
@@ -74,6 +77,7 @@ impl CertInfo {
             not_after: v.not_after.timestamp(),
             self_signed: cert.issuer().as_raw() == cert.subject().as_raw(),
             jitter: f64::from(crc32fast::hash(der)) / f64::from(u32::MAX),
+            ari_id: super::ari::cert_id(der),
         })
     }
 

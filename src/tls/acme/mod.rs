@@ -9,6 +9,7 @@
 //! never logs a secret (the DigitalOcean token, the account key, the
 //! certificate key).
 
+pub mod ari;
 pub mod certinfo;
 mod dns01;
 mod http;
