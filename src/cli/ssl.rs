@@ -192,8 +192,8 @@ fn through_server(c: &Config, s: &AcmeSettings, req: &Request) -> anyhow::Result
     let deadline = Instant::now() + s.dns_timeout + s.timeout * 2 + Duration::from_secs(120);
     let last = loop {
         let v = api_call(c, "ssl status", "GET", &format!("/api/v1/ssl?wait={n}"), "")?;
-        if v["attempts_finished"].as_u64().unwrap_or(0) >= n {
-            break v["last_result"].clone();
+        if v["result"]["attempt"] == n {
+            break v["result"].clone();
         }
         if Instant::now() > deadline {
             anyhow::bail!(

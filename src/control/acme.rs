@@ -24,6 +24,9 @@ use crate::tls::acme::{self, ari, certinfo, store, AcmeSettings, Outcome, Reques
 /// renewal information).
 const RECHECK: Duration = Duration::from_secs(6 * 3600);
 
+/// Attempt results kept for `GET /api/v1/ssl?wait=N`.
+const RESULTS_KEPT: usize = 16;
+
 /// How long the CA's renewal window (ARI) is believed before it is asked
 /// again.
 const ARI_REFRESH: i64 = 6 * 3600;
@@ -48,8 +51,8 @@ pub(super) struct AcmeService {
     /// Numbers given to attempts, and the last one finished.
     started: AtomicU64,
     finished: tokio::sync::watch::Sender<u64>,
-    /// The last finished attempt's result (JSON for the API).
-    last: Mutex<serde_json::Value>,
+    /// The results of the last attempts (JSON for the API), newest last.
+    results: Mutex<std::collections::VecDeque<serde_json::Value>>,
     /// When the loop plans to renew (Unix seconds).
     next: Mutex<Option<i64>>,
     successes: AtomicU64,
@@ -69,7 +72,7 @@ impl AcmeService {
             running: tokio::sync::Mutex::new(()),
             started: AtomicU64::new(0),
             finished: tokio::sync::watch::Sender::new(0),
-            last: Mutex::new(serde_json::Value::Null),
+            results: Mutex::new(std::collections::VecDeque::new()),
             next: Mutex::new(None),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -132,10 +135,27 @@ impl AcmeService {
                 serde_json::json!({ "attempt": n, "result": "failed", "error": e.to_string() })
             }
         };
-        *self.last.lock().expect("acme last") = answer;
-        self.finished.send_replace(n);
+        {
+            let mut results = self.results.lock().expect("acme results");
+            if results.len() == RESULTS_KEPT {
+                results.pop_front();
+            }
+            results.push_back(answer);
+        }
+        self.finished.send_modify(|f| *f += 1);
         self.wake.notify_one();
         result.ok()
+    }
+
+    /// The result of attempt `n`, if it is finished (and among the last
+    /// [`RESULTS_KEPT`]).
+    fn result_of(&self, n: u64) -> Option<serde_json::Value> {
+        self.results
+            .lock()
+            .expect("acme results")
+            .iter()
+            .find(|r| r["attempt"] == n)
+            .cloned()
     }
 
     /// When the loop should next try, given the state on disk; `None`: no
@@ -293,7 +313,8 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx, svc: &Arc<AcmeServi
                     .saturating_sub(Duration::from_secs(2))
                     .clamp(Duration::from_millis(100), Duration::from_secs(25));
                 let mut rx = svc.finished.subscribe();
-                let _ = tokio::time::timeout(limit, rx.wait_for(|f| *f >= n)).await;
+                let _ =
+                    tokio::time::timeout(limit, rx.wait_for(|_| svc.result_of(n).is_some())).await;
             }
             let s = svc.settings();
             let mut state = store::load_state(&s.data_dir);
@@ -301,7 +322,11 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx, svc: &Arc<AcmeServi
             let mut v = acme::status::status_json(&s, &state, now());
             v["attempts_started"] = svc.started.load(Ordering::SeqCst).into();
             v["attempts_finished"] = (*svc.finished.borrow()).into();
-            v["last_result"] = svc.last.lock().expect("acme last").clone();
+            let last = svc.results.lock().expect("acme results").back().cloned();
+            v["last_result"] = last.unwrap_or_default();
+            if let Some(n) = wait {
+                v["result"] = svc.result_of(n).unwrap_or_default();
+            }
             json(StatusCode::OK, v)
         }
         ("/api/v1/ssl", _) => super::method_not_allowed("GET"),

@@ -13,23 +13,28 @@ use std::time::{Duration, Instant};
 
 use crate::it::harness::require_tool;
 
-/// A port free on 127.0.0.1 for both TCP and UDP just now (pebble and
-/// challtestsrv take fixed ports from their command line).
-pub(crate) fn free_port() -> u16 {
-    loop {
+/// `N` distinct ports free on 127.0.0.1 for both TCP and UDP just now
+/// (pebble and challtestsrv take fixed ports from their command line); all
+/// are held until the last is found, so none repeats.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let mut held = Vec::new();
+    while held.len() < N {
         let t = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = t.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        if let Ok(u) = UdpSocket::bind(("127.0.0.1", port)) {
+            held.push((t, u, port));
         }
     }
+    std::array::from_fn(|i| held[i].2)
 }
 
-fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) {
+/// Waits until `addr` accepts; `false` if `child` exited first (a port
+/// taken meanwhile by another test: the caller starts again).
+fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) -> bool {
     let t0 = Instant::now();
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before listening on {addr}: {status}");
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(20),
@@ -37,6 +42,7 @@ fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
 /// A running pebble + challtestsrv pair.
@@ -61,6 +67,15 @@ pub(crate) struct Pebble {
 impl Pebble {
     /// Starts both, with `blocked` in pebble's domain block list.
     pub(crate) fn start(blocked: &[&str]) -> Pebble {
+        for _ in 0..5 {
+            if let Some(p) = Pebble::try_start(blocked) {
+                return p;
+            }
+        }
+        panic!("pebble or pebble-challtestsrv kept exiting at start (ports taken?)");
+    }
+
+    fn try_start(blocked: &[&str]) -> Option<Pebble> {
         let pebble = require_tool("pebble");
         let challtestsrv = require_tool("pebble-challtestsrv");
         let dir = tempfile::tempdir().unwrap();
@@ -83,7 +98,7 @@ impl Pebble {
         std::fs::write(dir.path().join("pebble.pem"), leaf.pem()).unwrap();
         std::fs::write(dir.path().join("pebble.key"), leaf_key.serialize_pem()).unwrap();
 
-        let [listen, management, dns, challtest, http, tls] = [(); 6].map(|_| free_port());
+        let [listen, management, dns, challtest, http, tls] = free_ports::<6>();
         let config = serde_json::json!({ "pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
             "managementListenAddress": format!("127.0.0.1:{management}"),
@@ -107,7 +122,9 @@ impl Pebble {
             .spawn()
             .expect("pebble-challtestsrv runs");
         let challtest_addr: SocketAddr = format!("127.0.0.1:{challtest}").parse().unwrap();
-        wait_listening(challtest_addr, "pebble-challtestsrv", &mut cts);
+        if !wait_listening(challtest_addr, "pebble-challtestsrv", &mut cts) {
+            return None;
+        }
         let mut pb = Command::new(pebble)
             .args(["-config"])
             .arg(&config_file)
@@ -121,10 +138,17 @@ impl Pebble {
             .spawn()
             .expect("pebble runs");
         let listen_addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
-        wait_listening(listen_addr, "pebble", &mut pb);
         let management_addr: SocketAddr = format!("127.0.0.1:{management}").parse().unwrap();
-        wait_listening(management_addr, "pebble (management)", &mut pb);
-        Pebble {
+        if !wait_listening(listen_addr, "pebble", &mut pb)
+            || !wait_listening(management_addr, "pebble (management)", &mut pb)
+        {
+            for c in [&mut pb, &mut cts] {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return None;
+        }
+        Some(Pebble {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             dns: format!("127.0.0.1:{dns}").parse().unwrap(),
             challtest: challtest_addr,
@@ -133,7 +157,7 @@ impl Pebble {
             ca_file,
             children: vec![pb, cts],
             _dir: dir,
-        }
+        })
     }
 
     /// pebble's issuing root (PEM), from its management API.
