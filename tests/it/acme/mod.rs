@@ -256,14 +256,32 @@ fn failed_issuance_keeps_the_certificate_and_cleans_up() {
     let state = std::fs::read_to_string(data.join("acme/state.json")).unwrap();
     assert!(state.contains("\"failures\": 3"), "{state}");
     assert_no_challenge_records(&p, &fake);
-    let st = silent.state.lock().unwrap();
-    assert!(
-        st.created > 0 && st.created == st.deleted,
-        "{}/{}",
-        st.created,
-        st.deleted
-    );
+    {
+        let st = silent.state.lock().unwrap();
+        assert!(
+            st.created > 0 && st.created == st.deleted,
+            "{}/{}",
+            st.created,
+            st.deleted
+        );
+    }
     assert!(fake.state.lock().unwrap().unauthorized > 0);
+
+    // Through a running server: the certificate it serves stays too.
+    let root = tmp.path().join("pebble-root.pem");
+    std::fs::write(&root, p.root_pem()).unwrap();
+    let g = Gomail::start_on(&data, &cases[0].0);
+    let served = served_cert(&g, &root);
+    assert_eq!(served, first_cert_der(&cert_file));
+    let (ok, out, err) = super::harness::gomail_cli(&g, &["ssl", "renew", "--force"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("DigitalOcean refused do_api_token")
+            && err.contains("the certificate in use stays"),
+        "{err}"
+    );
+    assert_eq!(served_cert(&g, &root), served);
+    assert_eq!(std::fs::read(&cert_file).unwrap(), kept);
 }
 
 #[test]
