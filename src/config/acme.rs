@@ -24,13 +24,14 @@ pub(super) fn check(
         }
     };
     let dir = get("acme_directory_url");
-    if !matches!(dir.as_str(), "letsencrypt" | "letsencrypt-staging") {
-        url("acme_directory_url", &dir).map_err(|_| {
-            invalid(
-                "acme_directory_url",
-                format!("`{dir}` is not `letsencrypt`, `letsencrypt-staging` or an https:// URL"),
-            )
-        })?;
+    if !matches!(dir.as_str(), "letsencrypt" | "letsencrypt-staging")
+        && (url("acme_directory_url", &dir).is_err() || !dir.starts_with("https://"))
+    {
+        // RFC 8555 section 6.1: ACME is only spoken over HTTPS.
+        return Err(invalid(
+            "acme_directory_url",
+            format!("`{dir}` is not `letsencrypt`, `letsencrypt-staging` or an https:// URL"),
+        ));
     }
     url("digitalocean_api_url", &get("digitalocean_api_url"))?;
     for d in list("acme_domains") {
@@ -80,4 +81,57 @@ pub(super) fn check(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load, Sources};
+
+    fn with(kv: &[(&str, &str)]) -> Result<crate::config::Config, String> {
+        load(&Sources {
+            flags: kv
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn acme_keys_are_checked_with_their_name() {
+        assert!(with(&[("acme_directory_url", "letsencrypt-staging")]).is_ok());
+        assert!(with(&[("acme_directory_url", "https://ca.example.test/dir")]).is_ok());
+        for (k, v, says) in [
+            (
+                "acme_directory_url",
+                "http://ca.example.test/dir",
+                "https://",
+            ),
+            ("acme_directory_url", "staging", "letsencrypt-staging"),
+            (
+                "acme_domains",
+                "mx.example.test,*.*.example.test",
+                "wildcard",
+            ),
+            ("acme_domains", "localhost", "not a domain"),
+            ("acme_email", "postmaster", "not an email"),
+            ("digitalocean_api_url", "api.digitalocean.com", "http://"),
+            ("acme_http_listen", "port80", "ip:port"),
+            ("acme_dns_timeout", "0s", "longer than 0s"),
+        ] {
+            let e = with(&[(k, v)]).unwrap_err();
+            assert!(e.contains(k) && e.contains(says), "{k}={v}: {e}");
+        }
+        let e = with(&[
+            ("acme_challenge", "http-01"),
+            ("acme_domains", "mx.example.test,*.example.test"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("acme_challenge") && e.contains("wildcard"),
+            "{e}"
+        );
+        assert!(with(&[("acme_challenge", "http-01"), ("acme_http_listen", ":8080")]).is_ok());
+    }
 }

@@ -24,38 +24,55 @@ pub(crate) struct Http {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
+/// The HTTPS connector: the system's roots plus every certificate in
+/// `extra_roots` (PEM).
+fn connector(
+    extra_roots: Option<&Path>,
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    if let Some(p) = extra_roots {
+        for c in CertificateDer::pem_file_iter(p)
+            .map_err(|e| format!("acme_ca_file {}: {e}", p.display()))?
+        {
+            let c = c.map_err(|e| format!("acme_ca_file {}: {e}", p.display()))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("acme_ca_file {}: {e}", p.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build())
+}
+
+/// instant-acme's client, with the same trust as [`Http`] (its own
+/// `builder_with_root` would trust one certificate and no system root).
+pub(crate) fn acme_client(
+    extra_roots: Option<&Path>,
+) -> Result<Box<dyn instant_acme::HttpClient>, String> {
+    let client: Client<_, instant_acme::BodyWrapper<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector(extra_roots)?);
+    Ok(Box::new(client))
+}
+
 impl Http {
     /// A client trusting the system's roots and the certificates in
     /// `extra_roots` (PEM).
     pub(crate) fn new(extra_roots: Option<&Path>) -> Result<Http, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(c);
-        }
-        if let Some(p) = extra_roots {
-            for c in CertificateDer::pem_file_iter(p)
-                .map_err(|e| format!("acme_ca_file {}: {e}", p.display()))?
-            {
-                let c = c.map_err(|e| format!("acme_ca_file {}: {e}", p.display()))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("acme_ca_file {}: {e}", p.display()))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
         Ok(Http {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client: Client::builder(TokioExecutor::new()).build(connector(extra_roots)?),
         })
     }
 

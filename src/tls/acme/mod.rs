@@ -312,9 +312,10 @@ pub async fn terms_of_service(s: &AcmeSettings) -> Result<Option<String>, AcmeEr
 }
 
 async fn account(s: &AcmeSettings, req: &Request) -> Result<Account, AcmeError> {
-    let builder = || match &s.ca_file {
-        Some(p) => Account::builder_with_root(p).map_err(acme("trusting acme_ca_file")),
-        None => Account::builder().map_err(acme("HTTP client")),
+    let builder = || {
+        http::acme_client(s.ca_file.as_deref())
+            .map(Account::builder_with_http)
+            .map_err(AcmeError::Settings)
     };
     if let Some(stored) = store::load_account(&s.data_dir, &s.directory)? {
         return builder()?
