@@ -317,11 +317,28 @@ async fn account(s: &AcmeSettings, req: &Request) -> Result<Account, AcmeError> 
             .map(Account::builder_with_http)
             .map_err(AcmeError::Settings)
     };
-    if let Some(stored) = store::load_account(&s.data_dir, &s.directory)? {
-        return builder()?
-            .from_credentials(stored.credentials)
+    if let Some(mut stored) = store::load_account(&s.data_dir, &s.directory)? {
+        // AccountCredentials is not Clone; a copy through its own serde
+        // form keeps `stored` whole for saving below.
+        let credentials = serde_json::to_value(&stored.credentials)
+            .and_then(serde_json::from_value)
+            .map_err(|e| AcmeError::Settings(format!("the stored ACME account: {e}")))?;
+        let account = builder()?
+            .from_credentials(credentials)
             .await
-            .map_err(acme("loading the account"));
+            .map_err(acme("loading the account"))?;
+        // `ssl setup` with another address: the account's contact follows.
+        if let Some(setup) = req.setup.as_ref().filter(|x| x.email != stored.email) {
+            let contact = format!("mailto:{}", setup.email);
+            account
+                .update_contacts(&[&contact])
+                .await
+                .map_err(acme("updating the account's contact"))?;
+            stored.email = setup.email.clone();
+            store::save_account(&s.data_dir, &stored)?;
+            tracing::info!(event = "acme_account_updated", email = %setup.email, "ACME account contact changed");
+        }
+        return Ok(account);
     }
     let Some(setup) = &req.setup else {
         return Err(AcmeError::NoAccount(s.directory.clone()));

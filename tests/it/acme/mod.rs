@@ -431,4 +431,22 @@ fn http_01_is_answered_on_acme_http_listen_only_while_the_order_runs() {
     // Nothing listens on the challenge port between orders.
     let refused = std::net::TcpStream::connect(&listen).unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    // setup again with another address: the same account, its contact changed.
+    let (ok, out, err) = super::harness::gomail_cli(
+        &g,
+        &["ssl", "setup", "--email", "noc@example.test", "--agree-tos"],
+    );
+    assert!(ok, "{out}{err}");
+    let accounts: Vec<_> = std::fs::read_dir(g.data_dir.join("acme"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("account-"))
+        .collect();
+    assert_eq!(accounts.len(), 1);
+    let account = std::fs::read_to_string(accounts[0].path()).unwrap();
+    assert!(
+        account.contains("\"email\": \"noc@example.test\""),
+        "email not updated"
+    );
+    assert_ne!(first_cert_der(&g.data_dir.join("acme/cert.pem")), cert);
 }
