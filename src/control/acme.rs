@@ -126,12 +126,13 @@ impl AcmeService {
                 })
             }
             Err(e) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
                 if had_valid {
                     tracing::warn!(event = "acme_renewal_failed", source = why, failures, error = %e, "ACME renewal failed; the current certificate stays");
                 } else {
                     tracing::warn!(event = "acme_renewal_failed", source = why, failures, error = %e, "ACME issuance failed and there is no valid certificate: serving the self-signed fallback until it succeeds");
                 }
+                // Counted after the log line (tests wait on the count).
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 serde_json::json!({ "attempt": n, "result": "failed", "error": e.to_string() })
             }
         };
