@@ -14,6 +14,7 @@ pub mod certinfo;
 mod dns01;
 mod http;
 mod http01;
+mod order;
 pub mod status;
 pub mod store;
 
@@ -21,10 +22,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy,
-};
+use instant_acme::{Account, NewAccount};
+
+use rustls::pki_types::pem::PemObject;
 
 pub use certinfo::CertInfo;
 
@@ -420,7 +420,7 @@ pub async fn issue(s: &AcmeSettings, req: &Request) -> Result<Outcome, AcmeError
     let deadline = s.dns_timeout + s.timeout * 2 + Duration::from_secs(120);
     let result = match tokio::time::timeout(
         deadline,
-        order(s, &account, dns.as_mut(), responder.as_ref(), &mut records),
+        order::run(s, &account, dns.as_mut(), responder.as_ref(), &mut records),
     )
     .await
     {
@@ -449,115 +449,6 @@ pub async fn issue(s: &AcmeSettings, req: &Request) -> Result<Outcome, AcmeError
     store::write_pair(&s.cert_file, &s.key_file, &chain, &key)?;
     tracing::info!(event = "acme_certificate_issued", names = %info.names.join(","), not_after = info.not_after, cert = %s.cert_file.display(), "ACME certificate obtained");
     Ok(Outcome::Issued(info))
-}
-
-use rustls::pki_types::pem::PemObject;
-
-/// One order: records created into `records` (for the caller to delete),
-/// validated, finalized; the chain and key PEM.
-async fn order(
-    s: &AcmeSettings,
-    account: &Account,
-    mut dns: Option<&mut dns01::DigitalOcean<'_>>,
-    responder: Option<&http01::Responder>,
-    records: &mut Vec<dns01::Record>,
-) -> Result<(String, String), AcmeError> {
-    let kind = match s.challenge {
-        Challenge::Dns01 => ChallengeType::Dns01,
-        Challenge::Http01 { .. } => ChallengeType::Http01,
-    };
-    let ids: Vec<Identifier> = s
-        .domains
-        .iter()
-        .map(|d| Identifier::Dns(d.clone()))
-        .collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&ids))
-        .await
-        .map_err(acme("new order"))?;
-    // First pass: a record for every authorization still pending.
-    let mut pending = 0;
-    {
-        let mut authzs = order.authorizations();
-        while let Some(a) = authzs.next().await {
-            let mut a = a.map_err(acme("authorization"))?;
-            if a.status == AuthorizationStatus::Valid {
-                continue;
-            }
-            let shown = a.identifier().to_string();
-            let Identifier::Dns(name) = a.identifier().identifier.clone() else {
-                return Err(AcmeError::Validation {
-                    name: shown,
-                    detail: "not a DNS name".into(),
-                });
-            };
-            let ch = a
-                .challenge(kind.clone())
-                .ok_or_else(|| AcmeError::Validation {
-                    name: shown,
-                    detail: format!("the CA offers no {kind:?} challenge for it"),
-                })?;
-            if let Some(dns) = dns.as_deref_mut() {
-                let value = ch.key_authorization().dns_value();
-                records.push(dns.create(&name, &value).await?);
-            }
-            if let Some(r) = responder {
-                r.add(&ch.token, ch.key_authorization().as_str());
-            }
-            pending += 1;
-        }
-    }
-    if pending > 0 {
-        if dns.is_some() {
-            dns01::wait_visible(records, &s.dns_servers, s.dns_timeout).await?;
-        }
-        let mut authzs = order.authorizations();
-        while let Some(a) = authzs.next().await {
-            let mut a = a.map_err(acme("authorization"))?;
-            if a.status == AuthorizationStatus::Valid {
-                continue;
-            }
-            if let Some(mut ch) = a.challenge(kind.clone()) {
-                ch.set_ready().await.map_err(acme("challenge"))?;
-            }
-        }
-    }
-    let retry = RetryPolicy::new()
-        .initial_delay(Duration::from_millis(250))
-        .timeout(s.timeout);
-    let status = order
-        .poll_ready(&retry)
-        .await
-        .map_err(acme("waiting for validation"))?;
-    if status != OrderStatus::Ready {
-        return Err(validation_failure(&mut order, status).await);
-    }
-    let key = order.finalize().await.map_err(acme("finalize"))?;
-    let chain = order
-        .poll_certificate(&retry)
-        .await
-        .map_err(acme("downloading the certificate"))?;
-    Ok((chain, key))
-}
-
-/// Why an order did not become ready: the first challenge error the CA
-/// reports, else the order's own.
-async fn validation_failure(order: &mut instant_acme::Order, status: OrderStatus) -> AcmeError {
-    let order_error = order.state().error.as_ref().map(|p| p.to_string());
-    let mut authzs = order.authorizations();
-    while let Some(Ok(a)) = authzs.next().await {
-        let name = a.identifier().to_string();
-        if let Some(p) = a.challenges.iter().find_map(|c| c.error.as_ref()) {
-            return AcmeError::Validation {
-                name,
-                detail: p.to_string(),
-            };
-        }
-    }
-    AcmeError::Acme {
-        step: "order",
-        detail: order_error.unwrap_or_else(|| format!("the order is {status:?}")),
-    }
 }
 
 /// Records an attempt's result in `data_dir/acme/state.json` (a
