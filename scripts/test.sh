@@ -5,6 +5,7 @@
 # Tests use real tools and fail loudly when one is missing; this script is
 # what puts them there: swaks (an independent SMTP client) with
 # libnet-ssleay-perl for its --tls, openssl (s_client, key generation),
+# pebble and pebble-challtestsrv (the ACME test CA and its DNS),
 # promtool (from Debian's prometheus) to lint the metrics, Python's dkimpy
 # with authres (an independent DKIM signer and ARC sealer, from PyPI), and
 # cargo-fuzz with g++ for libFuzzer (scripts/fuzz.sh installs cargo-fuzz).
@@ -16,6 +17,8 @@ need=()
 command -v swaks >/dev/null || need+=(swaks)
 command -v mount >/dev/null || need+=(mount)
 command -v openssl >/dev/null || need+=(openssl)
+# pebble (with pebble-challtestsrv): the ACME test CA and its mock DNS.
+command -v pebble >/dev/null || need+=(pebble)
 # promtool (Debian's prometheus package) lints a live /metrics scrape.
 command -v promtool >/dev/null || need+=(prometheus)
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)

@@ -10,8 +10,12 @@ use gomail::server::Server;
 
 #[path = "cli/api.rs"]
 mod api;
+#[path = "cli/dkim.rs"]
+mod dkim;
 #[path = "cli/signals.rs"]
 mod signals;
+#[path = "cli/ssl.rs"]
+mod ssl;
 use api::{api_call, api_of, api_request};
 use signals::{block_signals, wait_signal};
 
@@ -81,6 +85,21 @@ enum Cmd {
     Security {
         #[command(subcommand)]
         action: SecurityCmd,
+    },
+    /// DKIM keys for the domain's signer: make one, print its DNS record.
+    Dkim {
+        #[command(subcommand)]
+        action: dkim::DkimCmd,
+    },
+    /// Check what DNS publishes for a domain: MX, SPF, DMARC, DKIM.
+    Dns {
+        #[command(subcommand)]
+        action: dkim::DnsCmd,
+    },
+    /// ACME certificates: obtain, show, renew (docs/tls-acme.md).
+    Ssl {
+        #[command(subcommand)]
+        action: ssl::SslCmd,
     },
 }
 
@@ -301,6 +320,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Queue { action } => queue(action),
         Cmd::Security { action } => security(action),
+        Cmd::Dkim { action } => dkim::dkim_command(action),
+        Cmd::Dns { action } => dkim::dns_command(action),
+        Cmd::Ssl { action } => ssl::command(action),
         Cmd::Config { action } => match action {
             ConfigCmd::Show { cfg } => {
                 print!("{}", config::load(&sources(&cfg, Vec::new()))?.show());

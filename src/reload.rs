@@ -64,6 +64,19 @@ pub const LIVE: &[&str] = &[
     "tls_cert_dir",
     "tls_min_version",
     "tls_cipher_suites",
+    // ACME: read at each issuance and renewal (docs/tls-acme.md)
+    "acme_email",
+    "acme_directory_url",
+    "acme_ca_file",
+    "acme_domains",
+    "acme_challenge",
+    "acme_http_listen",
+    "acme_renew_before",
+    "acme_dns_timeout",
+    "acme_timeout",
+    "do_api_token",
+    "digitalocean_token",
+    "digitalocean_api_url",
 ];
 
 /// What a reload did.
@@ -146,6 +159,25 @@ impl Reloader {
     /// The configuration in force (the last one that loaded).
     pub fn current(&self) -> Config {
         self.state.lock().expect("reload state").current.clone()
+    }
+
+    /// Reads the certificate files of the configuration in force again and
+    /// publishes them to every shard (after ACME replaced them); nothing
+    /// else changes. An unusable pair changes nothing.
+    pub fn refresh_certificates(&self, why: &str) -> Result<(), ServerError> {
+        let state = self.state.lock().expect("reload state");
+        let r = self.server.apply(&state.current);
+        match &r {
+            Ok(()) => tracing::info!(
+                event = "certificate_swapped",
+                source = why,
+                "TLS certificates reloaded on every shard"
+            ),
+            Err(e) => {
+                tracing::error!(event = "certificate_swap_failed", source = why, error = %e, "new certificate files not applied; the certificates in use stay")
+            }
+        }
+        r
     }
 
     /// Reads the configuration again and applies it (see the module docs);

@@ -217,10 +217,14 @@ impl ReloadHandle {
                 let built = tls::build(cfg)?;
                 // At start an unusable certificate falls back to a
                 // self-signed one; a running server keeps the one it has.
-                if let (CertSource::SelfSigned { reason }, Some(path)) = (
-                    &built.source,
-                    cfg.tls_cert_file.as_ref().or(cfg.tls_key_file.as_ref()),
-                ) {
+                let acme = tls::acme::default_cert_file(&cfg.data_dir);
+                let configured = cfg
+                    .tls_cert_file
+                    .as_ref()
+                    .or(cfg.tls_key_file.as_ref())
+                    .or(acme.exists().then_some(&acme));
+                if let (CertSource::SelfSigned { reason }, Some(path)) = (&built.source, configured)
+                {
                     return Err(ServerError::Tls(TlsError::File {
                         path: path.clone(),
                         reason: format!("{reason}; the certificates in use stay"),

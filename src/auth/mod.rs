@@ -8,6 +8,7 @@
 //! This module never touches a socket: the driver calls it and turns its
 //! verdicts into session completions.
 
+pub mod dkim_keys;
 pub mod dns;
 mod dnsbl;
 mod json;

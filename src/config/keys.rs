@@ -181,9 +181,29 @@ pub const KEYS: &[Key] = &[
     ),
     k("validation.check_spf", Bool, Some("true"), Active),
     k("validation.check_dkim", Bool, Some("true"), Active),
-    // ACME DNS-01 through DigitalOcean (`digitalocean_token` is GoMail's
-    // older name for the same token)
-    k("do_api_token", Secret, None, Pending),
+    // ACME (docs/tls-acme.md); DNS-01 through DigitalOcean
+    // (`digitalocean_token` is GoMail's older name for the same token)
+    k("acme_email", Str, None, Active),
+    k("acme_directory_url", Str, Some("letsencrypt"), Active),
+    k("acme_ca_file", Str, None, Active),
+    k("acme_domains", List, Some(""), Active),
+    k(
+        "acme_challenge",
+        Enum(&["dns-01", "http-01"]),
+        Some("dns-01"),
+        Active,
+    ),
+    k("acme_http_listen", Str, Some(":80"), Active),
+    k("acme_renew_before", Duration, Some("0s"), Active),
+    k("acme_dns_timeout", Duration, Some("10m"), Active),
+    k("acme_timeout", Duration, Some("5m"), Active),
+    k("do_api_token", Secret, None, Active),
+    k(
+        "digitalocean_api_url",
+        Str,
+        Some("https://api.digitalocean.com"),
+        Active,
+    ),
     // GoMail keys without meaning here
     k("mode", Str, None, Ignored),
     k("storage_mode", Str, None, Ignored),
@@ -201,7 +221,7 @@ pub const KEYS: &[Key] = &[
     k("health_check_interval", Duration, None, Ignored),
     k("cleanup_interval", Duration, None, Ignored),
     k("cleanup_age", Duration, None, Ignored),
-    k("digitalocean_token", Secret, None, Pending),
+    k("digitalocean_token", Secret, None, Active),
     k("digitalocean_domain_id", Str, None, Ignored),
     k("debug_mode", Bool, None, Ignored),
     k("panic_recovery", Bool, None, Ignored),

@@ -6,6 +6,7 @@
 //! environment variable, or flag). An unknown key is an error too, so a typo
 //! never silently falls back to a default.
 
+mod acme;
 pub mod edit;
 pub mod keys;
 mod resolve;

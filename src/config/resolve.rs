@@ -260,6 +260,7 @@ pub(super) fn resolve(
             return Err(invalid(k, "must be longer than 0s".into()));
         }
     }
+    super::acme::check(&get, &list, &invalid, is_domain)?;
     let data_dir = PathBuf::from(get("data_dir"));
     if data_dir.as_os_str().is_empty() {
         return Err(invalid("data_dir", "must not be empty".into()));

@@ -5,7 +5,8 @@
 //! and the metrics alone on `api_host:metrics_port` when that is set. It
 //! reads shard counters by message ([`StatsHandle`]); it never touches a
 //! shard's state. Behind `admin_token`: `POST /queue/retry` and the ban
-//! endpoints (`GET|POST /api/v1/bans`, `DELETE /api/v1/bans/<ip>`).
+//! endpoints (`GET|POST /api/v1/bans`, `DELETE /api/v1/bans/<ip>`), and
+//! ACME (`GET /api/v1/ssl`, `POST /api/v1/ssl/renew`; acme.rs).
 //!
 //! Each connection runs under `http_timeouts` (read, write, idle: io.rs;
 //! handler: [`handle`]); stopping is graceful for `http_timeouts.shutdown`.
@@ -14,6 +15,7 @@
 //! client when sane), the security headers and the client's rate-limit
 //! figures; every error is GoMail's JSON shape with the request id.
 
+mod acme;
 mod bans;
 mod inbound;
 mod io;
@@ -141,6 +143,8 @@ struct Ctx {
     settings: shards::Snapshot<ControlConfig>,
     /// Applies `POST /api/v1/reload` (none: the endpoint answers 503).
     reloader: Option<Arc<crate::reload::Reloader>>,
+    /// ACME issuance and renewal (with a reloader: it swaps certificates).
+    acme: Option<Arc<acme::AcmeService>>,
     stats: StatsHandle,
     bans: crate::admission::service::Bans,
     limiter: std::sync::Mutex<ratelimit::Limiter>,
@@ -209,6 +213,7 @@ impl ControlPlane {
                 cfg.rate_limit.1,
             )),
             settings,
+            acme: reloader.clone().map(acme::AcmeService::new),
             reloader,
             stats,
             bans,
@@ -235,7 +240,11 @@ impl ControlPlane {
                         }));
                     }
                     drop(watching);
+                    let renewals = ctx.acme.clone().map(|a| tokio::spawn(a.run_loop()));
                     let _ = stop_rx.await;
+                    if let Some(r) = renewals {
+                        r.abort();
+                    }
                     stopping.send_replace(true);
                     let grace = ctx.cfg().shutdown_timeout;
                     // The listeners close first: nothing new is accepted
@@ -646,6 +655,19 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
         }
         return bans::route(req, ctx).await;
     }
+    if !metrics_only && (path == "/api/v1/ssl" || path.starts_with("/api/v1/ssl/")) {
+        if let Some(r) = refuse_unauthorized(&req, ctx, call) {
+            return r;
+        }
+        let Some(svc) = ctx.acme.clone() else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "this process does not manage certificates",
+            );
+        };
+        return acme::route(req, ctx, &svc).await;
+    }
     if !metrics_only && path == "/mail/inbound" {
         if req.method() != Method::POST {
             return method_not_allowed("POST");
@@ -728,6 +750,9 @@ async fn route(req: Request<Incoming>, ctx: &Ctx, call: &Call, metrics_only: boo
             },
         );
         ctx.http.lock().expect("http stats").render(&mut text);
+        if let Some(a) = &ctx.acme {
+            a.render(&mut text);
+        }
         let mut r = Response::new(Full::new(Bytes::from(text)));
         r.headers_mut().insert(
             "content-type",

@@ -6,6 +6,8 @@
 //! connection in flight keeps the one it started with. This module never
 //! touches a socket.
 
+pub mod acme;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -258,7 +260,11 @@ pub fn build(cfg: &Config) -> Result<Built, TlsError> {
     let provider = provider(cfg)?;
     let configured = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
         (Some(c), Some(k)) => load_pair(c, k, &provider).map_err(|e| e.to_string()),
-        (None, None) => Err("tls_cert_file and tls_key_file are not set".to_string()),
+        // Where ACME writes when the TLS keys are not set.
+        (None, None) => match acme_files(cfg) {
+            Some((c, k)) => load_pair(&c, &k, &provider).map_err(|e| e.to_string()),
+            None => Err("tls_cert_file and tls_key_file are not set".to_string()),
+        },
         _ => Err("only one of tls_cert_file and tls_key_file is set".to_string()),
     };
     let (default, source) = match configured {
@@ -294,6 +300,17 @@ pub fn build(cfg: &Config) -> Result<Built, TlsError> {
     })
 }
 
+/// `data_dir/acme/cert.pem` and `key.pem` when `tls_cert_file` and
+/// `tls_key_file` are unset and ACME has written them.
+pub fn acme_files(cfg: &Config) -> Option<(PathBuf, PathBuf)> {
+    if cfg.tls_cert_file.is_some() || cfg.tls_key_file.is_some() {
+        return None;
+    }
+    let c = acme::default_cert_file(&cfg.data_dir);
+    let k = acme::default_key_file(&cfg.data_dir);
+    (c.exists() && k.exists()).then_some((c, k))
+}
+
 /// A cheap fingerprint of the certificate files (paths and modification
 /// times), to notice when they change on disk.
 pub fn fingerprint(cfg: &Config) -> Vec<(PathBuf, Option<SystemTime>)> {
@@ -302,6 +319,10 @@ pub fn fingerprint(cfg: &Config) -> Vec<(PathBuf, Option<SystemTime>)> {
         .flatten()
         .cloned()
         .collect();
+    if let Some((c, k)) = acme_files(cfg) {
+        paths.push(c);
+        paths.push(k);
+    }
     if let Some(dir) = &cfg.tls_cert_dir {
         if let Ok(pairs) = dir_pairs(dir) {
             for (c, k) in pairs {

@@ -327,6 +327,9 @@ fn the_scrape_has_gomail_names_and_passes_promtool() {
     ] {
         assert!(scrape.contains(&format!("# TYPE {name} counter")), "{name}");
     }
+    // The self-signed fallback's expiry and the ACME counters (issue 13).
+    assert!(scrape.contains("# TYPE gomail_tls_certificate_expiry_seconds gauge"));
+    assert!(scrape.contains("gomail_acme_renewals_total{result=\"failure\"} 0"));
     let mut check = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

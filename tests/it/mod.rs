@@ -1,9 +1,11 @@
 pub(crate) mod harness;
 
+mod acme;
 mod admission;
 mod api;
 mod api_timeouts;
 mod auth;
+mod dkim_tools;
 mod dns;
 mod dns_relay;
 
