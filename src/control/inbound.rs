@@ -111,6 +111,26 @@ pub(super) async fn post(req: Request<Incoming>, ctx: &Ctx) -> Answer {
             serde_json::json!({ "max_message_size": cfg.max_message_size }),
         );
     }
+    // The text rules of DATA, on the octets SMTP would have received: a
+    // bare CR (an LF was made a line end above) or a line over 1000
+    // octets is refused, as DATA refuses it (docs/security.md).
+    if let Some(reply) = crate::smtp::data::text_refusal(&raw) {
+        return error_with(
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+            if reply == crate::smtp::Reply::BARE_NEWLINE_DATA {
+                "`raw`: a bare CR (one not followed by LF); end lines with LF or CRLF, \
+                 as SMTP refuses the same message"
+            } else {
+                "`raw`: a line longer than 1000 octets with its CRLF (RFC 5321 section \
+                 4.5.3.1.6), as SMTP refuses the same message"
+            },
+            serde_json::json!({
+                "field": "raw",
+                "smtp_reply": format!("{} {} {}", reply.code, reply.status, reply.text),
+            }),
+        );
+    }
     let request_id = REQUEST_ID.try_with(String::clone).unwrap_or_default();
     let msg = Injected {
         sender: sender.to_string(),
