@@ -36,7 +36,9 @@ fn assert_invalid(answer: &(u16, serde_json::Value), field: &str) {
 
 #[test]
 fn raw_with_a_bare_cr_or_a_long_line_is_refused_as_smtp_data_would_be() {
-    let g = Gomail::start(&format!("bearer_token: {TOKEN}\n"));
+    let g = Gomail::start(&format!(
+        "bearer_token: {TOKEN}\nrate_limit_per_minute: 0\n"
+    ));
     for raw in [
         "Subject: x\n\nline\rMAIL FROM:<evil@x.test>\n",
         "Subject: x\r\n\r\nends in a lone CR\r",
@@ -70,4 +72,62 @@ fn raw_with_a_bare_cr_or_a_long_line_is_refused_as_smtp_data_would_be() {
     assert_eq!(stored.len(), 1, "only the accepted message is stored");
     let raw = stored[0].1["raw"].as_str().unwrap();
     assert!(raw.ends_with("nul \u{0}\r\nlf\r\nend\r\n"), "{raw:?}");
+}
+
+#[test]
+fn a_sender_that_is_not_fully_qualified_is_refused_unless_its_client_is_trusted() {
+    let g = Gomail::start(&format!(
+        "bearer_token: {TOKEN}\nrate_limit_per_minute: 0\n"
+    ));
+    let with = |sender: &str, extra: serde_json::Value| {
+        let mut m = message("Subject: x\n\nbody\n");
+        m["sender"] = sender.into();
+        for (k, v) in extra.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+        post(&g, &m)
+    };
+    // The API's caller is on loopback (trusted), but the sender is
+    // someone else's: without `client_ip` the rule applies.
+    for bad in ["a@localhost", "a@mailhost", "a@host.invalid", "a@1.2.3.4"] {
+        for extra in [
+            serde_json::json!({}),
+            serde_json::json!({ "client_ip": "192.0.2.7", "helo": "client.test" }),
+        ] {
+            let a = with(bad, extra);
+            assert_invalid(&a, "sender");
+            assert_eq!(
+                a.1["details"]["smtp_reply"],
+                format!("504 5.5.2 <{bad}>: Sender address rejected: need fully-qualified address"),
+            );
+        }
+    }
+    for ok in ["a@mail.client.test", "a@[192.0.2.1]", ""] {
+        let (status, v) = with(ok, serde_json::json!({}));
+        assert_eq!(status, 200, "{ok:?}: {v}");
+    }
+    // A client in trusted_networks is exempt, as it is in SMTP.
+    let (status, v) = with(
+        "root@localhost",
+        serde_json::json!({ "client_ip": "127.0.0.9" }),
+    );
+    assert_eq!(status, 200, "{v}");
+    // `helo` is held to the EHLO syntax: one name (or an address literal).
+    for bad in ["two words", "x\r\nX-Injected: 1", "tab\there"] {
+        let a = with("a@client.test", serde_json::json!({ "helo": bad }));
+        assert_invalid(&a, "helo");
+    }
+    let (status, v) = with(
+        "a@client.test",
+        serde_json::json!({ "client_ip": "192.0.2.7", "helo": "[192.0.2.7]" }),
+    );
+    assert_eq!(status, 200, "{v}");
+
+    let off = Gomail::start(&format!(
+        "bearer_token: {TOKEN}\nvalidation:\n  reject_invalid_domains: false\n"
+    ));
+    let mut m = message("Subject: x\n\nbody\n");
+    m["sender"] = "a@localhost".into();
+    let (status, v) = post(&off, &m);
+    assert_eq!(status, 200, "{v}");
 }
