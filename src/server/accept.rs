@@ -137,6 +137,7 @@ pub(super) async fn accept_message(
         &id,
         &now.to_rfc2822(),
     ));
+    received.push_str(trace::separator(&tx.body));
     let mut envelope = Envelope {
         id: id.clone(),
         received_at_ms: now.timestamp_millis(),
