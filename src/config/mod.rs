@@ -195,6 +195,9 @@ pub fn check(key: &Key, v: &Value) -> Result<(), String> {
         Kind::Int => format!("expected a whole number, got `{text}`"),
         Kind::Size => format!("expected a size such as 26214400 or 25MB, got `{text}`"),
         Kind::Duration => match keys::parse_duration(&text) {
+            None if text.trim_start().starts_with('-') => {
+                format!("`{text}` is negative; a duration is 0s or longer")
+            }
             Some(_) => {
                 format!("`{text}` is longer than 3650d (10 years), the most any duration may be")
             }
