@@ -225,3 +225,28 @@ fn a_leading_continuation_line_cannot_extend_our_trace_fields() {
         );
     }
 }
+
+/// A forged field already at RFC 5322's 998 octets stays within them once
+/// renamed: folded after its colon, its value unchanged.
+#[test]
+fn a_renamed_forged_field_stays_within_998_octets() {
+    let g = Gomail::start(UNTRUSTED);
+    let head = "Authentication-Results: mx.example.test; dmarc=pass ";
+    let line = format!("{head}{}", "v".repeat(998 - head.len()));
+    queued(&send(
+        &g,
+        &format!("{line}\r\nFrom: <a@client.test>\r\n{DATE}\r\nbody\r\n"),
+    ));
+    let raw = super::harness::wait_stored(&g.data_dir, 1)[0].1["raw"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(raw.split("\r\n").all(|l| l.len() <= 998), "{raw}");
+    assert!(
+        raw.contains(&format!(
+            "\r\nX-Gomail-Forged-Authentication-Results:\r\n{}\r\nFrom:",
+            &line["Authentication-Results:".len()..]
+        )),
+        "{raw}"
+    );
+}
