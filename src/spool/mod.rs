@@ -101,6 +101,9 @@ struct Inner {
 enum Write {
     Message(Vec<u8>, async_channel::Sender<Result<u64, String>>),
     Done,
+    /// Write the done records waiting now, whatever their retry wait;
+    /// answered with whether none is left unwritten.
+    Flush(async_channel::Sender<bool>),
 }
 
 /// What [`Spool::open`] found on disk.
@@ -230,6 +233,18 @@ impl Spool {
             }
         }
         let _ = self.tx.try_send(Write::Done);
+    }
+
+    /// Gives the done records still waiting (for a retry after a failed
+    /// write, or not written yet) one write now, without waiting for the
+    /// retry's backoff; true when none is left unwritten. For shutdown:
+    /// without them a restart would deliver those messages again.
+    pub async fn flush_done(&self) -> bool {
+        let (tx, rx) = async_channel::bounded(1);
+        if self.tx.send(Write::Flush(tx)).await.is_err() {
+            return self.inner.borrow().done_pending.is_empty();
+        }
+        rx.recv().await.unwrap_or(false)
     }
 
     /// True while a spare segment is being zero-filled on the blocking
@@ -377,17 +392,22 @@ async fn writer(
         };
         let mut buf = Vec::new();
         let mut waiters = Vec::new();
+        let mut flushers = Vec::new();
         let mut next = Some(first);
         while let Some(w) = next.take() {
-            if let Write::Message(rec, tx) = w {
-                // The first record becomes the batch buffer: a message
-                // written alone is not copied again.
-                if buf.is_empty() {
-                    buf = rec;
-                } else {
-                    buf.extend_from_slice(&rec);
+            match w {
+                Write::Message(rec, tx) => {
+                    // The first record becomes the batch buffer: a message
+                    // written alone is not copied again.
+                    if buf.is_empty() {
+                        buf = rec;
+                    } else {
+                        buf.extend_from_slice(&rec);
+                    }
+                    waiters.push(tx);
                 }
-                waiters.push(tx);
+                Write::Flush(tx) => flushers.push(tx),
+                Write::Done => {}
             }
             if buf.len() < BATCH_MAX {
                 next = rx.try_recv().ok();
@@ -433,9 +453,20 @@ async fn writer(
             )
         };
         if buf.is_empty() {
+            for f in flushers {
+                let _ = f.try_send(true);
+            }
             continue;
         }
         let len = buf.len() as u64;
+        #[cfg(feature = "fault-injection")]
+        let result =
+            if waiters.is_empty() && flushers.is_empty() && FAIL_DONE.with(std::cell::Cell::get) {
+                Err(std::io::Error::other("fault injection: XFAULT DONE-FAIL"))
+            } else {
+                write_and_sync(&file, buf, pos).await
+            };
+        #[cfg(not(feature = "fault-injection"))]
         let result = write_and_sync(&file, buf, pos).await;
         {
             let mut i = inner.borrow_mut();
@@ -464,8 +495,25 @@ async fn writer(
         for w in waiters {
             let _ = w.try_send(result.as_ref().map(|_| seq).map_err(|e| e.to_string()));
         }
+        for f in flushers {
+            let _ = f.try_send(result.is_ok());
+        }
         collect_garbage(&mut inner.borrow_mut());
     }
+}
+
+#[cfg(feature = "fault-injection")]
+thread_local! {
+    /// `XFAULT DONE-FAIL`: on this shard, writes of done records alone fail.
+    static FAIL_DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Test-only fault (`XFAULT DONE-FAIL`, fault-injection builds): from now
+/// on this shard's writes that carry done records and no message fail, as
+/// on a full disk, but for the final one at shutdown ([`Spool::flush_done`]).
+#[cfg(feature = "fault-injection")]
+pub fn fail_done_writes() {
+    FAIL_DONE.with(|f| f.set(true));
 }
 
 #[cfg(test)]

@@ -65,3 +65,31 @@ fn a_failed_write_keeps_the_done_records_it_carried_issue_12() {
         }
     });
 }
+
+#[test]
+fn flush_gives_waiting_done_records_one_write_now() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().to_path_buf();
+    let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+    ex.run(async move {
+        let (spool, _) = Spool::open(&data_dir, 0, 1).await.unwrap();
+        let a = "000000000000000a";
+        let seg = spool
+            .commit(&test_envelope(a), b"", b"a\r\n")
+            .await
+            .unwrap();
+        // Every write fails: the flush says the record is still unwritten.
+        fail_next_writes(usize::MAX);
+        spool.mark_done([(seg, a)]);
+        assert!(!spool.flush_done().await);
+        assert_eq!(pending_ids(&data_dir), [a]);
+        // Writes work again, the retry is not due yet: the flush writes it.
+        fail_next_writes(0);
+        assert!(spool.flush_done().await);
+        assert!(pending_ids(&data_dir).is_empty());
+        assert!(spool.flush_done().await, "nothing left is a success");
+        while spool.preparing() {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
