@@ -699,6 +699,12 @@ async fn run_shard(
                         "done records not written at shutdown: the next start delivers their messages again (at least once)"
                     );
                 }
+                // That write may have moved to the spare segment and begun
+                // zero-filling the next one on the blocking pool, which
+                // must finish before the shard goes (see Spool::preparing).
+                while state.spool.preparing() && start.elapsed() < SHUTDOWN_GRACE {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
                 state.delivery.close();
                 if let Some(o) = &state.outbox {
                     o.close();
