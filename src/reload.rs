@@ -25,6 +25,7 @@ pub const LIVE: &[&str] = &[
     "max_message_size",
     "max_recipients",
     "spool_max_backlog",
+    "spool_max_bytes",
     // admission
     "max_connections_per_ip",
     "max_total_connections",

@@ -610,7 +610,10 @@ async fn run_shard(
         shutdown: shutdown_rx,
     });
     for msg in recovered.messages {
-        state.deliver(msg);
+        match &state.outbox {
+            Some(o) => o.push_restored(msg, &recovered.progress),
+            None => state.delivery.push(msg),
+        }
     }
     let deliverer = glommio::spawn_local(delivery::run(state.clone()));
     let sweeper = glommio::spawn_local(admit::sweep(state.clone()));
@@ -631,6 +634,7 @@ async fn run_shard(
                 let mut s = state.stats.borrow().clone();
                 s.connections_active = state.active.get();
                 s.store_backlog = state.spool.outstanding() as u64;
+                s.spool_bytes = state.spool.disk_bytes();
                 if let Some(e) = state.delivery.failing() {
                     s.store_failing = 1;
                     s.store_error = e;
@@ -643,6 +647,9 @@ async fn run_shard(
                     let (open, disabled) = o.health();
                     s.webhook_circuit_open = u64::from(open);
                     s.webhook_disabled = u64::from(disabled);
+                    let (pending, held) = o.backlog();
+                    s.webhook_pending = pending as u64;
+                    s.webhook_held_bytes = held as u64;
                 }
                 let _ = reply.send(s).await;
             }

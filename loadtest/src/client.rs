@@ -27,16 +27,25 @@ const FINAL_WRITE: usize = 64 * 1024;
 pub(crate) struct Commands {
     pub(crate) ehlo: Vec<u8>,
     pub(crate) mail: Vec<u8>,
-    pub(crate) rcpt: Vec<u8>,
+    /// One `RCPT TO` per recipient.
+    pub(crate) rcpt: Vec<Vec<u8>>,
     /// MAIL, RCPT and DATA in one piece, for PIPELINING.
     pub(crate) batch: Vec<u8>,
 }
 
 impl Commands {
-    pub(crate) fn new(helo: &str, from: &str, to: &str) -> Commands {
+    /// `rcpts` recipients: `to`, then `to` with 1, 2 … appended to its
+    /// local part.
+    pub(crate) fn new(helo: &str, from: &str, to: &str, rcpts: usize) -> Commands {
         let mail = format!("MAIL FROM:<{from}>\r\n").into_bytes();
-        let rcpt = format!("RCPT TO:<{to}>\r\n").into_bytes();
-        let batch = [&mail[..], &rcpt[..], b"DATA\r\n"].concat();
+        let (local, domain) = to.rsplit_once('@').unwrap_or((to, ""));
+        let rcpt: Vec<Vec<u8>> = (0..rcpts.max(1))
+            .map(|i| match i {
+                0 => format!("RCPT TO:<{to}>\r\n").into_bytes(),
+                i => format!("RCPT TO:<{local}{i}@{domain}>\r\n").into_bytes(),
+            })
+            .collect();
+        let batch = [&mail[..], &rcpt.concat()[..], b"DATA\r\n"].concat();
         Commands {
             ehlo: format!("EHLO {helo}\r\n").into_bytes(),
             mail,
@@ -201,12 +210,16 @@ impl Conn {
         if pipeline && self.pipelining {
             self.write("MAIL", &cmds.batch).await?;
             self.expect("MAIL", Reply::is_positive).await?;
-            self.expect("RCPT", Reply::is_positive).await?;
+            for _ in &cmds.rcpt {
+                self.expect("RCPT", Reply::is_positive).await?;
+            }
         } else {
             self.write("MAIL", &cmds.mail).await?;
             self.expect("MAIL", Reply::is_positive).await?;
-            self.write("RCPT", &cmds.rcpt).await?;
-            self.expect("RCPT", Reply::is_positive).await?;
+            for rcpt in &cmds.rcpt {
+                self.write("RCPT", rcpt).await?;
+                self.expect("RCPT", Reply::is_positive).await?;
+            }
             self.write("DATA", b"DATA\r\n").await?;
         }
         self.expect("DATA", |r| r.code == 354).await?;

@@ -83,6 +83,10 @@ struct Args {
     /// Envelope and header recipient.
     #[arg(long, default_value = "rcpt@example.test")]
     to: String,
+    /// Recipients per message: `--to`, then its local part with 1, 2 …
+    /// appended (`rcpt1@example.test`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    rcpts: u64,
     /// EHLO name (also the Message-ID domain).
     #[arg(long, default_value = "loadgen.example.org")]
     helo: String,
@@ -255,7 +259,7 @@ fn start(args: Args) -> anyhow::Result<Status> {
         size,
         pipelining: args.pipelining,
         io_timeout: Duration::from_secs_f64(args.io_timeout_s),
-        commands: Commands::new(&args.helo, &args.from, &args.to),
+        commands: Commands::new(&args.helo, &args.from, &args.to, args.rcpts as usize),
         template,
         data,
         sources,

@@ -164,6 +164,7 @@ pub const KEYS: &[Key] = &[
     k("smtp_rate_window", Duration, Some("1m"), Active),
     k("trusted_networks", List, Some("127.0.0.0/8,::1"), Active),
     k("spool_max_backlog", Int, Some("100000"), Active),
+    k("spool_max_bytes", Size, None, Active),
     k("ban_threshold", Int, Some("5"), Active),
     k("ban_window", Duration, Some("10m"), Active),
     k("ban_duration", Duration, Some("1h"), Active),

@@ -509,6 +509,12 @@ impl Config {
         v.text().parse().expect("checked at load")
     }
 
+    /// A size setting in octets; `None` when unset (and without default).
+    pub fn size(&self, key: &str) -> Option<u64> {
+        let v = self.typed(key, &[Kind::Size])?;
+        Some(keys::parse_size(&v.text()).expect("checked at load"))
+    }
+
     /// A duration setting (its default when not set).
     pub fn duration(&self, key: &str) -> std::time::Duration {
         let v = self

@@ -128,6 +128,24 @@ pub fn render(stats: &[ShardStats], uptime_s: u64, bans: BanCounts) -> String {
         &|s| s.store_backlog,
     );
     family(
+        "gomail_spool_bytes",
+        "gauge",
+        "Octets of spool segment files on disk (a segment is freed when all its messages are done); spool_max_bytes limits it.",
+        &|s| s.spool_bytes,
+    );
+    family(
+        "gomail_webhook_pending",
+        "gauge",
+        "Webhook deliveries (one per recipient) waiting for an attempt or under way.",
+        &|s| s.webhook_pending,
+    );
+    family(
+        "gomail_webhook_held_bytes",
+        "gauge",
+        "Octets of message contents the webhook outbox keeps in memory for first attempts; waiting messages are read back from the spool.",
+        &|s| s.webhook_held_bytes,
+    );
+    family(
         "gomail_tls_handshake_failures_total",
         "counter",
         "TLS handshakes that failed or timed out.",

@@ -1,7 +1,10 @@
-//! Webhook delivery parts that do not depend on a shard's state: Standard
-//! Webhooks signatures, the retry policy, and the HTTP client. The engine
-//! that drives them per shard is `server::outbox`.
+//! Webhook delivery: the engine that decides (`engine`, with its circuit
+//! breaker and retry policy), Standard Webhooks signatures and the HTTP
+//! client. Pure code except the client; the glommio driver that moves the
+//! bytes is `server::outbox`, the payload is built in `spool::store`.
 
+pub mod breaker;
+pub mod engine;
 pub mod retry;
 pub mod sign;
 pub mod webhook;

@@ -112,7 +112,7 @@ impl Failed {
 }
 
 /// What one attempt produced: either a `status` or a `failure`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Attempt {
     /// When it started (Unix milliseconds).
     pub at_ms: i64,

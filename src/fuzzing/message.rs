@@ -124,12 +124,25 @@ pub fn message(msg: &[u8]) {
     assert_eq!(v["recipients"][1], "s@example.test");
     assert_eq!(v["metadata"]["size_bytes"], msg.len());
     let raw = v["raw"].as_str().expect("raw is a string");
+    // `raw`'s JSON form is bounded: at most 3× the message, plus 4/3× for
+    // `raw_base64`, never the 6× of \u00XX escapes.
+    assert!(
+        json.len() <= msg.len() * 3 + msg.len().div_ceil(3) * 4 + 64 * 1024,
+        "{} octets of JSON for {} octets",
+        json.len(),
+        msg.len()
+    );
+    let control = |b: &u8| *b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n');
     match std::str::from_utf8(msg) {
-        Ok(text) => {
+        Ok(text) if !msg.iter().any(control) => {
             assert_eq!(raw, text, "raw differs from the message");
             assert!(v["metadata"].get("raw_base64").is_none());
         }
-        Err(_) => {
+        _ => {
+            assert!(
+                !raw.bytes().any(|b| control(&b)),
+                "a control character in raw"
+            );
             let b64 = v["metadata"]["raw_base64"]
                 .as_str()
                 .expect("raw_base64 for 8-bit octets");

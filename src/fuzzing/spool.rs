@@ -7,7 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use crate::spool::record::{decode_all, encode_done, encode_message, Record};
+use crate::spool::record::{
+    decode_all, decode_exact, encode_done, encode_message, encode_progress, Record,
+};
 use crate::spool::recover::recover;
 
 /// See the module docs.
@@ -70,7 +72,7 @@ pub fn spool(data: &[u8]) {
         .flatten()
         .filter_map(|r| match r {
             Record::Done(id) => Some(id.as_str()),
-            Record::Message(..) => None,
+            Record::Message(..) | Record::Progress(_) => None,
         })
         .collect();
     let mut expected: HashMap<&str, usize> = HashMap::new();
@@ -85,19 +87,26 @@ pub fn spool(data: &[u8]) {
     }
     let mut per_segment = [0usize; 2];
     let mut seen = HashSet::new();
-    for (i, env, _) in &found.pending {
+    for p in &found.pending {
         assert!(
-            seen.insert(env.id.as_str()),
+            seen.insert(p.id.as_str()),
             "message {:?} pending twice",
-            env.id
+            p.id
         );
         assert_eq!(
-            expected.get(env.id.as_str()),
-            Some(i),
+            expected.get(p.id.as_str()),
+            Some(&p.segment),
             "message {:?} pending",
-            env.id
+            p.id
         );
-        per_segment[*i] += 1;
+        // Its location reads back as that very message (delivery reads
+        // bodies back by it).
+        let at = p.offset as usize..p.offset as usize + p.len as usize;
+        match segments[p.segment].get(at).and_then(decode_exact) {
+            Some(Record::Message(env, _)) => assert_eq!(env.id, p.id, "location of {:?}", p.id),
+            other => panic!("the location of {:?} reads back as {other:?}", p.id),
+        }
+        per_segment[p.segment] += 1;
     }
     assert_eq!(
         seen.len(),
@@ -116,6 +125,11 @@ fn encoded(r: &Record) -> Vec<u8> {
         Record::Done(id) => {
             let mut out = Vec::new();
             encode_done(id, &mut out);
+            out
+        }
+        Record::Progress(p) => {
+            let mut out = Vec::new();
+            encode_progress(p, &mut out);
             out
         }
     }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::ShardState;
 use crate::auth::{MessageVerdict, SenderCheck, ShardAuth};
 use crate::smtp::{trace, Completion, Reply, Transaction};
-use crate::spool::{Envelope, Spooled};
+use crate::spool::{Contents, Envelope, Spooled};
 use mail_auth::IprevOutput;
 
 /// A message from `POST /mail/inbound`: the checks a session's message
@@ -45,9 +45,9 @@ pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result
         state.stats.borrow_mut().store_refusals += 1;
         return Err(Reply::STORE_FAILING);
     }
-    if state.spool.outstanding() as u64 >= live.max_backlog {
+    if let Some(r) = live.spool_refusal(&state.spool, tx.body.len()) {
         state.stats.borrow_mut().spool_backlog_refusals += 1;
-        return Err(Reply::BACKLOG_FULL);
+        return Err(r);
     }
     let done = match &state.auth {
         Some(auth) => {
@@ -168,7 +168,7 @@ pub(super) async fn accept_message(
         .commit(&envelope, received.as_bytes(), body)
         .await
     {
-        Ok(segment) => {
+        Ok(at) => {
             envelope.spool_us = started.elapsed().as_micros() as u64;
             state
                 .stats
@@ -184,11 +184,7 @@ pub(super) async fn accept_message(
                 s.bytes_accepted += message.len() as u64;
             }
             tracing::debug!(shard = state.id, id = %id, from = %tx.mail_from, rcpts = tx.recipients.len(), size = message.len(), "accepted");
-            let spooled = Spooled {
-                envelope,
-                message,
-                segment,
-            };
+            let spooled = Spooled::loaded(Contents { envelope, message }, at);
             match state.outbox.as_ref() {
                 Some(o) if o.answers_inline(&spooled) => o.deliver_inline(state, spooled).await,
                 _ => {

@@ -439,14 +439,20 @@ async fn serve(
                         );
                         progressed = true;
                     }
-                    Action::Spool(tx) if state.spool.outstanding() as u64 >= live.max_backlog => {
+                    Action::Spool(tx)
+                        if live.spool_refusal(&state.spool, tx.body.len()).is_some() =>
+                    {
                         // Back-pressure: the receiver is slow or down and the
-                        // shard's undelivered backlog is full. The client
-                        // keeps the message and retries later.
+                        // shard's undelivered backlog is full (in messages or
+                        // on disk). The client keeps the message and retries
+                        // later.
+                        let reply = live
+                            .spool_refusal(&state.spool, tx.body.len())
+                            .expect("just checked");
                         state.stats.borrow_mut().spool_backlog_refusals += 1;
-                        tracing::warn!(shard = state.id, backlog = state.spool.outstanding(), client = %peer.ip(), %tx.mail_from, "spool backlog full; message deferred with 452 4.3.1");
+                        tracing::warn!(shard = state.id, backlog = state.spool.outstanding(), spool_bytes = state.spool.disk_bytes(), client = %peer.ip(), %tx.mail_from, "spool backlog full; message deferred with 452 4.3.1");
                         session.handle_completion(
-                            Completion::Refused(Reply::BACKLOG_FULL),
+                            Completion::Refused(reply),
                             Instant::now(),
                             &mut out,
                         );

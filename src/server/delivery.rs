@@ -40,10 +40,18 @@ fn retry_after(last: Duration, full: bool) -> Duration {
     (last * 2).min(cap)
 }
 
+/// A message for the store: whether it gets a JSON file, and its payload
+/// if the webhook built it already (its bytes are the file's).
+struct Item {
+    msg: Spooled,
+    store: bool,
+    json: Option<hyper::body::Bytes>,
+}
+
 /// Shard-local queue of messages waiting for the store.
 pub(crate) struct Queue {
     /// Messages, each with whether it gets a JSON file (`store_mode`).
-    items: RefCell<VecDeque<(Spooled, bool)>>,
+    items: RefCell<VecDeque<Item>>,
     wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
     busy: Cell<bool>,
     /// The last store write failed for want of space (ENOSPC, EDQUOT),
@@ -72,7 +80,22 @@ impl Queue {
     /// Queues a message; `store: false` only records it as done (it was
     /// delivered by webhook and `store_mode` does not keep a copy).
     pub(crate) fn push_with(&self, msg: Spooled, store: bool) {
-        self.items.borrow_mut().push_back((msg, store));
+        self.items.borrow_mut().push_back(Item {
+            msg,
+            store,
+            json: None,
+        });
+        let _ = self.wake.0.try_send(());
+    }
+
+    /// Queues a message for the store with its payload built already (the
+    /// bytes its webhook POST carried: the store's file is the same JSON).
+    pub(crate) fn push_built(&self, msg: Spooled, json: hyper::body::Bytes) {
+        self.items.borrow_mut().push_back(Item {
+            msg,
+            store: true,
+            json: Some(json),
+        });
         let _ = self.wake.0.try_send(());
     }
 
@@ -104,7 +127,7 @@ pub(super) async fn run(state: Rc<ShardState>) {
         if since < SYNC_INTERVAL && !state.shutdown.is_closed() {
             glommio::timer::sleep(SYNC_INTERVAL - since).await;
         }
-        let batch: Vec<(Spooled, bool)> = {
+        let batch: Vec<Item> = {
             let mut items = state.delivery.items.borrow_mut();
             let n = items.len().min(BATCH);
             items.drain(..n).collect()
@@ -120,12 +143,33 @@ pub(super) async fn run(state: Rc<ShardState>) {
         let dir = state.data_dir.clone();
         let result = glommio::executor()
             .spawn_blocking(move || {
-                let refs: Vec<_> = batch
+                // Messages that waited for retries, or were recovered at
+                // start-up, are read back from the spool here; those the
+                // webhook delivered bring their payload.
+                let kept: Vec<&Item> = batch.iter().filter(|i| i.store).collect();
+                let contents: std::io::Result<Vec<_>> = kept
                     .iter()
-                    .filter(|(_, store)| *store)
-                    .map(|(m, _)| (&m.envelope, m.message.as_slice()))
+                    .filter(|i| i.json.is_none())
+                    .map(|i| i.msg.read())
                     .collect();
-                let r = store::write_batch(&dir, &refs);
+                let r = contents.and_then(|contents| {
+                    let mut read = contents.iter();
+                    let refs: Vec<store::Stored> = kept
+                        .iter()
+                        .map(|i| match &i.json {
+                            Some(json) => store::Stored::Built {
+                                received_at_ms: i.msg.received_at_ms,
+                                id: &i.msg.id,
+                                json,
+                            },
+                            None => {
+                                let c = read.next().expect("one read per item without a payload");
+                                store::Stored::Message(&c.envelope, &c.message)
+                            }
+                        })
+                        .collect();
+                    store::write_batch(&dir, &refs)
+                });
                 (r, batch)
             })
             .await;
@@ -139,13 +183,11 @@ pub(super) async fn run(state: Rc<ShardState>) {
                         "JSON store writable again; accepting mail"
                     );
                 }
-                state.spool.mark_done(
-                    batch
-                        .iter()
-                        .map(|(m, _)| (m.segment, m.envelope.id.as_str())),
-                );
+                state
+                    .spool
+                    .mark_done(batch.iter().map(|i| (i.msg.at.segment, i.msg.id.as_str())));
                 state.stats.borrow_mut().messages_stored +=
-                    batch.iter().filter(|(_, s)| *s).count() as u64;
+                    batch.iter().filter(|i| i.store).count() as u64;
             }
             (Err(e), batch) => {
                 state.stats.borrow_mut().store_failures += 1;

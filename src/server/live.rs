@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::admission::Settings as AdmissionSettings;
 use crate::auth::AuthSettings;
 use crate::config::Config;
-use crate::smtp::{Limits, SessionConfig};
+use crate::smtp::{Limits, Reply, SessionConfig};
 
 /// What a shard reads afresh for each connection.
 pub(crate) struct Live {
@@ -26,6 +26,9 @@ pub(crate) struct Live {
     /// `spool_max_backlog` for one shard: undelivered messages past which
     /// new ones are deferred with `452 4.3.1`.
     pub(crate) max_backlog: u64,
+    /// `spool_max_bytes` for one shard: octets of spool segments on disk
+    /// past which new messages are deferred with `452 4.3.1`.
+    pub(crate) max_spool_bytes: Option<u64>,
 }
 
 /// What a running server fixed at start and a reload keeps.
@@ -37,11 +40,23 @@ pub(crate) struct Fixed {
     pub(crate) starttls: bool,
     /// The SPF, DKIM and DMARC checks that run (`*_enabled` at start).
     pub(crate) checks: (bool, bool, bool),
-    /// Shards, to share `spool_max_backlog`.
+    /// Shards, to share `spool_max_backlog` and `spool_max_bytes`.
     pub(crate) shards: usize,
 }
 
 impl Live {
+    /// Why a new message of `size` octets cannot be spooled now: the
+    /// shard's undelivered backlog is full in messages or in disk.
+    pub(crate) fn spool_refusal(&self, spool: &crate::spool::Spool, size: usize) -> Option<Reply> {
+        if spool.outstanding() as u64 >= self.max_backlog {
+            return Some(Reply::BACKLOG_FULL);
+        }
+        match self.max_spool_bytes {
+            Some(max) if spool.disk_bytes_with(size) > max => Some(Reply::SPOOL_FULL),
+            _ => None,
+        }
+    }
+
     /// The live settings of `cfg` for a server started as `fixed`.
     pub(crate) fn from_config(cfg: &Config, fixed: &Fixed) -> Live {
         let admission = Arc::new(AdmissionSettings::from_config(cfg));
@@ -70,6 +85,9 @@ impl Live {
                 .number("spool_max_backlog")
                 .div_ceil(fixed.shards as u64)
                 .max(1),
+            max_spool_bytes: cfg
+                .size("spool_max_bytes")
+                .map(|b| b.div_ceil(fixed.shards as u64)),
         }
     }
 }

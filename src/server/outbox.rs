@@ -1,5 +1,9 @@
-//! The shard's webhook outbox: every accepted message is POSTed to
-//! `api_endpoint` from the shard that accepted it (no central queue).
+//! The shard's webhook outbox: the glommio driver of
+//! `delivery::engine`. Every accepted message is POSTed to `api_endpoint`
+//! from the shard that accepted it (no central queue); the engine decides
+//! what is attempted when, and this driver moves the bytes: it reads
+//! bodies back from the spool, posts them, writes dead letters, persists
+//! progress and sleeps until the engine's next timeout.
 //!
 //! A message leaves the outbox only delivered (2xx) or dead-lettered (a
 //! permanent 4xx, a TLS failure, 401/403/404 for too long, or retries used
@@ -7,9 +11,15 @@
 //! in the spool: a crash at any point means it is delivered again after the
 //! restart, with the same `webhook-id` (its queue id), so receivers can drop
 //! duplicates. At-least-once, never lost.
+//!
+//! Memory: a message's contents stay in memory only from its acceptance
+//! to its first attempt, within [`HOLD_MAX`] per shard. A message waiting
+//! for a retry, or recovered at start-up, holds its spool location and
+//! a few fields: its body is read back (and its payload built) on the
+//! blocking pool when its attempt comes due, so an outage costs disk.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,18 +27,22 @@ use futures_lite::future;
 use hyper::body::Bytes;
 
 use super::ShardState;
-use crate::delivery::retry::{self, Next, Verdict};
+use crate::delivery::engine::{
+    self, Engine, Event, Key, MessageKey, Order, Outcome, Restored, Subject,
+};
 use crate::delivery::webhook::{Attempt, Webhook};
-use crate::spool::{store, Spooled};
+use crate::spool::{store, Progress, ProgressState, Spooled};
 
-mod breaker;
 mod dead;
 mod inline;
 
-use breaker::{Breaker, Failed};
-
 /// Deliveries in flight per shard.
 const MAX_IN_FLIGHT: usize = 64;
+
+/// The most octets of message contents a shard's outbox keeps in memory
+/// for first attempts; past it, new messages are read back from the spool
+/// when their attempt starts.
+pub(crate) const HOLD_MAX: usize = 64 << 20;
 
 /// `store_mode`: when the JSON store is written as well as the webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,198 +88,187 @@ pub(crate) struct OutboxConfig {
     pub(crate) mode: WebhookMode,
 }
 
-/// A spooled message shared by its recipients' deliveries: it is done in
-/// the spool when every recipient's delivery is (delivered or dead).
-struct Share {
-    msg: RefCell<Option<Spooled>>,
-    /// The payload of a message for several recipients, built at the first
-    /// attempt and kept for every recipient and retry (the MIME parse and
-    /// the escaping of `raw` once, not once per recipient per attempt).
-    payload: std::cell::OnceCell<store::PayloadParts>,
-    remaining: Cell<usize>,
-    any_dead: Cell<bool>,
+/// A message with deliveries under way.
+struct Held {
+    msg: Spooled,
+    /// The payload of a message for several recipients while its contents
+    /// are in memory: built at the first attempt and spliced per
+    /// recipient (the MIME parse and the escaping of `raw` once).
+    parts: Option<Rc<store::PayloadParts>>,
+    /// The payload its (one) recipient's last attempt posted, once its
+    /// delivery is over: the store's file is those bytes.
+    json: Option<Bytes>,
 }
 
-/// What an outbox entry delivers.
-enum Item {
-    /// One recipient of a message from the spool. gomail POSTs once per
-    /// recipient, as GoMail did behind Postfix: `recipient` is that
-    /// address, `recipients` lists all, and a message with several
-    /// recipients uses webhook ids `<queue id>.<n>`.
-    Recipient {
-        share: Rc<Share>,
-        index: usize,
-        id: String,
-    },
-    /// A dead letter re-driven by `gomail queue retry`: its stored payload.
-    Dead {
-        path: std::path::PathBuf,
-        id: String,
-        payload: serde_json::Value,
-        /// The attempts already recorded in the dead letter.
-        earlier: Vec<serde_json::Value>,
-    },
+/// A dead letter re-driven by `gomail queue retry`.
+struct Redrive {
+    path: std::path::PathBuf,
+    /// Its payload, as stored (without the `dead_letter` part).
+    payload: Bytes,
+    /// The attempts already recorded in it.
+    earlier: Vec<serde_json::Value>,
 }
 
-struct Pending {
-    item: Item,
-    attempts: Vec<Attempt>,
-    due: Instant,
-    /// Its first 401/403/404 answer, from which `retry::DENIED_GRACE` runs.
-    denied_since: Option<Instant>,
-}
-
-/// Messages waiting for (another) delivery attempt.
+/// See the module docs.
 pub(crate) struct Outbox {
     cfg: OutboxConfig,
-    /// Due now, oldest first.
-    ready: RefCell<VecDeque<Pending>>,
-    /// Retries, by due time (then by arrival: keys stay unique). Moved to
-    /// `ready` when due, so a large backlog behind a slow receiver costs
-    /// no scan per delivery.
-    later: RefCell<BTreeMap<(Instant, u64), Pending>>,
-    arrivals: Cell<u64>,
-    in_flight: Cell<usize>,
+    engine: RefCell<Engine>,
+    messages: RefCell<HashMap<MessageKey, Held>>,
+    redrives: RefCell<HashMap<Key, Redrive>>,
+    /// Octets of contents held in `messages` (bounded by [`HOLD_MAX`]).
+    held: Cell<usize>,
     wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
-    breaker: RefCell<Breaker>,
-    /// The receiver answered `410 Gone`: no more attempts until restart.
-    disabled: Cell<bool>,
 }
 
 impl Outbox {
     pub(crate) fn new(cfg: OutboxConfig) -> Outbox {
+        let engine = Engine::new(engine::Config {
+            retries: cfg.retries,
+            retry_delay: cfg.retry_delay,
+            max_in_flight: MAX_IN_FLIGHT,
+        });
         Outbox {
             cfg,
-            ready: RefCell::new(VecDeque::new()),
-            later: RefCell::new(BTreeMap::new()),
-            arrivals: Cell::new(0),
-            in_flight: Cell::new(0),
+            engine: RefCell::new(engine),
+            messages: RefCell::new(HashMap::new()),
+            redrives: RefCell::new(HashMap::new()),
+            held: Cell::new(0),
             wake: async_channel::bounded(1),
-            breaker: RefCell::new(Breaker::default()),
-            disabled: Cell::new(false),
         }
     }
 
+    /// Queues an accepted message for delivery to each of its recipients.
     pub(crate) fn push(&self, msg: Spooled) {
-        let n = msg.envelope.recipients.len().max(1);
-        let queue_id = msg.envelope.id.clone();
-        let share = Rc::new(Share {
-            msg: RefCell::new(Some(msg)),
-            payload: std::cell::OnceCell::new(),
-            remaining: Cell::new(n),
-            any_dead: Cell::new(false),
-        });
-        for index in 0..n {
-            let id = if n == 1 {
-                queue_id.clone()
-            } else {
-                format!("{queue_id}.{index}")
-            };
-            self.enqueue(Item::Recipient {
-                share: share.clone(),
-                index,
-                id,
-            });
-        }
+        self.push_restored(msg, &HashMap::new());
     }
 
-    fn enqueue(&self, item: Item) {
-        self.ready.borrow_mut().push_back(Pending {
-            item,
-            attempts: Vec::new(),
-            due: Instant::now(),
-            denied_since: None,
-        });
+    /// Queues a message, resuming the deliveries an earlier run recorded
+    /// progress for (`progress`, by webhook id).
+    pub(crate) fn push_restored(&self, mut msg: Spooled, progress: &HashMap<String, Progress>) {
+        let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
+        let restored = |id: &str| progress.get(id).map(|p| restored(p, now, now_ms));
+        let key = self
+            .engine
+            .borrow_mut()
+            .handle_accepted(&msg.id, msg.recipients, restored, now);
+        if self.held.get() + msg.held() > HOLD_MAX {
+            msg.contents = None;
+        }
+        self.held.set(self.held.get() + msg.held());
+        self.messages.borrow_mut().insert(
+            key,
+            Held {
+                msg,
+                parts: None,
+                json: None,
+            },
+        );
+        self.poke();
+    }
+
+    /// Re-drives a dead letter: its payload is posted again; delivered, the
+    /// file is deleted; refused again, its attempt log grows.
+    pub(crate) fn push_dead(&self, path: std::path::PathBuf, mut doc: serde_json::Value) {
+        let id = doc["dead_letter"]["webhook_id"]
+            .as_str()
+            .or(doc["metadata"]["queue_id"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let earlier = match doc.as_object_mut().and_then(|o| o.remove("dead_letter")) {
+            Some(serde_json::Value::Object(mut d)) => match d.remove("attempts") {
+                Some(serde_json::Value::Array(a)) => a,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        let payload = Bytes::from(serde_json::to_vec(&doc).expect("a JSON value serializes"));
+        let key = self.engine.borrow_mut().handle_redrive(id);
+        self.redrives.borrow_mut().insert(
+            key,
+            Redrive {
+                path,
+                payload,
+                earlier,
+            },
+        );
+        self.poke();
+    }
+
+    fn poke(&self) {
         let _ = self.wake.0.try_send(());
     }
 
-    /// Queues `p` again for its `due` time.
-    fn defer(&self, p: Pending) {
-        let n = self.arrivals.get();
-        self.arrivals.set(n + 1);
-        self.later.borrow_mut().insert((p.due, n), p);
-    }
-
-    /// Moves the retries due by `now` to the ready queue.
-    fn promote(&self, now: Instant) {
-        let mut later = self.later.borrow_mut();
-        let mut ready = self.ready.borrow_mut();
-        while let Some(entry) = later.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            ready.push_back(entry.remove());
+    /// Drops a message's contents from memory: it is read back when needed.
+    fn release(&self, message: MessageKey) {
+        if let Some(h) = self.messages.borrow_mut().get_mut(&message) {
+            self.held.set(self.held.get() - h.msg.held());
+            h.msg.contents = None;
+            h.parts = None;
         }
     }
 
-    /// What a receiver's answer means for the shard, whether it came to a
-    /// queued delivery or to one the client waited for: `410 Gone` disables
-    /// delivery (loudly) until restart, and the caller keeps the message;
-    /// answers saying the receiver is unusable (`Verdict::receiver_failing`:
-    /// retryable failures, 401/403/404, TLS failures) count toward the
-    /// circuit breaker, any other answer closes it. Returns true for 410.
-    fn note_answer(
-        &self,
-        shard: usize,
-        status: Option<u16>,
-        verdict: Verdict,
-        probe: bool,
-    ) -> bool {
-        if status == Some(410) {
-            // The receiver says this endpoint is gone for good: stop, keep
-            // every message, and make it loud. A restart re-enables delivery.
-            if !self.disabled.replace(true) {
-                tracing::error!(
+    /// Acts on what the engine has decided since the last call.
+    fn process_events(&self, state: &Rc<ShardState>) {
+        loop {
+            let Some(event) = self.engine.borrow_mut().poll_event() else {
+                return;
+            };
+            let shard = state.id;
+            match event {
+                Event::Finished { message, dead } => {
+                    let Some(h) = self.messages.borrow_mut().remove(&message) else {
+                        continue;
+                    };
+                    self.held.set(self.held.get() - h.msg.held());
+                    match (self.cfg.store_mode.keeps(dead), h.json) {
+                        (true, Some(json)) => state.delivery.push_built(h.msg, json),
+                        (keeps, _) => state.delivery.push_with(h.msg, keeps),
+                    }
+                }
+                Event::Progress {
+                    webhook_id,
+                    attempts,
+                    state: st,
+                    ..
+                } => state.spool.note_progress(&progress(webhook_id, attempts, st)),
+                Event::BreakerOpened { failures } => tracing::warn!(
                     shard,
-                    "webhook receiver answered 410 Gone: delivery disabled on this shard until restart; messages are kept in the spool"
-                );
-            }
-            return true;
-        }
-        let mut b = self.breaker.borrow_mut();
-        if verdict.receiver_failing() {
-            match b.failed(Instant::now(), probe) {
-                Failed::Counted => {}
-                Failed::Opened => tracing::warn!(
-                    shard,
-                    failures = breaker::THRESHOLD,
+                    failures,
                     "webhook receiver keeps failing: circuit breaker open, probing with backoff"
                 ),
-                Failed::Widened(wait) => tracing::info!(
+                Event::BreakerWidened { wait, status } => tracing::info!(
                     shard,
                     status,
                     next_probe_s = wait.as_secs(),
                     "webhook receiver still failing: circuit breaker stays open"
                 ),
+                Event::BreakerClosed => tracing::info!(
+                    shard,
+                    "webhook receiver answers again: circuit breaker closed"
+                ),
+                Event::Disabled => tracing::error!(
+                    shard,
+                    "webhook receiver answered 410 Gone: delivery disabled on this shard until restart; messages are kept in the spool"
+                ),
             }
-        } else if b.succeeded(probe) {
-            tracing::info!(
-                shard,
-                "webhook receiver answers again: circuit breaker closed"
-            );
         }
-        false
     }
 
     /// (circuit open, disabled by 410) for the metrics.
     pub(crate) fn health(&self) -> (bool, bool) {
-        (self.breaker.borrow().is_open(), self.disabled.get())
+        self.engine.borrow().health()
+    }
+
+    /// (deliveries waiting or under way, octets held in memory), for the
+    /// metrics.
+    pub(crate) fn backlog(&self) -> (usize, usize) {
+        (self.engine.borrow().len(), self.held.get())
     }
 
     /// Nothing being sent and nothing due now (retries waiting for later
     /// are safe in the spool).
     pub(crate) fn is_idle(&self) -> bool {
-        if self.disabled.get() || self.breaker.borrow().is_open() {
-            return self.in_flight.get() == 0;
-        }
-        let now = Instant::now();
-        self.in_flight.get() == 0
-            && self.ready.borrow().is_empty()
-            && self
-                .later
-                .borrow()
-                .first_key_value()
-                .is_none_or(|((due, _), _)| *due > now)
+        self.engine.borrow().is_idle(Instant::now())
     }
 
     pub(crate) fn close(&self) {
@@ -273,64 +276,81 @@ impl Outbox {
     }
 }
 
-/// The outbox loop: starts due deliveries, at most [`MAX_IN_FLIGHT`] at once.
+/// A progress record's state as the engine takes it, on this run's clock.
+fn restored(p: &Progress, now: Instant, now_ms: i64) -> Restored {
+    let at = |ms: i64| {
+        let ago = Duration::from_millis(now_ms.saturating_sub(ms).max(0) as u64);
+        now.checked_sub(ago).unwrap_or(now)
+    };
+    match p.state {
+        ProgressState::Delivered => Restored::Delivered,
+        ProgressState::Dead => Restored::Dead,
+        ProgressState::Waiting => Restored::Waiting {
+            attempts: p.attempts,
+            due: now + Duration::from_millis(p.due_ms.saturating_sub(now_ms).max(0) as u64),
+            denied_since: p.denied_since_ms.map(at),
+        },
+    }
+}
+
+/// The engine's progress as a spool record, on the wall clock.
+fn progress(id: String, attempts: u32, state: Restored) -> Progress {
+    let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
+    let ms = |t: Instant| {
+        if t >= now {
+            now_ms + t.duration_since(now).as_millis() as i64
+        } else {
+            now_ms - now.duration_since(t).as_millis() as i64
+        }
+    };
+    let (state, due_ms, denied_since_ms) = match state {
+        Restored::Delivered => (ProgressState::Delivered, 0, None),
+        Restored::Dead => (ProgressState::Dead, 0, None),
+        Restored::Waiting {
+            due, denied_since, ..
+        } => (ProgressState::Waiting, ms(due), denied_since.map(ms)),
+    };
+    Progress {
+        id,
+        attempts,
+        state,
+        due_ms,
+        denied_since_ms,
+    }
+}
+
+/// The outbox loop: starts what the engine says is due, then sleeps until
+/// its next timeout or until something happens.
 pub(super) async fn run(state: Rc<ShardState>) {
     let Some(outbox) = state.outbox.as_ref() else {
         return;
     };
     loop {
+        outbox.process_events(&state);
         let now = Instant::now();
-        outbox.promote(now);
-        // While the breaker is open: nothing until `open_until`, then a
-        // single probe. While disabled (410): nothing at all.
-        let (gate, limit) = if outbox.disabled.get() {
-            (None, 0)
-        } else {
-            outbox.breaker.borrow().allowance(now)
-        };
-        let mut started = 0;
         loop {
-            if outbox.in_flight.get() >= MAX_IN_FLIGHT || started >= limit {
-                break;
-            }
-            let Some(pending) = outbox.ready.borrow_mut().pop_front() else {
+            let Some(order) = outbox.engine.borrow_mut().poll_attempt(now) else {
                 break;
             };
-            started += 1;
-            let probe = limit == 1;
-            if probe {
-                outbox.breaker.borrow_mut().probe_started();
-            }
-            outbox.in_flight.set(outbox.in_flight.get() + 1);
             let st = state.clone();
             glommio::spawn_local(async move {
                 // A panic here (a bug) must not stop the shard: the message
                 // stays in the spool, undone, and is posted again at the
                 // next start.
-                if let Err(what) = super::contain::contain(attempt(&st, pending, probe)).await {
+                if let Err(what) = super::contain::contain(attempt(&st, order)).await {
                     tracing::error!(shard = st.id, panic = %what, "a webhook delivery task panicked (a bug in gomail); its message stays in the spool and is posted again after a restart");
                 }
                 if let Some(o) = st.outbox.as_ref() {
-                    o.in_flight.set(o.in_flight.get() - 1);
-                    let _ = o.wake.0.try_send(());
+                    o.poke();
                 }
             })
             .detach();
         }
-        let mut next_due = outbox
-            .later
+        let wait = outbox
+            .engine
             .borrow()
-            .first_key_value()
-            .map(|((due, _), _)| *due);
-        if let Some(t) = gate {
-            // Held back until `t`: then the probe goes, at once if a
-            // delivery is ready, else when the next retry is due.
-            next_due = Some(match next_due {
-                Some(d) if outbox.ready.borrow().is_empty() => d.max(t),
-                _ => t,
-            });
-        }
-        let wait = next_due.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+            .poll_timeout()
+            .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
         let woke = future::or(async { outbox.wake.1.recv().await.is_ok() }, async {
             glommio::timer::sleep(wait).await;
             true
@@ -342,66 +362,155 @@ pub(super) async fn run(state: Rc<ShardState>) {
     }
 }
 
-/// One delivery attempt; `probe`: the one the open breaker let through.
-async fn attempt(state: &Rc<ShardState>, mut p: Pending, probe: bool) {
+/// The payload for an order: built from the contents in memory, or read
+/// back from the spool and built on the blocking pool.
+async fn payload_for(outbox: &Outbox, order: &Order) -> Result<Bytes, String> {
+    let (message, index) = match order.subject {
+        Subject::Redrive => {
+            return outbox
+                .redrives
+                .borrow()
+                .get(&order.key)
+                .map(|r| r.payload.clone())
+                .ok_or_else(|| "the re-driven dead letter is gone".to_string());
+        }
+        Subject::Recipient { message, index } => (message, index),
+    };
+    let at = {
+        let mut messages = outbox.messages.borrow_mut();
+        let h = messages
+            .get_mut(&message)
+            .ok_or_else(|| "the message is no longer queued".to_string())?;
+        match &h.msg.contents {
+            Some(c) if h.msg.recipients < 2 => {
+                // One recipient: nothing to share, and nothing kept.
+                return Ok(Bytes::from(store::payload(&c.envelope, &c.message, None)));
+            }
+            Some(c) => {
+                let parts = h.parts.get_or_insert_with(|| {
+                    Rc::new(store::PayloadParts::new(&c.envelope, &c.message))
+                });
+                let recipient = c.envelope.recipients.get(index).map(String::as_str);
+                return Ok(Bytes::from(parts.with_recipient(recipient)));
+            }
+            None => h.msg.at.clone(),
+        }
+    };
+    glommio::executor()
+        .spawn_blocking(move || {
+            let c = at
+                .read()
+                .map_err(|e| format!("reading the message back from the spool: {e}"))?;
+            let recipient = c.envelope.recipients.get(index).map(String::as_str);
+            Ok(Bytes::from(store::payload(
+                &c.envelope,
+                &c.message,
+                recipient,
+            )))
+        })
+        .await
+}
+
+/// One delivery attempt.
+async fn attempt(state: &Rc<ShardState>, order: Order) {
     let Some(outbox) = state.outbox.as_ref() else {
         return;
     };
-    let cfg = &outbox.cfg;
-    let (id, body) = match &p.item {
-        Item::Recipient { share, index, id } => (id.clone(), recipient_payload(share, *index)),
-        Item::Dead { id, payload, .. } => (
-            id.clone(),
-            serde_json::to_vec(payload).expect("payload serializes"),
-        ),
+    let id = order.webhook_id.as_str();
+    let (outcome, body) = match payload_for(outbox, &order).await {
+        Ok(body) => {
+            let a = outbox.cfg.client.post(id, body.clone()).await;
+            record_attempt(state, &a);
+            let status = a.status;
+            let outcome = outbox.engine.borrow_mut().handle_answer(
+                order.key,
+                a,
+                Instant::now(),
+                fastrand::f64(),
+            );
+            if let Outcome::Retry { wait, attempt } = &outcome {
+                tracing::info!(shard = state.id, %id, status = ?status, retry_in = ?wait, attempt, "webhook delivery failed; will retry");
+            }
+            (outcome, Some(body))
+        }
+        Err(detail) => {
+            tracing::error!(shard = state.id, %id, error = %detail, "cannot build a webhook payload; will retry");
+            let outcome =
+                outbox
+                    .engine
+                    .borrow_mut()
+                    .handle_local_failure(order.key, detail, Instant::now());
+            (outcome, None)
+        }
     };
-    let body = Bytes::from(body);
-    let a = cfg.client.post(&id, body.clone()).await;
-    let verdict = retry::classify(a.status, a.failure);
-    record_attempt(state, &a);
-    let retry_after = a.retry_after;
-    let status = a.status;
-    p.attempts.push(a);
-    if outbox.note_answer(state.id, status, verdict, probe) {
-        p.due = Instant::now();
-        outbox.ready.borrow_mut().push_front(p);
-        return;
-    }
-    let tried = p.attempts.len() as u32;
-    match retry::next(
-        verdict,
-        tried,
-        cfg.retries,
-        &mut p.denied_since,
-        Instant::now(),
-    ) {
-        Next::Delivered => {
-            let received_at_ms = match &p.item {
-                Item::Recipient { share, .. } => share
-                    .msg
-                    .borrow()
-                    .as_ref()
-                    .map(|m| m.envelope.received_at_ms),
-                Item::Dead { .. } => None,
-            };
-            record_delivered(state, received_at_ms);
-            tracing::debug!(shard = state.id, %id, attempts = p.attempts.len(), "webhook delivered");
-            match p.item {
-                Item::Recipient { share, .. } => finish(state, &share, false),
-                Item::Dead { path, .. } => {
-                    tracing::info!(shard = state.id, %id, "dead letter delivered; removing it");
-                    let _ = std::fs::remove_file(&path);
-                }
+    let message = match order.subject {
+        Subject::Recipient { message, .. } => Some(message),
+        Subject::Redrive => None,
+    };
+    if let (Some(m), Some(body), Outcome::Delivered { .. } | Outcome::DeadLetter { .. }) =
+        (message, &body, &outcome)
+    {
+        // A message's only delivery is over: its payload is the store's
+        // file, so the store does not build it again.
+        if let Some(h) = outbox.messages.borrow_mut().get_mut(&m) {
+            if h.msg.recipients < 2 {
+                h.json = Some(body.clone());
             }
         }
-        Next::Retry => {
-            let wait = retry::delay(cfg.retry_delay, tried, retry_after, fastrand::f64());
-            tracing::info!(shard = state.id, %id, status = ?status, retry_in = ?wait, attempt = tried, "webhook delivery failed; will retry");
-            p.due = Instant::now() + wait;
-            outbox.defer(p);
-            let _ = outbox.wake.0.try_send(());
+    }
+    match outcome {
+        Outcome::Delivered { attempts } => {
+            let received_at_ms = message.and_then(|m| {
+                outbox
+                    .messages
+                    .borrow()
+                    .get(&m)
+                    .map(|h| h.msg.received_at_ms)
+            });
+            record_delivered(state, received_at_ms);
+            tracing::debug!(shard = state.id, %id, attempts, "webhook delivered");
+            if let Some(r) = outbox.redrives.borrow_mut().remove(&order.key) {
+                tracing::info!(shard = state.id, %id, "dead letter delivered; removing it");
+                let _ = std::fs::remove_file(&r.path);
+            }
         }
-        Next::DeadLetter(why) => dead::dead_letter(state, p, why, &body).await,
+        Outcome::Retry { .. } | Outcome::Gone => {
+            // Waiting: the contents go back to the spool's keeping.
+            if let Some(m) = message {
+                outbox.release(m);
+            }
+        }
+        Outcome::DeadLetter { why, log, attempts } => {
+            let target = match message {
+                Some(m) => {
+                    let received_at_ms = outbox
+                        .messages
+                        .borrow()
+                        .get(&m)
+                        .map_or(0, |h| h.msg.received_at_ms);
+                    dead::Target::New(
+                        state
+                            .data_dir
+                            .join("dead")
+                            .join(store::file_name(received_at_ms, id)),
+                    )
+                }
+                None => match outbox.redrives.borrow().get(&order.key) {
+                    Some(r) => dead::Target::Redriven(r.path.clone(), r.earlier.clone()),
+                    None => return,
+                },
+            };
+            let written =
+                dead::write(state, id, target, why, &log, attempts, body.as_deref()).await;
+            outbox
+                .engine
+                .borrow_mut()
+                .handle_dead_letter(order.key, written, Instant::now());
+            if written {
+                outbox.redrives.borrow_mut().remove(&order.key);
+            }
+        }
+        Outcome::Unknown => {}
     }
 }
 
@@ -421,44 +530,4 @@ fn record_delivered(state: &ShardState, received_at_ms: Option<i64>) {
         let ms = chrono::Utc::now().timestamp_millis() - at;
         s.webhook_delivery_delay.observe(ms.max(0) as u64 * 1000);
     }
-}
-
-/// The JSON posted for recipient `index` of a shared message.
-fn recipient_payload(share: &Share, index: usize) -> Vec<u8> {
-    let msg = share.msg.borrow();
-    let Some(m) = msg.as_ref() else {
-        return b"null".to_vec();
-    };
-    let recipient = m.envelope.recipients.get(index).map(String::as_str);
-    if m.envelope.recipients.len() < 2 {
-        // One recipient: nothing to share, and a message waiting for a
-        // retry keeps no second copy of itself.
-        return store::payload(&m.envelope, &m.message, recipient);
-    }
-    share
-        .payload
-        .get_or_init(|| store::PayloadParts::new(&m.envelope, &m.message))
-        .with_recipient(recipient)
-}
-
-/// One recipient's delivery is over; when it was the last, the message goes
-/// on to the store (per `store_mode`) and its done record.
-fn finish(state: &Rc<ShardState>, share: &Share, dead: bool) {
-    if dead {
-        share.any_dead.set(true);
-    }
-    let left = share.remaining.get().saturating_sub(1);
-    share.remaining.set(left);
-    if left > 0 {
-        return;
-    }
-    let Some(msg) = share.msg.borrow_mut().take() else {
-        return;
-    };
-    let Some(outbox) = state.outbox.as_ref() else {
-        return;
-    };
-    state
-        .delivery
-        .push_with(msg, outbox.cfg.store_mode.keeps(share.any_dead.get()));
 }

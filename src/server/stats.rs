@@ -66,6 +66,12 @@ pub struct ShardStats {
     pub webhook_disabled: u64,
     /// Messages spooled and not yet in the store.
     pub store_backlog: u64,
+    /// Webhook deliveries waiting or under way (one per recipient).
+    pub webhook_pending: u64,
+    /// Octets of message contents the outbox holds in memory.
+    pub webhook_held_bytes: u64,
+    /// Octets of spool segments on disk.
+    pub spool_bytes: u64,
     /// TLS handshakes completed (STARTTLS and implicit TLS).
     pub tls_handshakes: u64,
     /// Completed handshakes by `"<version> <cipher>"`.

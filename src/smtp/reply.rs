@@ -167,6 +167,13 @@ impl Reply {
         "4.3.1",
         "Insufficient system storage: delivery backlog full, try again later",
     );
+    /// The spool holds `spool_max_bytes` on disk: the client keeps the
+    /// message and retries later.
+    pub const SPOOL_FULL: Reply = r(
+        452,
+        "4.3.1",
+        "Insufficient system storage: spool full, try again later",
+    );
     /// The JSON store cannot be written (a full disk): messages accepted
     /// now could not be finished, so none is accepted until it can.
     pub const STORE_FAILING: Reply = r(

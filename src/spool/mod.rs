@@ -24,13 +24,15 @@ pub(crate) mod recover;
 pub mod store;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use glommio::io::BufferedFile;
 
-pub use record::{Envelope, RawJson};
+pub use record::{Envelope, Progress, ProgressState, RawJson};
 
 /// Segments are preallocated to, and roll over at, this size.
 const SEGMENT_MAX: u64 = 32 << 20;
@@ -70,22 +72,104 @@ impl SpoolError {
     }
 }
 
-/// A message read back from the spool for delivery.
+/// Where a message's record lies: enough to read it back
+/// ([`Location::read`]) and to record it as done ([`Spool::mark_done`]).
 #[derive(Debug, Clone)]
-pub struct Spooled {
+pub struct Location {
+    /// The segment's number in this run, for [`Spool::mark_done`].
+    pub segment: u64,
+    file: Arc<Path>,
+    offset: u64,
+    len: u32,
+}
+
+impl Location {
+    /// Reads the message back from its segment and checks it (blocking:
+    /// call on the blocking pool). The segment stays until the message is
+    /// done, so this works until then.
+    pub fn read(&self) -> std::io::Result<Contents> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&self.file)?;
+        let mut buf = vec![0; self.len as usize];
+        f.read_exact_at(&mut buf, self.offset)?;
+        match record::decode_exact(&buf) {
+            Some(record::Record::Message(envelope, message)) => Ok(Contents {
+                envelope: *envelope,
+                message,
+            }),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the spool record at {} offset {} no longer checks",
+                    self.file.display(),
+                    self.offset
+                ),
+            )),
+        }
+    }
+}
+
+/// A message's envelope and octets.
+#[derive(Debug, Clone)]
+pub struct Contents {
     /// Envelope and trace data.
     pub envelope: Envelope,
     /// The message octets, `Received:` header included.
     pub message: Vec<u8>,
-    /// The segment holding it (for [`Spool::mark_done`]).
-    pub segment: u64,
+}
+
+/// A message in the spool, waiting for delivery: what every part of
+/// delivery needs to know of it, and its contents while they are in
+/// memory. A message waiting for a retry, or recovered at start-up, holds
+/// only its [`Location`]: its contents are read back when needed, so a
+/// backlog costs disk, not memory.
+#[derive(Debug, Clone)]
+pub struct Spooled {
+    /// Queue id.
+    pub id: String,
+    /// When it was accepted, Unix milliseconds.
+    pub received_at_ms: i64,
+    /// How many recipients it has.
+    pub recipients: usize,
+    /// Its record.
+    pub at: Location,
+    /// Envelope and octets, while held in memory.
+    pub contents: Option<Box<Contents>>,
+}
+
+impl Spooled {
+    /// A message with its contents in memory.
+    pub fn loaded(contents: Contents, at: Location) -> Spooled {
+        Spooled {
+            id: contents.envelope.id.clone(),
+            received_at_ms: contents.envelope.received_at_ms,
+            recipients: contents.envelope.recipients.len(),
+            at,
+            contents: Some(Box::new(contents)),
+        }
+    }
+
+    /// Its contents: those in memory, else read back (blocking).
+    pub fn read(&self) -> std::io::Result<std::borrow::Cow<'_, Contents>> {
+        match &self.contents {
+            Some(c) => Ok(std::borrow::Cow::Borrowed(c)),
+            None => self.at.read().map(std::borrow::Cow::Owned),
+        }
+    }
+
+    /// Octets held in memory for it.
+    pub fn held(&self) -> usize {
+        self.contents.as_ref().map_or(0, |c| c.message.len())
+    }
 }
 
 struct Segment {
     seq: u64,
-    path: PathBuf,
+    path: Arc<Path>,
     /// Messages in it without a done record yet.
     outstanding: usize,
+    /// Octets it holds on disk (written, or preallocated).
+    bytes: u64,
 }
 
 struct Inner {
@@ -99,7 +183,7 @@ struct Inner {
 }
 
 enum Write {
-    Message(Vec<u8>, async_channel::Sender<Result<u64, String>>),
+    Message(Vec<u8>, async_channel::Sender<Result<Location, String>>),
     Done,
     /// Write the done records waiting now, whatever their retry wait;
     /// answered with whether none is left unwritten.
@@ -109,8 +193,10 @@ enum Write {
 /// What [`Spool::open`] found on disk.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Messages still to deliver, oldest first.
+    /// Messages still to deliver, oldest first, without their contents.
     pub messages: Vec<Spooled>,
+    /// The latest progress of their webhook deliveries, by webhook id.
+    pub progress: HashMap<String, Progress>,
     /// Damaged places skipped in segments (each usually one record); the
     /// segments holding them were copied to `spool/corrupt/`.
     pub corrupt_records: u64,
@@ -149,20 +235,29 @@ impl Spool {
         let mut segments: VecDeque<Segment> = VecDeque::new();
         let mut seq = 0;
         for (path, outstanding) in found.segments {
+            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
             segments.push_back(Segment {
                 seq,
-                path,
+                path: path.into(),
                 outstanding,
+                bytes,
             });
             seq += 1;
         }
         let messages: Vec<Spooled> = found
             .pending
             .into_iter()
-            .map(|(seg_index, envelope, message)| Spooled {
-                envelope,
-                message,
-                segment: seg_index as u64,
+            .map(|p| Spooled {
+                id: p.id,
+                received_at_ms: p.received_at_ms,
+                recipients: p.recipients,
+                at: Location {
+                    segment: p.segment as u64,
+                    file: segments[p.segment].path.clone(),
+                    offset: p.offset,
+                    len: p.len,
+                },
+                contents: None,
             })
             .collect();
         let file_no = found.max_file_no + 1;
@@ -170,8 +265,9 @@ impl Spool {
         let file = create_segment(&dir, &path).await?;
         segments.push_back(Segment {
             seq,
-            path,
+            path: path.into(),
             outstanding: 0,
+            bytes: 0,
         });
         let inner = Rc::new(RefCell::new(Inner {
             dir,
@@ -188,6 +284,7 @@ impl Spool {
         spool.collect_garbage();
         let recovered = Recovered {
             messages,
+            progress: found.progress,
             corrupt_records: found.corrupt_records,
             unreadable_segments: found.unreadable_segments,
         };
@@ -196,13 +293,13 @@ impl Spool {
 
     /// Appends a message and returns once it is on disk and fdatasync'd.
     /// `prefix` (the `Received:` header) is written before `body`.
-    /// Returns the segment it went to, for [`Spool::mark_done`].
+    /// Returns where it went, for reading it back and [`Spool::mark_done`].
     pub async fn commit(
         &self,
         envelope: &Envelope,
         prefix: &[u8],
         body: &[u8],
-    ) -> Result<u64, SpoolError> {
+    ) -> Result<Location, SpoolError> {
         let rec = record::encode_message(envelope, prefix, body);
         let (tx, rx) = async_channel::bounded(1);
         self.tx
@@ -210,7 +307,7 @@ impl Spool {
             .await
             .map_err(|_| SpoolError::Stopped)?;
         match rx.recv().await {
-            Ok(Ok(seg)) => Ok(seg),
+            Ok(Ok(at)) => Ok(at),
             Ok(Err(e)) => Err(SpoolError::Io {
                 op: "write",
                 path: self.inner.borrow().dir.clone(),
@@ -245,6 +342,43 @@ impl Spool {
             return self.inner.borrow().done_pending.is_empty();
         }
         rx.recv().await.unwrap_or(false)
+    }
+
+    /// Records a webhook delivery's progress (see [`Progress`]). It rides
+    /// on the next write; a crash before that only means the delivery
+    /// resumes from its previous progress.
+    pub fn note_progress(&self, progress: &Progress) {
+        record::encode_progress(progress, &mut self.inner.borrow_mut().done_pending);
+        let _ = self.tx.try_send(Write::Done);
+    }
+
+    /// Octets of segment files this shard's spool holds on disk (each
+    /// segment counts whole: it is preallocated, and freed only when all
+    /// of its messages are done), for `spool_max_bytes`.
+    pub fn disk_bytes(&self) -> u64 {
+        self.inner.borrow().segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// [`Spool::disk_bytes`] once a message of about `size` octets is
+    /// written: the same when it fits in the active segment's preallocated
+    /// space; else a whole new segment more (it may need one), less the
+    /// segments whose messages are all done (deleted once it is there).
+    pub fn disk_bytes_with(&self, size: usize) -> u64 {
+        let inner = self.inner.borrow();
+        let fits = inner
+            .segments
+            .back()
+            .is_some_and(|s| inner.pos + size as u64 + 4096 <= s.bytes);
+        if fits {
+            return inner.segments.iter().map(|s| s.bytes).sum();
+        }
+        let kept: u64 = inner
+            .segments
+            .iter()
+            .skip_while(|s| s.outstanding == 0)
+            .map(|s| s.bytes)
+            .sum();
+        kept + SEGMENT_MAX.max(size as u64)
     }
 
     /// True while a spare segment is being zero-filled on the blocking
@@ -397,6 +531,7 @@ async fn writer(
         while let Some(w) = next.take() {
             match w {
                 Write::Message(rec, tx) => {
+                    let (start, len) = (buf.len() as u64, rec.len() as u32);
                     // The first record becomes the batch buffer: a message
                     // written alone is not copied again.
                     if buf.is_empty() {
@@ -404,7 +539,7 @@ async fn writer(
                     } else {
                         buf.extend_from_slice(&rec);
                     }
-                    waiters.push(tx);
+                    waiters.push((tx, start, len));
                 }
                 Write::Flush(tx) => flushers.push(tx),
                 Write::Done => {}
@@ -426,8 +561,9 @@ async fn writer(
                     i.pos = 0;
                     i.segments.push_back(Segment {
                         seq,
-                        path,
+                        path: path.into(),
                         outstanding: 0,
+                        bytes: SEGMENT_MAX,
                     });
                     prefilled = true;
                     drop(i);
@@ -441,16 +577,16 @@ async fn writer(
                 other => *slot.borrow_mut() = other,
             }
         }
-        let (file, pos, seq, done) = {
+        let (file, pos, seq, seg_path, done) = {
             let mut i = inner.borrow_mut();
             let done = std::mem::take(&mut i.done_pending);
             buf.extend_from_slice(&done);
-            (
-                i.file.clone(),
-                i.pos,
-                i.segments.back().map_or(0, |s| s.seq),
-                done,
-            )
+            let (seq, seg_path) = i
+                .segments
+                .back()
+                .map(|s| (s.seq, s.path.clone()))
+                .expect("the active segment is listed");
+            (i.file.clone(), i.pos, seq, seg_path, done)
         };
         if buf.is_empty() {
             for f in flushers {
@@ -473,8 +609,10 @@ async fn writer(
             match &result {
                 Ok(()) => {
                     i.pos += len;
+                    let end = i.pos;
                     if let Some(s) = i.segments.back_mut() {
                         s.outstanding += waiters.len();
+                        s.bytes = s.bytes.max(end);
                     }
                     failures = 0;
                 }
@@ -492,8 +630,18 @@ async fn writer(
                 }
             }
         }
-        for w in waiters {
-            let _ = w.try_send(result.as_ref().map(|_| seq).map_err(|e| e.to_string()));
+        for (w, start, len) in waiters {
+            let _ = w.try_send(
+                result
+                    .as_ref()
+                    .map(|_| Location {
+                        segment: seq,
+                        file: seg_path.clone(),
+                        offset: pos + start,
+                        len,
+                    })
+                    .map_err(|e| e.to_string()),
+            );
         }
         for f in flushers {
             let _ = f.try_send(result.is_ok());

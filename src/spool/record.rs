@@ -4,6 +4,7 @@
 //! header (16 octets): "GMS1" | kind u8 | 0 0 0 | payload length u32 LE | CRC-32 of payload u32 LE
 //! message payload:    envelope JSON length u32 LE | envelope JSON | message octets
 //! done payload:       queue id (ASCII)
+//! progress payload:   progress JSON (a delivery's retry state, see [`Progress`])
 //! ```
 //! The CRC covers the payload only, so a record checks when its magic,
 //! kind and length read, its payload fits in the segment, its CRC matches
@@ -25,6 +26,7 @@ const MAGIC: &[u8; 4] = b"GMS1";
 const HEADER: usize = 16;
 const KIND_MESSAGE: u8 = 1;
 const KIND_DONE: u8 = 2;
+const KIND_PROGRESS: u8 = 3;
 /// Unfinished writes leave off at a multiple of this (a disk sector).
 const SECTOR: usize = 512;
 /// Queue ids are 16 hex digits; a done record's id is checked against a
@@ -108,6 +110,47 @@ pub struct Envelope {
     pub request_id: Option<String>,
 }
 
+/// Where one webhook delivery of a message stands, written to the spool
+/// when it changes so that a restart resumes it: its attempt count and
+/// backoff go on where they were, and the recipients of a message that
+/// were served already are not posted again. The latest record for a
+/// delivery wins; a message's done record makes them all moot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The delivery's `webhook-id`: the queue id, or `<queue id>.<n>` for
+    /// recipient n of a message with several.
+    pub id: String,
+    /// Attempts made so far, over all runs.
+    pub attempts: u32,
+    /// Where the delivery stands.
+    pub state: ProgressState,
+    /// When the next attempt is due (Unix milliseconds), for `waiting`.
+    #[serde(default)]
+    pub due_ms: i64,
+    /// When the first 401/403/404 came (Unix milliseconds), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_since_ms: Option<i64>,
+}
+
+/// See [`Progress::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgressState {
+    /// Waiting for its next attempt.
+    Waiting,
+    /// Delivered (2xx).
+    Delivered,
+    /// Written to the dead-letter folder.
+    Dead,
+}
+
+impl Progress {
+    /// The queue id of the message the delivery belongs to.
+    pub fn queue_id(&self) -> &str {
+        self.id.split_once('.').map_or(&self.id, |(q, _)| q)
+    }
+}
+
 /// A decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Record {
@@ -115,6 +158,8 @@ pub(crate) enum Record {
     Message(Box<Envelope>, Vec<u8>),
     /// The message with this id is in the store.
     Done(String),
+    /// A delivery's progress.
+    Progress(Progress),
 }
 
 fn header(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
@@ -144,6 +189,30 @@ pub(crate) fn encode_message(env: &Envelope, prefix: &[u8], body: &[u8]) -> Vec<
 pub(crate) fn encode_done(id: &str, out: &mut Vec<u8>) {
     header(KIND_DONE, id.as_bytes(), out);
     out.extend_from_slice(id.as_bytes());
+}
+
+/// Encodes a progress record.
+pub(crate) fn encode_progress(p: &Progress, out: &mut Vec<u8>) {
+    let json = serde_json::to_vec(p).expect("progress serializes");
+    header(KIND_PROGRESS, &json, out);
+    out.extend_from_slice(&json);
+}
+
+/// The length of the record whose header starts `data` (header included),
+/// as its header says: for a record [`decode_all`] found, its extent.
+pub(crate) fn length_at(data: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?) as usize;
+    HEADER.checked_add(len)
+}
+
+/// Decodes the one record that `data` holds exactly (one read back by
+/// its location): `None` unless it checks and fills `data`.
+pub(crate) fn decode_exact(data: &[u8]) -> Option<Record> {
+    let mut budget = usize::MAX;
+    match decode_one(data, &mut budget) {
+        Some((rec, n)) if n == data.len() => Some(rec),
+        _ => None,
+    }
 }
 
 /// What [`decode_all`] read from a segment.
@@ -332,7 +401,7 @@ fn decode_one(data: &[u8], budget: &mut usize) -> Option<(Record, usize)> {
         return None;
     }
     let kind = data[4];
-    if kind != KIND_MESSAGE && kind != KIND_DONE {
+    if !matches!(kind, KIND_MESSAGE | KIND_DONE | KIND_PROGRESS) {
         return None;
     }
     let len = u32::from_le_bytes(data[8..12].try_into().ok()?) as usize;
@@ -354,6 +423,7 @@ fn decode_one(data: &[u8], budget: &mut usize) -> Option<(Record, usize)> {
             let env: Envelope = serde_json::from_slice(meta).ok()?;
             Record::Message(Box::new(env), payload[4 + mlen..].to_vec())
         }
+        KIND_PROGRESS => Record::Progress(serde_json::from_slice(payload).ok()?),
         _ => {
             if !plausible_id(payload) {
                 return None;

@@ -7,18 +7,20 @@
 //! segment that cannot be read at all is moved there; the shard starts
 //! without it. Recovery never deletes a segment and never writes one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::record::{self, Envelope, Record};
+use super::record::{self, Progress, Record};
 use super::SpoolError;
 
 /// What the segments on disk hold.
 pub(crate) struct Found {
     /// Every segment, oldest first, with its count of undelivered messages.
     pub segments: Vec<(PathBuf, usize)>,
-    /// Undelivered messages: (index into `segments`, envelope, message).
-    pub pending: Vec<(usize, Envelope, Vec<u8>)>,
+    /// Undelivered messages, oldest first, without their octets.
+    pub pending: Vec<Pending>,
+    /// The latest progress record of each delivery of a pending message.
+    pub progress: HashMap<String, Progress>,
     /// The highest segment file number the shard's own directory has used
     /// (segments moved to `corrupt/` included, so no number is reused).
     pub max_file_no: u64,
@@ -26,6 +28,18 @@ pub(crate) struct Found {
     pub corrupt_records: u64,
     /// Segments (or adopted directories) that could not be read at all.
     pub unreadable_segments: u64,
+}
+
+/// An undelivered message found in a segment.
+pub(crate) struct Pending {
+    /// Index into [`Found::segments`].
+    pub segment: usize,
+    /// Its record's offset and length in that segment.
+    pub offset: u64,
+    pub len: u32,
+    pub id: String,
+    pub received_at_ms: i64,
+    pub recipients: usize,
 }
 
 /// Spool directories of shards `j >= count` that map onto `shard`.
@@ -78,11 +92,15 @@ pub(crate) fn recover(root: &Path, dirs: &[PathBuf]) -> Result<Found, SpoolError
     let mut found = Found {
         segments: Vec::new(),
         pending: Vec::new(),
+        progress: HashMap::new(),
         max_file_no: 0,
         corrupt_records: 0,
         unreadable_segments: 0,
     };
-    let mut messages: Vec<(usize, Envelope, Vec<u8>)> = Vec::new();
+    // Segments are read one at a time and only the envelopes' essentials
+    // are kept: recovering a large backlog costs one segment of memory.
+    let mut messages: Vec<Pending> = Vec::new();
+    let mut progress: HashMap<String, Progress> = HashMap::new();
     let mut done: HashSet<String> = HashSet::new();
     for (d, dir) in dirs.iter().enumerate() {
         let files = match numbered(dir, "", false) {
@@ -135,11 +153,21 @@ pub(crate) fn recover(root: &Path, dirs: &[PathBuf]) -> Result<Found, SpoolError
                 }
             }
             let index = found.segments.len();
-            for (_, r) in decoded.records {
+            for (offset, r) in decoded.records {
                 match r {
-                    Record::Message(env, msg) => messages.push((index, *env, msg)),
+                    Record::Message(env, _) => messages.push(Pending {
+                        segment: index,
+                        offset: offset as u64,
+                        len: record::length_at(&data[offset..]).unwrap_or(0) as u32,
+                        id: env.id,
+                        received_at_ms: env.received_at_ms,
+                        recipients: env.recipients.len(),
+                    }),
                     Record::Done(id) => {
                         done.insert(id);
+                    }
+                    Record::Progress(p) => {
+                        progress.insert(p.id.clone(), p);
                     }
                 }
             }
@@ -147,13 +175,15 @@ pub(crate) fn recover(root: &Path, dirs: &[PathBuf]) -> Result<Found, SpoolError
         }
     }
     let mut seen = HashSet::new();
-    for (index, env, msg) in messages {
-        if done.contains(&env.id) || !seen.insert(env.id.clone()) {
+    for m in messages {
+        if done.contains(&m.id) || !seen.insert(m.id.clone()) {
             continue;
         }
-        found.segments[index].1 += 1;
-        found.pending.push((index, env, msg));
+        found.segments[m.segment].1 += 1;
+        found.pending.push(m);
     }
+    progress.retain(|_, p| seen.contains(p.queue_id()) && !done.contains(p.queue_id()));
+    found.progress = progress;
     if !found.pending.is_empty() {
         tracing::info!(
             messages = found.pending.len(),
@@ -230,11 +260,7 @@ mod tests {
     }
 
     fn ids(found: &Found) -> Vec<&str> {
-        found
-            .pending
-            .iter()
-            .map(|(_, e, _)| e.id.as_str())
-            .collect()
+        found.pending.iter().map(|p| p.id.as_str()).collect()
     }
 
     fn message(id: &str) -> Vec<u8> {

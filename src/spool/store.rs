@@ -20,20 +20,26 @@ use super::record::{Envelope, RawJson};
 
 /// Where a message's JSON file goes.
 pub fn path_for(data_dir: &Path, env: &Envelope) -> PathBuf {
-    let at = received_at(env);
+    path_at(data_dir, env.received_at_ms, &env.id)
+}
+
+/// [`path_for`] from a message's time of acceptance and queue id.
+pub fn path_at(data_dir: &Path, received_at_ms: i64, id: &str) -> PathBuf {
+    let at = DateTime::from_timestamp_millis(received_at_ms).unwrap_or_default();
     data_dir
         .join("inbox")
         .join(format!("{:04}", at.year()))
         .join(format!("{:02}", at.month()))
         .join(format!("{:02}", at.day()))
-        .join(file_name(env, &env.id))
+        .join(file_name(received_at_ms, id))
 }
 
 /// GoMail's file name for a message, `msg_<unix>_<id>.json`; `id` is the
 /// queue id, or a per-recipient webhook id (`<queue id>.<n>`) for a dead
 /// letter.
-pub fn file_name(env: &Envelope, id: &str) -> String {
-    format!("msg_{}_{id}.json", received_at(env).timestamp())
+pub fn file_name(received_at_ms: i64, id: &str) -> String {
+    let at = DateTime::from_timestamp_millis(received_at_ms).unwrap_or_default();
+    format!("msg_{}_{id}.json", at.timestamp())
 }
 
 fn received_at(env: &Envelope) -> DateTime<Utc> {
@@ -103,16 +109,7 @@ impl PayloadParts {
             .as_deref()
             .or(headers.subject.as_deref())
             .unwrap_or_default();
-        // `raw` is a JSON string: octets that are not UTF-8 cannot be in it
-        // unchanged, so the exact message travels base64-encoded too.
-        // (`from_utf8` first: its check is several times faster than the
-        // lossy conversion's, and almost every message passes it.)
-        let raw = match std::str::from_utf8(message) {
-            Ok(text) => Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(message),
-        };
-        let raw_base64 =
-            matches!(raw, Cow::Owned(_)).then(|| crate::delivery::sign::base64_encode(message));
+        let (raw, raw_base64) = raw_text(message);
         let received_at = received_at(env).to_rfc3339_opts(SecondsFormat::Secs, true);
         let head = Head {
             authentication: env.authentication.as_ref(),
@@ -164,6 +161,42 @@ impl PayloadParts {
         t[0] = b',';
         PayloadParts { head: h, tail: t }
     }
+}
+
+/// `raw` as a JSON string can carry it, and the exact octets base64-encoded
+/// when it cannot carry them unchanged.
+///
+/// Text (UTF-8 without control characters other than TAB, CR and LF, i.e.
+/// nearly every message) goes as it is: its JSON form is its size plus a
+/// backslash per quote, backslash, TAB, CR and LF. Octets that are not
+/// UTF-8, and the other control characters (which JSON could carry only
+/// as six-octet `\u00XX` escapes), are each replaced by U+FFFD in `raw`,
+/// and `metadata.raw_base64` carries the exact message. So `raw` is at
+/// most 3× the message (an octet of garbage becomes the three octets of
+/// U+FFFD), `raw_base64` 4/3×, and text never grows past 2×.
+fn raw_text(message: &[u8]) -> (Cow<'_, str>, Option<String>) {
+    let control = |b: &u8| *b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n');
+    // `from_utf8` first: its check is several times faster than the lossy
+    // conversion's, and almost every message passes it.
+    let text = match std::str::from_utf8(message) {
+        Ok(text) if !message.iter().any(control) => return (Cow::Borrowed(text), None),
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(message),
+    };
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && control(&(c as u8)) {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect();
+    (
+        Cow::Owned(clean),
+        Some(crate::delivery::sign::base64_encode(message)),
+    )
 }
 
 // The payload's fields in alphabetical order, as GoMail's JSON has them:
@@ -296,29 +329,38 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// filesystem has no `O_TMPFILE`, a temporary name and a rename are used.
 pub fn write_one(data_dir: &Path, env: &Envelope, message: &[u8]) -> std::io::Result<PathBuf> {
     let path = path_for(data_dir, env);
+    // Written by an earlier try of the same batch (or run): see write_json.
+    if path.exists() {
+        return Ok(path);
+    }
+    write_json(&path, &payload(env, message, None))?;
+    Ok(path)
+}
+
+/// Writes a message's payload, already built (the one its webhook POST
+/// carried), as its store file `path` (from [`path_at`]).
+pub fn write_json(path: &Path, json: &[u8]) -> std::io::Result<()> {
     // Written by an earlier try of the same batch (or run): the same
     // message, the same file. Writing it again would need room for a
     // second copy, which a nearly full disk does not have, and the retry
     // would never get past it.
     if path.exists() {
-        return Ok(path);
+        return Ok(());
     }
     let dir = path.parent().expect("store paths have a parent");
-    // One buffer, one write: serde_json writing straight to a File would
+    // Two writes, no copy: serde_json writing straight to a File would
     // make a system call per JSON fragment.
-    let mut json = payload(env, message, None);
-    json.push(b'\n');
-    match write_linked(dir, &path, &json) {
+    let parts: [&[u8]; 2] = [json, b"\n"];
+    match write_linked(dir, path, &parts) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir)?;
-            write_linked(dir, &path, &json)
+            write_linked(dir, path, &parts)
         }
         other => other,
-    }?;
-    Ok(path)
+    }
 }
 
-fn write_linked(dir: &Path, path: &Path, json: &[u8]) -> std::io::Result<()> {
+fn write_linked(dir: &Path, path: &Path, json: &[&[u8]]) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
@@ -342,7 +384,9 @@ fn write_linked(dir: &Path, path: &Path, json: &[u8]) -> std::io::Result<()> {
     }
     // SAFETY: fd is a fresh descriptor we own.
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-    f.write_all(json)?;
+    for part in json {
+        f.write_all(part)?;
+    }
     let src = CString::new(format!("/proc/self/fd/{fd}"))?;
     let dst = CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: both paths are valid C strings.
@@ -365,25 +409,50 @@ fn write_linked(dir: &Path, path: &Path, json: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_renamed(dir: &Path, path: &Path, json: &[u8]) -> std::io::Result<()> {
+fn write_renamed(dir: &Path, path: &Path, json: &[&[u8]]) -> std::io::Result<()> {
     let name = path.file_name().expect("store paths have a file name");
     let tmp = dir.join(format!(".tmp_{}", name.to_string_lossy()));
-    std::fs::File::create(&tmp)?.write_all(json)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    for part in json {
+        f.write_all(part)?;
+    }
     std::fs::rename(&tmp, path)
+}
+
+/// A message for [`write_batch`].
+pub enum Stored<'a> {
+    /// Its envelope and octets: the payload is built here.
+    Message(&'a Envelope, &'a [u8]),
+    /// Its payload, built already (the webhook POST's), with what names
+    /// its file.
+    Built {
+        received_at_ms: i64,
+        id: &'a str,
+        json: &'a [u8],
+    },
 }
 
 /// Writes every message of a batch, then makes them durable with one
 /// `syncfs` of the filesystem holding `data_dir`. Blocking: run it off the
 /// shard's event loop.
-pub fn write_batch(data_dir: &Path, batch: &[(&Envelope, &[u8])]) -> std::io::Result<()> {
+pub fn write_batch(data_dir: &Path, batch: &[Stored<'_>]) -> std::io::Result<()> {
     if batch.is_empty() {
         // Only done records this time (messages the webhook delivered and
         // `store_mode` does not keep): no file, so nothing to make durable,
         // and a syncfs would only slow the spool's fdatasyncs.
         return Ok(());
     }
-    for (env, message) in batch {
-        write_one(data_dir, env, message)?;
+    for item in batch {
+        match item {
+            Stored::Message(env, message) => {
+                write_one(data_dir, env, message)?;
+            }
+            Stored::Built {
+                received_at_ms,
+                id,
+                json,
+            } => write_json(&path_at(data_dir, *received_at_ms, id), json)?,
+        }
     }
     let dir = std::fs::File::open(data_dir)?;
     // SAFETY: syncfs takes a valid open descriptor, which `dir` is.
@@ -434,7 +503,7 @@ mod tests {
 
     #[test]
     fn parts_splice_each_recipient_into_one_build() {
-        let msg = b"From: a@b.example\r\nSubject: s\r\n\r\nbody \x01 \"quoted\"\r\n";
+        let msg = b"From: a@b.example\r\nSubject: s\r\n\r\nbody \\ \"quoted\"\r\n";
         let parts = PayloadParts::new(&env(), msg);
         for r in ["r@example.test", "s@example.test", "we\"ird\\@x.example"] {
             let bytes = parts.with_recipient(Some(r));
@@ -507,6 +576,33 @@ mod tests {
         let msg = b"Subject: x\r\n\r\n\xff\xfe\r\n";
         let v: serde_json::Value = serde_json::from_slice(&payload(&env(), msg, None)).unwrap();
         assert_eq!(v["metadata"]["raw_base64"], "U3ViamVjdDogeA0KDQr//g0K");
+        assert_eq!(v["raw"], "Subject: x\r\n\r\n\u{fffd}\u{fffd}\r\n");
+    }
+
+    #[test]
+    fn the_json_form_of_raw_is_bounded_by_the_message_size() {
+        // Text goes as it is, with no raw_base64.
+        let text = b"Subject: t\r\n\r\nplain \"text\"\twith tabs\r\n";
+        let v: serde_json::Value = serde_json::from_slice(&payload(&env(), text, None)).unwrap();
+        assert_eq!(v["raw"].as_str().unwrap().as_bytes(), text);
+        assert!(v["metadata"].get("raw_base64").is_none());
+        // A megabyte of control octets: each would be a six-octet \u00XX
+        // escape; it is three octets in raw and 4/3 in raw_base64.
+        let mut garbage = b"Subject: c\r\n\r\n".to_vec();
+        garbage.extend((0..1_000_000).map(|i| [1u8, 2, 0x1b, 0x7f, 0][i % 5]));
+        let json = payload(&env(), &garbage, None);
+        assert!(
+            json.len() < garbage.len() * 3 + garbage.len() * 4 / 3 + 4096,
+            "{} octets of JSON for {} octets",
+            json.len(),
+            garbage.len()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(!v["raw"].as_str().unwrap().contains('\u{1b}'));
+        assert_eq!(
+            crate::delivery::sign::base64_decode(v["metadata"]["raw_base64"].as_str().unwrap()),
+            Some(garbage)
+        );
     }
 }
 

@@ -20,5 +20,6 @@ mod spool_damage;
 mod tls;
 mod validation;
 mod webhook;
+mod webhook_backlog;
 mod webhook_classes;
 mod webhook_receiver;

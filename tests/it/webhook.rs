@@ -43,8 +43,14 @@ fn messages_are_posted_signed_with_a_stable_id() {
         assert_eq!(r.body["metadata"]["queue_id"], r.id.as_str());
         assert!(r.body["raw"].as_str().unwrap().contains("Subject: hello"));
     }
-    // store_mode always (default): the JSON store has them too.
-    assert_eq!(wait_stored(&g.data_dir, 2).len(), 2);
+    // store_mode always (default): the JSON store has them too, each the
+    // very payload its POST carried.
+    let stored = wait_stored(&g.data_dir, 2);
+    assert_eq!(stored.len(), 2);
+    for (id, doc) in stored {
+        let posted = log.iter().find(|r| r.id == id).expect("posted");
+        assert_eq!(doc, posted.body, "the stored file of {id}");
+    }
 }
 
 #[test]
@@ -132,12 +138,13 @@ fn permanent_refusals_go_to_the_dead_letter_folder() {
     *rx.mode.lock().unwrap() = Mode::Fixed(200);
     let ids = send(&g, 1, "fine");
     rx.wait_delivered(&ids);
-    // The receiver logs before it answers: let gomail read the 200, then
-    // give a wrongly stored file the time to appear.
-    wait_until(Duration::from_secs(10), "delivery counted", || {
-        metric(&g, "gomail_webhook_delivered_total") >= 1.0
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    // Done in the spool: past the store's writer, which would have
+    // written its file first.
+    wait_until(
+        Duration::from_secs(10),
+        "the delivered message done",
+        || metric(&g, "gomail_store_backlog") == 0.0,
+    );
     assert_eq!(stored(&g.data_dir).len(), 1);
 }
 
@@ -303,7 +310,11 @@ fn a_410_gone_disables_delivery_and_keeps_the_messages() {
         || !rx.log().is_empty(),
     );
     send(&g, 2, "after gone");
-    std::thread::sleep(Duration::from_millis(800));
+    // All three queued for the receiver, none sent (the engine's tests
+    // show that nothing is attempted while disabled).
+    wait_until(Duration::from_secs(10), "three deliveries kept", || {
+        metric(&g, "gomail_webhook_pending") == 3.0
+    });
     assert_eq!(rx.log().len(), 1, "no attempts after 410 Gone");
     assert_eq!(metric(&g, "gomail_webhook_disabled"), 1.0);
     assert_eq!(
@@ -430,7 +441,9 @@ fn a_message_for_two_recipients_is_posted_once_per_recipient() {
         assert_eq!(r.body["metadata"]["queue_id"], id.as_str());
     }
     wait_stored(&g.data_dir, 1);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until(Duration::from_secs(10), "the message done", || {
+        metric(&g, "gomail_store_backlog") == 0.0
+    });
     assert_eq!(
         stored(&g.data_dir).len(),
         1,
@@ -515,7 +528,9 @@ fn sync_mode_makes_the_receivers_answer_the_smtp_reply() {
         "451 4.3.0 Receiving application unavailable (HTTP 503), try again later\r\n"
     );
     // Each message was posted exactly once, and nothing is left to retry.
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(Duration::from_secs(10), "nothing left", || {
+        metric(&g, "gomail_store_backlog") == 0.0 && metric(&g, "gomail_webhook_pending") == 0.0
+    });
     assert_eq!(rx.log().len(), 3);
 }
 
@@ -559,7 +574,9 @@ fn in_sync_mode_a_410_keeps_the_message_instead_of_bouncing_it() {
         "Subject: 2\r\n\r\nx",
     );
     assert!(queue_id(&second).is_some(), "{second}");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(Duration::from_secs(10), "both queued", || {
+        metric(&g, "gomail_webhook_pending") == 2.0
+    });
     assert_eq!(rx.log().len(), 1, "one POST, the one that got 410");
     assert_eq!(metric(&g, "gomail_store_backlog"), 2.0, "both kept");
 }

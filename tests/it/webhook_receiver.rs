@@ -30,6 +30,8 @@ pub(crate) enum Mode {
     Slow(Duration),
     /// Waits this long, then answers this status.
     Late(Duration, u16),
+    /// 503 for webhook ids ending in this, 200 for the others.
+    FailIds(String),
 }
 
 /// In a script: read the request, then say nothing for [`HANG_FOR`] and close.
@@ -65,6 +67,8 @@ pub(crate) struct Receiver {
     pub(crate) addr: SocketAddr,
     pub(crate) mode: Arc<Mutex<Mode>>,
     pub(crate) log: Arc<Mutex<Vec<Received>>>,
+    /// Off: requests are logged without their bodies (for large backlogs).
+    pub(crate) keep_bodies: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) _rt: tokio::runtime::Runtime,
 }
 
@@ -103,18 +107,19 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let (m, l) = (mode.clone(), log.clone());
+    let keep_bodies = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (m, l, k) = (mode.clone(), log.clone(), keep_bodies.clone());
     rt.spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (m, l) = (m.clone(), l.clone());
+            let (m, l, k) = (m.clone(), l.clone(), k.clone());
             let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (m, l) = (m.clone(), l.clone());
+                        let (m, l, k) = (m.clone(), l.clone(), k.clone());
                         async move {
                             let h = |n: &str| {
                                 req.headers()
@@ -145,6 +150,14 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
                                 }
                                 Mode::Fixed(s) | Mode::Late(_, s) => (*s, None),
                                 Mode::Slow(_) => (200, None),
+                                Mode::FailIds(suffix) => (
+                                    if id.as_deref().unwrap_or("").ends_with(suffix.as_str()) {
+                                        503
+                                    } else {
+                                        200
+                                    },
+                                    None,
+                                ),
                             };
                             let slow = match &*m.lock().unwrap() {
                                 Mode::Slow(d) | Mode::Late(d, _) => Some(*d),
@@ -168,6 +181,11 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
                                 }
                                 Some(s) => (Some(s.to_string()), None),
                                 None => (None, None),
+                            };
+                            let body = if k.load(std::sync::atomic::Ordering::Relaxed) {
+                                body
+                            } else {
+                                Bytes::new()
                             };
                             l.lock().unwrap().push(Received {
                                 raw_body: body.to_vec(),
@@ -222,6 +240,7 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
         addr,
         mode,
         log,
+        keep_bodies,
         _rt: rt,
     }
 }

@@ -143,7 +143,7 @@ async fn session(
     handshake_only: bool,
 ) -> Result<Option<Negotiated>, String> {
     let tls = Tls::new(opts)?;
-    let cmds = Commands::new("client.test", "a@example.org", "b@example.test");
+    let cmds = Commands::new("client.test", "a@example.org", "b@example.test", 1);
     let dial = Dial {
         server: server.addr,
         source: None,

@@ -6,19 +6,21 @@ use futures_lite::future;
 use hyper::body::Bytes;
 
 use super::{record_attempt, record_delivered, Outbox, WebhookMode};
-use crate::delivery::retry::{self, Verdict};
+use crate::delivery::engine::Inline;
+use crate::delivery::retry::Verdict;
 use crate::server::ShardState;
 use crate::spool::{store, Spooled};
 
 impl Outbox {
     /// True when the client should wait for the receiver's answer: sync or
     /// hybrid mode, one recipient (one answer cannot speak for several),
-    /// and the receiver neither disabled nor behind an open breaker.
+    /// its contents in memory, and the receiver neither disabled nor
+    /// behind an open breaker (`Engine::inline_allowed`).
     pub(crate) fn answers_inline(&self, msg: &Spooled) -> bool {
         self.cfg.mode != WebhookMode::Async
-            && msg.envelope.recipients.len() == 1
-            && !self.disabled.get()
-            && !self.breaker.borrow().is_open()
+            && msg.recipients == 1
+            && msg.contents.is_some()
+            && self.engine.borrow().inline_allowed()
     }
 
     /// Posts a just-spooled message while the client waits and turns the
@@ -30,9 +32,15 @@ impl Outbox {
         msg: Spooled,
     ) -> crate::smtp::Completion {
         use crate::smtp::{Completion, Reply};
-        let id = msg.envelope.id.clone();
-        let body = Bytes::from(store::payload(&msg.envelope, &msg.message, None));
-        let post = self.cfg.client.post(&id, body);
+        let id = msg.id.clone();
+        let posted = match &msg.contents {
+            Some(c) => Bytes::from(store::payload(&c.envelope, &c.message, None)),
+            None => {
+                self.push(msg);
+                return Completion::Spooled { id };
+            }
+        };
+        let post = self.cfg.client.post(&id, posted.clone());
         let answer = match self.cfg.mode {
             WebhookMode::Hybrid(deadline) => {
                 future::or(async { Some(post.await) }, async {
@@ -50,20 +58,32 @@ impl Outbox {
             return Completion::Spooled { id };
         };
         record_attempt(state, &a);
-        let verdict = retry::classify(a.status, a.failure);
-        if self.note_answer(state.id, a.status, verdict, false) {
-            // Gone for good, which is not the sender's doing: the message is
-            // durable already, so it is accepted and kept for when delivery
-            // is enabled again, like every message queued on this shard.
-            self.push(msg);
-            return Completion::Spooled { id };
-        }
+        let inline = self
+            .engine
+            .borrow_mut()
+            .handle_inline_answer(&a, std::time::Instant::now());
+        // The breaker's and 410's news is logged by the outbox loop.
+        self.poke();
+        let verdict = match inline {
+            Inline::Answered(v) => v,
+            Inline::Gone => {
+                // Gone for good, which is not the sender's doing: the
+                // message is durable already, so it is accepted and kept
+                // for when delivery is enabled again, like every message
+                // queued on this shard.
+                self.push(msg);
+                return Completion::Spooled { id };
+            }
+        };
         match (verdict, a.status) {
             (Verdict::Delivered, _) => {
-                record_delivered(state, Some(msg.envelope.received_at_ms));
-                state
-                    .delivery
-                    .push_with(msg, self.cfg.store_mode.keeps(false));
+                record_delivered(state, Some(msg.received_at_ms));
+                if self.cfg.store_mode.keeps(false) {
+                    // The store's file is the payload just posted.
+                    state.delivery.push_built(msg, posted);
+                } else {
+                    state.delivery.push_with(msg, false);
+                }
                 Completion::Spooled { id }
             }
             (Verdict::Permanent, Some(status)) => {

@@ -11,15 +11,15 @@
 use std::time::{Duration, Instant};
 
 /// Consecutive failures after which the breaker opens.
-pub(super) const THRESHOLD: u32 = 10;
+pub const THRESHOLD: u32 = 10;
 /// First wait before a probe.
-pub(super) const PROBE_FIRST: Duration = Duration::from_secs(1);
+pub const PROBE_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between probes.
-pub(super) const PROBE_MAX: Duration = Duration::from_secs(300);
+pub const PROBE_MAX: Duration = Duration::from_secs(300);
 
 /// What a failed answer did to the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Failed {
+pub enum Failed {
     /// Still closed, or open and unchanged.
     Counted,
     /// It opened now; the first probe goes at `PROBE_FIRST`.
@@ -30,7 +30,7 @@ pub(super) enum Failed {
 
 /// See the module docs.
 #[derive(Debug, Default)]
-pub(super) struct Breaker {
+pub struct Breaker {
     failures: u32,
     /// Open: no attempt until then, and then one probe at a time.
     open_until: Option<Instant>,
@@ -40,13 +40,13 @@ pub(super) struct Breaker {
 
 impl Breaker {
     /// True while open.
-    pub(super) fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         self.open_until.is_some()
     }
 
     /// How many deliveries may start at `now` (`usize::MAX`: as many as
     /// the caller allows), and until when nothing may, if held back.
-    pub(super) fn allowance(&self, now: Instant) -> (Option<Instant>, usize) {
+    pub fn allowance(&self, now: Instant) -> (Option<Instant>, usize) {
         match self.open_until {
             Some(t) if now < t => (Some(t), 0),
             Some(_) if self.probing => (None, 0),
@@ -56,12 +56,24 @@ impl Breaker {
     }
 
     /// The one delivery let through while open has started.
-    pub(super) fn probe_started(&mut self) {
+    pub fn probe_started(&mut self) {
         self.probing = true;
     }
 
+    /// The probe let through was not sent after all: the next may go.
+    pub fn probe_abandoned(&mut self) {
+        self.probing = false;
+    }
+
+    /// While open with no probe out: when the next probe may go (perhaps
+    /// already past). `None` while closed, or while a probe is out (its
+    /// answer decides).
+    pub fn next_probe(&self) -> Option<Instant> {
+        self.open_until.filter(|_| !self.probing)
+    }
+
     /// A failed answer at `now`; `probe`: it answered the probe.
-    pub(super) fn failed(&mut self, now: Instant, probe: bool) -> Failed {
+    pub fn failed(&mut self, now: Instant, probe: bool) -> Failed {
         self.failures = self.failures.saturating_add(1);
         if probe {
             self.probing = false;
@@ -83,7 +95,7 @@ impl Breaker {
     }
 
     /// A successful answer; true when it closed an open breaker.
-    pub(super) fn succeeded(&mut self, probe: bool) -> bool {
+    pub fn succeeded(&mut self, probe: bool) -> bool {
         if probe {
             self.probing = false;
         }

@@ -1,0 +1,639 @@
+//! The webhook delivery engine: every decision of delivery as pure code,
+//! driven by the clock its caller passes in (the shape of `crate::smtp`'s
+//! session and of quinn-proto). It holds no message bodies and does no I/O:
+//! the driver in `server::outbox` reads bodies from the spool, posts them,
+//! writes dead letters and sleeps until [`Engine::poll_timeout`].
+//!
+//! - [`Engine::handle_accepted`] takes a message with its recipients (one
+//!   delivery each, webhook id `<queue id>.<n>` when there are several),
+//!   resuming their [`Restored`] progress after a restart.
+//! - [`Engine::poll_attempt`] says which delivery to attempt now: at most
+//!   `max_in_flight` at once, none while delivery is disabled by a `410`,
+//!   and one probe at a time while the circuit breaker is open.
+//! - [`Engine::handle_answer`] takes the attempt's outcome and decides
+//!   (`delivery::retry`): delivered, retried after a backoff, or dead-lettered.
+//! - [`Engine::poll_event`] hands out what the driver acts on: a message
+//!   whose deliveries are all over (to the store and its done record),
+//!   progress to persist, and the breaker's changes to log.
+//! - Sync and hybrid deliveries, where the SMTP client waits, ask
+//!   [`Engine::inline_allowed`] and report to [`Engine::handle_inline_answer`]:
+//!   they feed the same breaker and `410` handling as queued deliveries.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::breaker::{Breaker, Failed};
+use super::retry::{self, GaveUp, Next, Verdict};
+use super::webhook::Attempt;
+
+/// How many of a delivery's attempts are kept for its dead letter: the
+/// latest ones (the count of all is kept too).
+pub const LOG_MAX: usize = 10;
+
+/// How long a dead letter that could not be written waits before its
+/// delivery is tried again.
+pub const DEAD_LETTER_RETRY: Duration = Duration::from_secs(60);
+
+/// The engine's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `webhook_retries`: attempts after the first.
+    pub retries: u32,
+    /// `webhook_retry_delay`: the first backoff.
+    pub retry_delay: Duration,
+    /// Deliveries in flight at once.
+    pub max_in_flight: usize,
+}
+
+/// One delivery: a recipient of a message, or a re-driven dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(u64);
+
+/// A message handed to [`Engine::handle_accepted`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageKey(u64);
+
+/// What a delivery delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// Recipient `index` of `message`.
+    Recipient { message: MessageKey, index: usize },
+    /// A dead letter re-driven by `gomail queue retry`.
+    Redrive,
+}
+
+/// A delivery's state carried over from an earlier run (the spool's
+/// progress records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// Delivered already: not posted again.
+    Delivered,
+    /// Dead-lettered already.
+    Dead,
+    /// Waiting for attempt `attempts + 1`, due at `due`.
+    Waiting {
+        attempts: u32,
+        due: Instant,
+        denied_since: Option<Instant>,
+    },
+}
+
+/// An attempt to make now ([`Engine::poll_attempt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub key: Key,
+    pub webhook_id: String,
+    pub subject: Subject,
+    /// The one delivery an open breaker lets through.
+    pub probe: bool,
+}
+
+/// What one answer decided for its delivery ([`Engine::handle_answer`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// 2xx.
+    Delivered { attempts: u32 },
+    /// Tried again after `wait` (attempt `attempt` failed).
+    Retry { wait: Duration, attempt: u32 },
+    /// It goes to the dead-letter folder: the driver writes it, then calls
+    /// [`Engine::handle_dead_letter`].
+    DeadLetter {
+        why: GaveUp,
+        /// The latest attempts ([`LOG_MAX`]), oldest first.
+        log: Vec<Attempt>,
+        attempts: u32,
+    },
+    /// `410 Gone`: delivery is disabled; the delivery waits at the front.
+    Gone,
+    /// The key is not (or no longer) a delivery in flight.
+    Unknown,
+}
+
+/// What the driver acts on, in order ([`Engine::poll_event`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Every delivery of the message is over; `dead`: one was
+    /// dead-lettered. The message goes on to the store and its done record.
+    Finished { message: MessageKey, dead: bool },
+    /// A delivery's progress changed: the driver persists it, so a
+    /// restart resumes from here. Sent for retries, and for the deliveries
+    /// of a message with several recipients as each ends (a message's own
+    /// done record covers the rest).
+    Progress {
+        key: Key,
+        message: Option<MessageKey>,
+        webhook_id: String,
+        attempts: u32,
+        state: Restored,
+    },
+    /// The breaker opened after this many failures in a row.
+    BreakerOpened { failures: u32 },
+    /// A probe failed; the next one waits this long.
+    BreakerWidened { wait: Duration, status: Option<u16> },
+    /// The receiver answers again.
+    BreakerClosed,
+    /// The receiver answered `410 Gone` for the first time: delivery is
+    /// disabled until restart, every message is kept.
+    Disabled,
+}
+
+/// The verdict on a sync or hybrid delivery's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inline {
+    /// `410 Gone`: delivery is disabled; the message is kept for later.
+    Gone,
+    /// What the answer means (`retry::classify`).
+    Answered(Verdict),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Ready,
+    Waiting(Instant),
+    InFlight {
+        probe: bool,
+    },
+    /// Its dead letter is being written.
+    Burying,
+}
+
+#[derive(Debug)]
+struct Delivery {
+    webhook_id: String,
+    subject: Subject,
+    attempts: u32,
+    log: VecDeque<Attempt>,
+    denied_since: Option<Instant>,
+    state: State,
+}
+
+#[derive(Debug)]
+struct Message {
+    remaining: usize,
+    dead: bool,
+    /// More than one recipient: progress is recorded per delivery.
+    shared: bool,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: Config,
+    deliveries: HashMap<Key, Delivery>,
+    messages: HashMap<MessageKey, Message>,
+    /// Due now, oldest first.
+    ready: VecDeque<Key>,
+    /// Waiting, by due time (then by arrival, so keys stay unique).
+    later: BTreeMap<(Instant, u64), Key>,
+    next: u64,
+    in_flight: usize,
+    burying: usize,
+    breaker: Breaker,
+    disabled: bool,
+    events: VecDeque<Event>,
+}
+
+impl Engine {
+    pub fn new(cfg: Config) -> Engine {
+        Engine {
+            cfg,
+            deliveries: HashMap::new(),
+            messages: HashMap::new(),
+            ready: VecDeque::new(),
+            later: BTreeMap::new(),
+            next: 0,
+            in_flight: 0,
+            burying: 0,
+            breaker: Breaker::default(),
+            disabled: false,
+            events: VecDeque::new(),
+        }
+    }
+
+    fn fresh(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Takes an accepted (or recovered) message with `recipients`
+    /// recipients: one delivery each, due now unless `restored` says
+    /// otherwise for its webhook id. A message whose deliveries were all
+    /// over before a restart is [`Event::Finished`] at once.
+    pub fn handle_accepted(
+        &mut self,
+        queue_id: &str,
+        recipients: usize,
+        restored: impl Fn(&str) -> Option<Restored>,
+        now: Instant,
+    ) -> MessageKey {
+        let n = recipients.max(1);
+        let message = MessageKey(self.fresh());
+        let mut m = Message {
+            remaining: n,
+            dead: false,
+            shared: n > 1,
+        };
+        for index in 0..n {
+            let webhook_id = if n == 1 {
+                queue_id.to_string()
+            } else {
+                format!("{queue_id}.{index}")
+            };
+            let (attempts, denied_since, state) = match restored(&webhook_id) {
+                Some(Restored::Delivered) => {
+                    m.remaining -= 1;
+                    continue;
+                }
+                Some(Restored::Dead) => {
+                    m.remaining -= 1;
+                    m.dead = true;
+                    continue;
+                }
+                Some(Restored::Waiting {
+                    attempts,
+                    due,
+                    denied_since,
+                }) if due > now => (attempts, denied_since, State::Waiting(due)),
+                Some(Restored::Waiting {
+                    attempts,
+                    denied_since,
+                    ..
+                }) => (attempts, denied_since, State::Ready),
+                None => (0, None, State::Ready),
+            };
+            let key = Key(self.fresh());
+            self.deliveries.insert(
+                key,
+                Delivery {
+                    webhook_id,
+                    subject: Subject::Recipient { message, index },
+                    attempts,
+                    log: VecDeque::new(),
+                    denied_since,
+                    state,
+                },
+            );
+            self.schedule(key, state);
+        }
+        if m.remaining == 0 {
+            self.events.push_back(Event::Finished {
+                message,
+                dead: m.dead,
+            });
+        } else {
+            self.messages.insert(message, m);
+        }
+        message
+    }
+
+    /// Takes a dead letter to post again (`gomail queue retry`): it gets
+    /// `webhook_retries` anew.
+    pub fn handle_redrive(&mut self, webhook_id: String) -> Key {
+        let key = Key(self.fresh());
+        self.deliveries.insert(
+            key,
+            Delivery {
+                webhook_id,
+                subject: Subject::Redrive,
+                attempts: 0,
+                log: VecDeque::new(),
+                denied_since: None,
+                state: State::Ready,
+            },
+        );
+        self.ready.push_back(key);
+        key
+    }
+
+    fn schedule(&mut self, key: Key, state: State) {
+        match state {
+            State::Ready => self.ready.push_back(key),
+            State::Waiting(due) => {
+                let n = self.fresh();
+                self.later.insert((due, n), key);
+            }
+            State::InFlight { .. } | State::Burying => {}
+        }
+    }
+
+    /// Moves the deliveries due by `now` to the ready queue.
+    fn promote(&mut self, now: Instant) {
+        while let Some(entry) = self.later.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            if let Some(d) = self.deliveries.get_mut(&key) {
+                d.state = State::Ready;
+                self.ready.push_back(key);
+            }
+        }
+    }
+
+    /// The next delivery to attempt at `now`, if any may start.
+    pub fn poll_attempt(&mut self, now: Instant) -> Option<Order> {
+        self.promote(now);
+        if self.disabled || self.in_flight >= self.cfg.max_in_flight {
+            return None;
+        }
+        let (_, allowed) = self.breaker.allowance(now);
+        if allowed == 0 {
+            return None;
+        }
+        let probe = allowed == 1;
+        let key = self.ready.pop_front()?;
+        let d = self.deliveries.get_mut(&key)?;
+        d.state = State::InFlight { probe };
+        if probe {
+            self.breaker.probe_started();
+        }
+        self.in_flight += 1;
+        Some(Order {
+            key,
+            webhook_id: d.webhook_id.clone(),
+            subject: d.subject,
+            probe,
+        })
+    }
+
+    /// When the driver must call [`Engine::poll_attempt`] again if nothing
+    /// else happens: the next retry due, or the breaker's next probe.
+    /// `None`: only a new message or an answer changes anything.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.disabled {
+            return None;
+        }
+        if self.in_flight >= self.cfg.max_in_flight {
+            // Full: only an answer lets anything start.
+            return None;
+        }
+        let next_due = self.later.first_key_value().map(|((due, _), _)| *due);
+        if !self.breaker.is_open() {
+            return next_due;
+        }
+        // Open: the probe goes at `t`, at once if a delivery is ready,
+        // else when the next retry is due. A probe out: its answer wakes.
+        let t = self.breaker.next_probe()?;
+        if !self.ready.is_empty() {
+            return Some(t);
+        }
+        next_due.map(|d| d.max(t))
+    }
+
+    /// The next thing the driver acts on.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Notes an answer for the breaker and `410`: true when it is `410`.
+    fn note(&mut self, status: Option<u16>, verdict: Verdict, probe: bool, now: Instant) -> bool {
+        if status == Some(410) {
+            if !std::mem::replace(&mut self.disabled, true) {
+                self.events.push_back(Event::Disabled);
+            }
+            return true;
+        }
+        if verdict.receiver_failing() {
+            match self.breaker.failed(now, probe) {
+                Failed::Counted => {}
+                Failed::Opened => self.events.push_back(Event::BreakerOpened {
+                    failures: super::breaker::THRESHOLD,
+                }),
+                Failed::Widened(wait) => self
+                    .events
+                    .push_back(Event::BreakerWidened { wait, status }),
+            }
+        } else if self.breaker.succeeded(probe) {
+            self.events.push_back(Event::BreakerClosed);
+        }
+        false
+    }
+
+    /// The outcome of delivery `key`'s attempt, at `now`; `jitter` in
+    /// [0, 1) spreads the backoff (random in production).
+    pub fn handle_answer(&mut self, key: Key, a: Attempt, now: Instant, jitter: f64) -> Outcome {
+        let probe = match self.deliveries.get(&key).map(|d| d.state) {
+            Some(State::InFlight { probe }) => probe,
+            _ => return Outcome::Unknown,
+        };
+        self.in_flight -= 1;
+        let verdict = retry::classify(a.status, a.failure);
+        if self.note(a.status, verdict, probe, now) {
+            // Kept, first in line for when delivery is enabled again; the
+            // attempt is not counted against its retries.
+            let d = self.deliveries.get_mut(&key).expect("checked above");
+            d.state = State::Ready;
+            self.ready.push_front(key);
+            return Outcome::Gone;
+        }
+        let retry_after = a.retry_after;
+        let d = self.deliveries.get_mut(&key).expect("checked above");
+        d.attempts = d.attempts.saturating_add(1);
+        if d.log.len() == LOG_MAX {
+            d.log.pop_front();
+        }
+        d.log.push_back(a);
+        let tried = d.attempts;
+        match retry::next(verdict, tried, self.cfg.retries, &mut d.denied_since, now) {
+            Next::Delivered => {
+                let d = self.deliveries.remove(&key).expect("checked above");
+                if let Subject::Recipient { message, .. } = d.subject {
+                    self.progress(key, &d, Restored::Delivered);
+                    self.finish(message, false);
+                }
+                Outcome::Delivered { attempts: tried }
+            }
+            Next::Retry => {
+                let wait = retry::delay(self.cfg.retry_delay, tried, retry_after, jitter);
+                let due = now + wait;
+                d.state = State::Waiting(due);
+                let state = Restored::Waiting {
+                    attempts: tried,
+                    due,
+                    denied_since: d.denied_since,
+                };
+                let n = self.fresh();
+                self.later.insert((due, n), key);
+                let d = &self.deliveries[&key];
+                self.events.push_back(Event::Progress {
+                    key,
+                    message: match d.subject {
+                        Subject::Recipient { message, .. } => Some(message),
+                        Subject::Redrive => None,
+                    },
+                    webhook_id: d.webhook_id.clone(),
+                    attempts: tried,
+                    state,
+                });
+                Outcome::Retry {
+                    wait,
+                    attempt: tried,
+                }
+            }
+            Next::DeadLetter(why) => {
+                d.state = State::Burying;
+                self.burying += 1;
+                Outcome::DeadLetter {
+                    why,
+                    log: d.log.iter().cloned().collect(),
+                    attempts: tried,
+                }
+            }
+        }
+    }
+
+    /// A delivery could not be attempted for a reason of gomail's own (its
+    /// message could not be read back from the spool): it is tried again
+    /// after the backoff without counting toward the breaker, and
+    /// dead-lettered once its retries are used up, like any other.
+    pub fn handle_local_failure(&mut self, key: Key, detail: String, now: Instant) -> Outcome {
+        let probe = match self.deliveries.get(&key).map(|d| d.state) {
+            Some(State::InFlight { probe }) => probe,
+            _ => return Outcome::Unknown,
+        };
+        self.in_flight -= 1;
+        if probe {
+            // The probe was never sent: let the next one go.
+            self.breaker.probe_abandoned();
+        }
+        let d = self.deliveries.get_mut(&key).expect("checked above");
+        d.attempts = d.attempts.saturating_add(1);
+        if d.log.len() == LOG_MAX {
+            d.log.pop_front();
+        }
+        d.log.push_back(Attempt {
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            status: None,
+            failure: None,
+            retry_after: None,
+            latency: Duration::ZERO,
+            detail,
+        });
+        let tried = d.attempts;
+        if tried > self.cfg.retries {
+            d.state = State::Burying;
+            self.burying += 1;
+            return Outcome::DeadLetter {
+                why: GaveUp::RetriesUsedUp,
+                log: d.log.iter().cloned().collect(),
+                attempts: tried,
+            };
+        }
+        let wait = retry::delay(self.cfg.retry_delay, tried, None, 0.5);
+        d.state = State::Waiting(now + wait);
+        let n = self.fresh();
+        self.later.insert((now + wait, n), key);
+        Outcome::Retry {
+            wait,
+            attempt: tried,
+        }
+    }
+
+    /// The dead letter of `key` was written (`written`), or could not be:
+    /// then the delivery is tried again after [`DEAD_LETTER_RETRY`].
+    pub fn handle_dead_letter(&mut self, key: Key, written: bool, now: Instant) {
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        if d.state != State::Burying {
+            return;
+        }
+        self.burying -= 1;
+        if !written {
+            let due = now + DEAD_LETTER_RETRY;
+            d.state = State::Waiting(due);
+            let n = self.fresh();
+            self.later.insert((due, n), key);
+            return;
+        }
+        let d = self.deliveries.remove(&key).expect("checked above");
+        if let Subject::Recipient { message, .. } = d.subject {
+            self.progress(key, &d, Restored::Dead);
+            self.finish(message, true);
+        }
+    }
+
+    /// Records the end of one of a shared message's deliveries.
+    fn progress(&mut self, key: Key, d: &Delivery, state: Restored) {
+        let Subject::Recipient { message, .. } = d.subject else {
+            return;
+        };
+        if self.messages.get(&message).is_some_and(|m| m.shared) {
+            self.events.push_back(Event::Progress {
+                key,
+                message: Some(message),
+                webhook_id: d.webhook_id.clone(),
+                attempts: d.attempts,
+                state,
+            });
+        }
+    }
+
+    fn finish(&mut self, message: MessageKey, dead: bool) {
+        let Some(m) = self.messages.get_mut(&message) else {
+            return;
+        };
+        m.dead |= dead;
+        m.remaining = m.remaining.saturating_sub(1);
+        if m.remaining == 0 {
+            let m = self.messages.remove(&message).expect("present");
+            self.events.push_back(Event::Finished {
+                message,
+                dead: m.dead,
+            });
+        }
+    }
+
+    /// Whether a client may wait for the receiver's answer now (sync and
+    /// hybrid modes): not while delivery is disabled or the breaker open.
+    /// Such messages are queued instead, and the client gets `250` at once.
+    pub fn inline_allowed(&self) -> bool {
+        !self.disabled && !self.breaker.is_open()
+    }
+
+    /// The answer to a sync or hybrid delivery: it counts for the breaker
+    /// and `410` like a queued delivery's.
+    pub fn handle_inline_answer(&mut self, a: &Attempt, now: Instant) -> Inline {
+        let verdict = retry::classify(a.status, a.failure);
+        if self.note(a.status, verdict, false, now) {
+            Inline::Gone
+        } else {
+            Inline::Answered(verdict)
+        }
+    }
+
+    /// (breaker open, disabled by `410`), for the metrics.
+    pub fn health(&self) -> (bool, bool) {
+        (self.breaker.is_open(), self.disabled)
+    }
+
+    /// Deliveries waiting (ready or for a retry), in flight, or being
+    /// dead-lettered.
+    pub fn len(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    /// No deliveries at all.
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty()
+    }
+
+    /// Nothing in flight or being dead-lettered, and nothing due at `now`
+    /// that may be sent (retries waiting for later are safe in the spool).
+    pub fn is_idle(&self, now: Instant) -> bool {
+        if self.in_flight > 0 || self.burying > 0 {
+            return false;
+        }
+        if self.disabled || self.breaker.is_open() {
+            return true;
+        }
+        self.ready.is_empty()
+            && self
+                .later
+                .first_key_value()
+                .is_none_or(|((due, _), _)| *due > now)
+    }
+}
+
+#[cfg(test)]
+mod tests;
