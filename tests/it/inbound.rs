@@ -70,8 +70,20 @@ fn raw_with_a_bare_cr_or_a_long_line_is_refused_as_smtp_data_would_be() {
     assert_eq!(status, 200, "{v}");
     let stored = wait_stored(&g.data_dir, 1);
     assert_eq!(stored.len(), 1, "only the accepted message is stored");
-    let raw = stored[0].1["raw"].as_str().unwrap();
-    assert!(raw.ends_with("nul \u{0}\r\nlf\r\nend\r\n"), "{raw:?}");
+    // The exact octets are in metadata.raw_base64 (raw shows the NUL as
+    // U+FFFD).
+    use base64::Engine as _;
+    let b64 = stored[0].1["metadata"]["raw_base64"]
+        .as_str()
+        .expect("metadata.raw_base64");
+    let octets = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    assert!(
+        octets.ends_with(b"\r\n\r\nnul \0\r\nlf\r\nend\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&octets)
+    );
 }
 
 #[test]
