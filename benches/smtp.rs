@@ -142,7 +142,7 @@ fn payload(c: &mut Criterion) {
     let mut g = c.benchmark_group("payload");
     g.throughput(Throughput::Bytes(message.len() as u64));
     g.bench_function("json_4k", |b| {
-        b.iter(|| black_box(gomail::spool::store::payload(&env, &message, None)))
+        b.iter(|| black_box(gomail::payload::payload(&env, &message, None)))
     });
     g.finish();
 
@@ -163,13 +163,13 @@ fn payload(c: &mut Criterion) {
     g.bench_function("rebuilt_per_recipient", |b| {
         b.iter(|| {
             for r in &recipients {
-                black_box(gomail::spool::store::payload(&env, &big, Some(r)));
+                black_box(gomail::payload::payload(&env, &big, Some(r)));
             }
         })
     });
     g.bench_function("built_once_spliced", |b| {
         b.iter(|| {
-            let parts = gomail::spool::store::PayloadParts::new(&env, &big);
+            let parts = gomail::payload::PayloadParts::new(&env, &big);
             for r in &recipients {
                 black_box(parts.with_recipient(Some(r)));
             }

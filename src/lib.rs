@@ -18,6 +18,7 @@ mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logfmt;
+pub mod payload;
 pub mod reload;
 pub mod server;
 pub mod smtp;

@@ -10,8 +10,8 @@
 use base64::Engine as _;
 
 use crate::auth::limits::{limit_signatures, DKIM_MAX_SIGNATURES};
+use crate::payload::{payload, PayloadParts};
 use crate::smtp::headers::{check, obscure_forged};
-use crate::spool::store::{payload, PayloadParts};
 use crate::spool::Envelope;
 
 const AUTHSERV: &str = "mx.example.test";

@@ -31,6 +31,7 @@ use crate::delivery::engine::{
     self, Engine, Event, Key, MessageKey, Order, Outcome, Restored, Subject,
 };
 use crate::delivery::webhook::{Attempt, Webhook};
+use crate::payload;
 use crate::spool::{store, Progress, ProgressState, Spooled};
 
 mod dead;
@@ -94,7 +95,7 @@ struct Held {
     /// The payload of a message for several recipients while its contents
     /// are in memory: built at the first attempt and spliced per
     /// recipient (the MIME parse and the escaping of `raw` once).
-    parts: Option<Rc<store::PayloadParts>>,
+    parts: Option<Rc<payload::PayloadParts>>,
     /// The payload its (one) recipient's last attempt posted, once its
     /// delivery is over: the store's file is those bytes.
     json: Option<Bytes>,
@@ -384,11 +385,11 @@ async fn payload_for(outbox: &Outbox, order: &Order) -> Result<Bytes, String> {
         match &h.msg.contents {
             Some(c) if h.msg.recipients < 2 => {
                 // One recipient: nothing to share, and nothing kept.
-                return Ok(Bytes::from(store::payload(&c.envelope, &c.message, None)));
+                return Ok(Bytes::from(payload::payload(&c.envelope, &c.message, None)));
             }
             Some(c) => {
                 let parts = h.parts.get_or_insert_with(|| {
-                    Rc::new(store::PayloadParts::new(&c.envelope, &c.message))
+                    Rc::new(payload::PayloadParts::new(&c.envelope, &c.message))
                 });
                 let recipient = c.envelope.recipients.get(index).map(String::as_str);
                 return Ok(Bytes::from(parts.with_recipient(recipient)));
@@ -402,7 +403,7 @@ async fn payload_for(outbox: &Outbox, order: &Order) -> Result<Bytes, String> {
                 .read()
                 .map_err(|e| format!("reading the message back from the spool: {e}"))?;
             let recipient = c.envelope.recipients.get(index).map(String::as_str);
-            Ok(Bytes::from(store::payload(
+            Ok(Bytes::from(payload::payload(
                 &c.envelope,
                 &c.message,
                 recipient,

@@ -6,7 +6,7 @@ use super::harness::Gomail;
 
 /// Runs the gomail binary: (succeeded, stdout, stderr).
 pub(crate) fn gomail(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gomail"))
+    let out = Command::new(super::harness::gomail_bin())
         .args(args)
         .output()
         .unwrap();

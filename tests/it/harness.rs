@@ -57,7 +57,7 @@ impl Gomail {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gomail"))
+        let mut child = Command::new(gomail_bin())
             .args(["server", "--config"])
             .arg(&config)
             .stdout(Stdio::piped())
@@ -113,6 +113,15 @@ impl Gomail {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().unwrap()
     }
+}
+
+/// The binary under test: this build's, or `GOMAIL_TEST_BIN` (to run the
+/// integration tests against a release binary, or an older build to see a
+/// regression test fail without its fix).
+pub(crate) fn gomail_bin() -> PathBuf {
+    std::env::var_os("GOMAIL_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_gomail")))
 }
 
 impl Drop for Gomail {

@@ -245,3 +245,61 @@ fn spool_max_bytes_defers_new_mail_until_the_backlog_drains() {
         super::harness::queue_id(&c.mail("s@sender.example", &["r@example.test"], &body)).is_some()
     });
 }
+
+#[test]
+fn a_receiver_refusing_connections_for_two_seconds_holds_delivery_back_for_seconds_only() {
+    // Nothing listens on the receiver's port: 64 deliveries in flight fail
+    // to connect at once and the breaker opens. The receiver comes up on
+    // that port two seconds later; only failed probes widen the wait, so
+    // every message goes within seconds of it, not minutes.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "api_endpoint: \"http://127.0.0.1:{port}/hook\"\nwebhook_secret: \"{}\"\nwebhook_timeout: 2s\n\
+         shards: 1\nwebhook_retry_delay: 1s\nwebhook_retries: 1000\nstore_mode: never\n",
+        super::webhook_receiver::SECRET
+    );
+    let g = Gomail::start_on(&tmp.path().join("data"), &cfg);
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO burst.example");
+    let ids: Vec<String> = (0..64)
+        .map(|i| {
+            queued(&c.mail(
+                "s@sender.example",
+                &["r@example.test"],
+                &format!("Subject: refused {i}\r\n\r\nx"),
+            ))
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), "the breaker open", || {
+        super::harness::metric(&g, "gomail_webhook_circuit_open") == 1.0
+    });
+    std::thread::sleep(Duration::from_secs(2)); // the outage itself
+    let rx =
+        super::webhook_receiver::receiver_on(&format!("127.0.0.1:{port}"), Mode::Fixed(200), None);
+    // A deadline for the test, not a measurement: a wait widened by every
+    // failure in flight would hold delivery back for five minutes.
+    let t0 = std::time::Instant::now();
+    loop {
+        let ok: std::collections::HashSet<String> = rx
+            .log()
+            .into_iter()
+            .filter(|r| r.delivered())
+            .map(|r| r.id)
+            .collect();
+        if ids.iter().all(|i| ok.contains(i)) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{} of 64 delivered {:?} after the receiver came back",
+            ok.len(),
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

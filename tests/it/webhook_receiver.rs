@@ -96,6 +96,15 @@ pub(crate) fn receiver(mode: Mode) -> Receiver {
 
 /// A receiver that speaks HTTPS with `tls`.
 pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
+    receiver_on("127.0.0.1:0", mode, tls)
+}
+
+/// A receiver on a given address (for one that comes back on its port).
+pub(crate) fn receiver_on(
+    at: &str,
+    mode: Mode,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Receiver {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -103,9 +112,7 @@ pub(crate) fn receiver_with(mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) 
         .unwrap();
     let mode = Arc::new(Mutex::new(mode));
     let log = Arc::new(Mutex::new(Vec::new()));
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind(at)).unwrap();
     let addr = listener.local_addr().unwrap();
     let keep_bodies = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (m, l, k) = (mode.clone(), log.clone(), keep_bodies.clone());

@@ -8,8 +8,9 @@ use hyper::body::Bytes;
 use super::{record_attempt, record_delivered, Outbox, WebhookMode};
 use crate::delivery::engine::Inline;
 use crate::delivery::retry::Verdict;
+use crate::payload;
 use crate::server::ShardState;
-use crate::spool::{store, Spooled};
+use crate::spool::Spooled;
 
 impl Outbox {
     /// True when the client should wait for the receiver's answer: sync or
@@ -34,7 +35,7 @@ impl Outbox {
         use crate::smtp::{Completion, Reply};
         let id = msg.id.clone();
         let posted = match &msg.contents {
-            Some(c) => Bytes::from(store::payload(&c.envelope, &c.message, None)),
+            Some(c) => Bytes::from(payload::payload(&c.envelope, &c.message, None)),
             None => {
                 self.push(msg);
                 return Completion::Spooled { id };
