@@ -206,6 +206,16 @@ put(
     "Content-Transfer-Encoding: base64\r\n\r\nAAECAw==\r\n--b1--\r\n",
 )
 put("message", "eight_bit", b"From: a@b.example\r\nSubject: \xe9t\xe9\r\n\r\n\xff\xfe body\r\n")
+# A forged field of 998 octets: renamed, it is folded to stay within them.
+put(
+    "message",
+    "forged_results_998",
+    "Authentication-Results:mx.example.test; spf=pass "
+    + "x" * (998 - 49)
+    + "\r\nX-Gomail-Quarantine: "
+    + "q" * (998 - 21)
+    + "\r\nFrom: a@b.example\r\n\r\nbody\r\n",
+)
 put("message", "folded_continuation_first", " folded\r\nFrom: a@b.example\r\nbad line\r\n\r\n")
 
 # --- config: YAML text -------------------------------------------------------

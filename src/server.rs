@@ -692,6 +692,30 @@ async fn run_shard(
                 {
                     glommio::timer::sleep(Duration::from_millis(20)).await;
                 }
+                // Done records waiting for a retry (a failed write) get a
+                // last write now, within the same deadline: without them
+                // the restart would deliver those messages again.
+                let left = SHUTDOWN_GRACE.saturating_sub(start.elapsed());
+                let flushed = futures_lite::future::or(
+                    async { Some(state.spool.flush_done().await) },
+                    async {
+                        glommio::timer::sleep(left).await;
+                        None
+                    },
+                )
+                .await;
+                if flushed != Some(true) {
+                    tracing::warn!(
+                        shard = state.id,
+                        "done records not written at shutdown: the next start delivers their messages again (at least once)"
+                    );
+                }
+                // That write may have moved to the spare segment and begun
+                // zero-filling the next one on the blocking pool, which
+                // must finish before the shard goes (see Spool::preparing).
+                while state.spool.preparing() && start.elapsed() < SHUTDOWN_GRACE {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                }
                 state.delivery.close();
                 if let Some(o) = &state.outbox {
                     o.close();

@@ -127,8 +127,13 @@ fn in_file(e: ConfigError, tmp: &Path, path: &Path) -> ConfigError {
         other => other,
     };
     match e {
-        ConfigError::Syntax { path, message } => ConfigError::Syntax {
+        ConfigError::Syntax {
+            path,
+            line,
+            message,
+        } => ConfigError::Syntax {
             path: file(path),
+            line,
             message,
         },
         ConfigError::UnknownKey {

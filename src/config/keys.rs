@@ -263,45 +263,106 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// overflow clock arithmetic somewhere, and mean "forever" anyway.
 pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
 
-/// Parses a duration: `500ms`, `30s`, `5m`, `1h`, `7d`, or seconds; also
-/// Go's forms that GoMail files use: `1h30m`, `1.5h`, `300ms`, `10us`.
+/// Parses a duration the way Go's `time.ParseDuration` does, so GoMail's
+/// files keep their meaning: a sequence of decimal numbers, each with an
+/// optional fraction and a unit (`ns`, `us`, `µs` (U+00B5), `μs` (U+03BC),
+/// `ms`, `s`, `m`, `h`), such as `300ms`, `1h30m`, `1.5h`, `.5h`, `1.h`,
+/// with an optional leading `+`. gomail adds the unit `d` (24 h) and reads
+/// a bare whole number as seconds; it refuses a negative duration (a
+/// leading `-`), which no key can use.
+///
+/// A duration too long for the clock (over about 584 years) is
+/// [`std::time::Duration::MAX`], so the caller's limit (at most
+/// [`MAX_DURATION`]) refuses it as too long rather than as a syntax error.
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
     if let Ok(secs) = s.parse::<u64>() {
         return Some(std::time::Duration::from_secs(secs));
     }
-    let mut total = std::time::Duration::ZERO;
-    let mut rest = s;
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.is_empty() {
+        return None;
+    }
+    // Nanoseconds, as Go counts them, but unsigned and wide enough that
+    // a sum of in-range parts cannot wrap; past `u64` it is "too long".
+    let mut total: u128 = 0;
+    let mut too_long = false;
     while !rest.is_empty() {
-        let split = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        let number = &rest[..split];
-        if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        let (whole, after) = leading_int(rest);
+        let had_whole = after.len() < rest.len();
+        rest = after;
+        let (frac, scale, had_frac) = match rest.strip_prefix('.') {
+            Some(r) => {
+                let (frac, scale, after) = leading_fraction(r);
+                let had = after.len() < r.len();
+                rest = after;
+                (frac, scale, had)
+            }
+            None => (0, 1.0, false),
+        };
+        if !had_whole && !had_frac {
             return None;
         }
-        let n: f64 = number.parse().ok()?;
-        rest = &rest[split..];
         let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
+            .find(|c: char| c == '.' || c.is_ascii_digit())
             .unwrap_or(rest.len());
-        let unit_s = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86_400.0,
+        let unit: u64 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
             _ => return None,
         };
-        total = total.checked_add(std::time::Duration::try_from_secs_f64(n * unit_s).ok()?)?;
         rest = &rest[unit_len..];
+        match whole {
+            Some(w) => total += u128::from(w) * u128::from(unit),
+            None => too_long = true,
+        }
+        // As Go computes it: in floating point, truncated.
+        total += (frac as f64 * (unit as f64 / scale)) as u128;
     }
-    Some(total)
+    if too_long || total > u128::from(u64::MAX) {
+        return Some(std::time::Duration::MAX);
+    }
+    Some(std::time::Duration::from_nanos(total as u64))
+}
+
+/// The leading decimal digits of `s` as a number (`None` past `u64`),
+/// and what follows them.
+fn leading_int(s: &str) -> (Option<u64>, &str) {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n = s[..end].bytes().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    });
+    (n.or((end == 0).then_some(0)), &s[end..])
+}
+
+/// The leading digits of a fraction as Go's `leadingFraction` reads them:
+/// the digits that fit in 63 bits as a number and its scale (10^digits);
+/// later digits are read and ignored. Then what follows them.
+fn leading_fraction(s: &str) -> (u64, f64, &str) {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (mut x, mut scale, mut overflow) = (0u64, 1.0f64, false);
+    for d in s[..end].bytes() {
+        if overflow {
+            continue;
+        }
+        if x > (i64::MAX as u64) / 10 {
+            overflow = true;
+            continue;
+        }
+        let y = x * 10 + u64::from(d - b'0');
+        if y > i64::MAX as u64 {
+            overflow = true;
+            continue;
+        }
+        x = y;
+        scale *= 10.0;
+    }
+    (x, scale, &s[end..])
 }
 
 #[cfg(test)]
@@ -327,9 +388,93 @@ mod tests {
         assert_eq!(parse_duration("300ms"), Some(D::from_millis(300)));
         assert_eq!(parse_duration("1m0.5s"), Some(D::from_millis(60_500)));
         assert_eq!(parse_duration("10us"), Some(D::from_micros(10)));
-        for bad in ["1.h", ".5h", "1..5h", "h", "1x", "-1s", "1e3s"] {
+        for bad in ["1..5h", "h", "1x", "-1s", "1e3s"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
+    }
+
+    /// Every form Go's `time.ParseDuration` accepts (its own test table),
+    /// and what it refuses; gomail adds `d` and bare seconds, and refuses
+    /// negative durations.
+    #[test]
+    fn durations_take_every_go_form() {
+        let ns = D::from_nanos;
+        for (text, want) in [
+            ("0", D::ZERO),
+            ("0s", D::ZERO),
+            ("+0", D::ZERO),
+            ("5s", D::from_secs(5)),
+            ("+5s", D::from_secs(5)),
+            ("1478s", D::from_secs(1478)),
+            ("5.0s", D::from_secs(5)),
+            ("5.6s", D::from_millis(5600)),
+            ("5.s", D::from_secs(5)),
+            (".5s", D::from_millis(500)),
+            ("1.h", D::from_secs(3600)),
+            (".5h", D::from_secs(1800)),
+            ("1.0s", D::from_secs(1)),
+            ("1.00s", D::from_secs(1)),
+            ("1.004s", D::from_millis(1004)),
+            ("1.0040s", D::from_millis(1004)),
+            ("100.00100s", D::from_millis(100_001)),
+            ("10ns", ns(10)),
+            ("11us", D::from_micros(11)),
+            ("12\u{b5}s", D::from_micros(12)),
+            ("12\u{3bc}s", D::from_micros(12)),
+            ("1\u{3bc}s", D::from_micros(1)),
+            ("13ms", D::from_millis(13)),
+            ("14s", D::from_secs(14)),
+            ("15m", D::from_secs(900)),
+            ("16h", D::from_secs(57_600)),
+            ("3h30m", D::from_secs(12_600)),
+            ("10.5s4m", D::from_millis(250_500)),
+            ("+2m3.4s", D::from_millis(123_400)),
+            ("1h1m1s1ms1us1ns", ns(3_661_001_001_001)),
+            ("39h9m14.425s", D::from_millis(140_954_425)),
+            ("52763797000ns", ns(52_763_797_000)),
+            ("0.3333333333333333333h", D::from_secs(1200)),
+            ("9007199254740993ns", ns(9_007_199_254_740_993)),
+            ("9223372036854775807ns", ns(9_223_372_036_854_775_807)),
+            ("9223372036854775.807us", ns(9_223_372_036_854_775_807)),
+            ("9223372036s854ms775us807ns", ns(9_223_372_036_854_775_807)),
+            ("0.100000000000000000000h", D::from_secs(360)),
+            ("0.830103483285477580700h", ns(2_988_372_539_827)),
+            ("7d", D::from_secs(604_800)),
+            ("1.5d", D::from_secs(129_600)),
+            ("3650d", MAX_DURATION),
+        ] {
+            assert_eq!(parse_duration(text), Some(want), "{text}");
+        }
+        // What Go refuses (a unit is needed but for a bare number, which
+        // gomail reads as seconds), and negative durations.
+        for bad in [
+            "",
+            "-",
+            "+",
+            "s",
+            ".",
+            "-.",
+            ".s",
+            "+.s",
+            "1.5",
+            "3 s",
+            "1sec",
+            "\u{fffd}",
+            "1\u{fffd}s",
+            "-5s",
+            "-0",
+            "-2m3.4s",
+            "+-1s",
+            "1s-1s",
+            " ",
+            "1e3s",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        // Too long for the clock: longer than any limit, never a wrap.
+        assert!(parse_duration("9223372036854775808ns").unwrap() > MAX_DURATION);
+        assert!(parse_duration("99999999999999999999h").unwrap() > MAX_DURATION);
+        assert!(parse_duration("3650d1ns").unwrap() > MAX_DURATION);
     }
 
     #[test]
@@ -346,6 +491,11 @@ mod tests {
             );
         }
         assert!(check("10000000000000000000").unwrap_err().contains("3650d"));
+        assert!(check("99999999999999999999h")
+            .unwrap_err()
+            .contains("3650d"));
+        assert!(check("-5s").unwrap_err().contains("negative"));
+        assert!(check(".5h").is_ok() && check("1\u{3bc}s").is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod acme;
 pub mod edit;
 pub mod keys;
 mod resolve;
+mod yaml;
 
 use resolve::resolve;
 pub use resolve::{parse_dnsbl, ALLOWED_SUITES};
@@ -41,11 +42,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid YAML, or not a mapping of keys.
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", Origin::File(.path.clone(), *.line))]
     Syntax {
         /// The file.
         path: PathBuf,
-        /// The parser's message, with line and column.
+        /// The line (1-based), when known.
+        line: Option<usize>,
+        /// What is wrong, in gomail's words (a column for YAML syntax).
         message: String,
     },
     /// A key gomail does not know.
@@ -166,6 +169,18 @@ impl Value {
 
 /// Checks a value against its key's kind; returns the reason if it fails.
 pub fn check(key: &Key, v: &Value) -> Result<(), String> {
+    // A list where one value belongs is refused, not read as its items
+    // joined (`port: [1]` is no port).
+    if let (Value::List(items), false) = (v, matches!(key.kind, Kind::List)) {
+        return Err(match key.kind {
+            Kind::Secret => "expected a single value, got a list (value not shown)".to_string(),
+            kind => format!(
+                "expected {}, got a list `[{}]`",
+                yaml::expected(kind),
+                items.join(", ")
+            ),
+        });
+    }
     let text = v.text();
     let ok = match key.kind {
         Kind::Str => !matches!(v, Value::List(_)),
@@ -196,6 +211,9 @@ pub fn check(key: &Key, v: &Value) -> Result<(), String> {
         Kind::Int => format!("expected a whole number, got `{text}`"),
         Kind::Size => format!("expected a size such as 26214400 or 25MB, got `{text}`"),
         Kind::Duration => match keys::parse_duration(&text) {
+            None if text.trim_start().starts_with('-') => {
+                format!("`{text}` is negative; a duration is 0s or longer")
+            }
             Some(_) => {
                 format!("`{text}` is longer than 3650d (10 years), the most any duration may be")
             }
@@ -349,8 +367,8 @@ fn load_from(file: Option<(PathBuf, String)>, sources: &Sources) -> Result<Confi
     }
     let path = file.as_ref().map(|(p, _)| p.clone());
     if let Some((path, text)) = &file {
-        for (name, value) in read_yaml(path, text)? {
-            let origin = Origin::File(path.clone(), line_of(text, &name));
+        for yaml::Entry { name, value, line } in yaml::read(path, text)? {
+            let origin = Origin::File(path.clone(), line);
             let Some(key) = keys::find(&name) else {
                 return Err(unknown(name, origin));
             };
@@ -417,64 +435,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
-}
-
-/// Flattens the YAML file into (dotted key, value) pairs in file order.
-fn read_yaml(path: &Path, text: &str) -> Result<Vec<(String, Option<Value>)>, ConfigError> {
-    let syntax = |message: String| ConfigError::Syntax {
-        path: path.to_path_buf(),
-        message,
-    };
-    let doc: serde_norway::Value =
-        serde_norway::from_str(text).map_err(|e| syntax(duplicate_lines(text, e.to_string())))?;
-    let map = match doc {
-        serde_norway::Value::Null => return Ok(Vec::new()),
-        serde_norway::Value::Mapping(m) => m,
-        _ => return Err(syntax("expected a mapping of `key: value` lines".into())),
-    };
-    let mut out = Vec::new();
-    for (k, v) in map {
-        let Some(k) = k.as_str() else {
-            return Err(syntax(format!("key {k:?} is not a string")));
-        };
-        if let serde_norway::Value::Mapping(inner) = &v {
-            for (ik, iv) in inner {
-                let ik = ik.as_str().unwrap_or_default();
-                out.push((format!("{k}.{ik}"), Value::from_yaml(iv)));
-            }
-        } else {
-            out.push((k.to_string(), Value::from_yaml(&v)));
-        }
-    }
-    Ok(out)
-}
-
-/// The YAML parser places a duplicate key at the start of its mapping;
-/// for a top-level key, say on which lines it is written instead.
-fn duplicate_lines(text: &str, message: String) -> String {
-    let Some(key) = message
-        .strip_prefix("duplicate entry with key \"")
-        .and_then(|r| r.split_once('"'))
-        .map(|(k, _)| k)
-    else {
-        return message;
-    };
-    let at: Vec<String> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| {
-            l.strip_prefix(key)
-                .is_some_and(|r| r.trim_start().starts_with(':'))
-        })
-        .map(|(i, _)| (i + 1).to_string())
-        .collect();
-    if at.len() < 2 {
-        return message;
-    }
-    format!(
-        "key `{key}` is set more than once (lines {})",
-        at.join(", ")
-    )
 }
 
 /// The 1-based line where a (possibly dotted) key is written.

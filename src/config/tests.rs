@@ -182,7 +182,10 @@ fn a_set_flag_is_named_as_written() {
 #[test]
 fn syntax_errors_carry_the_line() {
     let err = load_text("primary_domain: a\n  bad: [\n", &[], &[]).unwrap_err();
-    assert!(err.to_string().contains("line"), "{err}");
+    assert!(
+        err.to_string().contains(".yaml:2: YAML syntax error"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -322,4 +325,62 @@ fn a_key_written_with_no_value_keeps_its_default() {
     );
     assert!(c.flag("spf_enabled"), "default true");
     assert_eq!(c.text("api_endpoint"), None);
+}
+
+/// Every error a file can give names its line (and the key, when there is
+/// one) in gomail's words: never the YAML parser's or serde's.
+#[test]
+fn every_file_error_names_the_line_in_our_words() {
+    for (text, line, says) in [
+        // A list, a mapping or a nested list where one value belongs.
+        ("port: [1]\n", 1, "key `port`: expected a whole number, got a list"),
+        ("port:\n  - 1\n  - 2\n", 1, "key `port`: expected a whole number, got a list"),
+        ("# c\nport: {a: 1}\n", 2, "key `port`: expected a whole number, got a mapping"),
+        ("smtp_listen: {a: 1}\n", 1, "key `smtp_listen`: expected a list, got a mapping"),
+        ("smtp_listen:\n  a: 1\n", 1, "key `smtp_listen`: expected a list, got a mapping"),
+        ("dns_servers: [[a]]\n", 1, "key `dns_servers`: expected a list of single values, but item 1 is a list"),
+        ("smtp_listen: [\"127.0.0.1:25\", {a: 1}]\n", 1, "key `smtp_listen`: expected a list of single values, but item 2 is a mapping"),
+        ("http_timeouts:\n  read: [1]\n", 2, "key `http_timeouts.read`: expected a duration"),
+        ("http_timeouts:\n  read:\n    deep: 1\n", 2, "key `http_timeouts.read`: expected a duration such as 30s, 5m, 1h or 1.5h, got a mapping"),
+        ("http_timeouts: 5\n", 1, "key `http_timeouts`: expected a mapping of"),
+        ("validation: [1]\n", 1, "key `validation`: expected a mapping of"),
+        ("primary_domain: {a: b}\n", 1, "key `primary_domain`: expected a single value, got a mapping"),
+        ("port: !custom 5\n", 1, "key `port`: YAML tags"),
+        // Values the YAML types refuse.
+        ("port: !!int x\n", 1, "key `port`: expected an integer, got"),
+        ("port: 1\nhttp_timeouts:\n  read: !!int x\n", 3, "key `http_timeouts.read`: expected an integer"),
+        ("port: 99999999999999999999999\n", 1, "key `port`: `99999999999999999999999` is too large"),
+        // Quoted keys and flow mappings.
+        ("\"port\": x\n", 1, "key `port`: expected a whole number, got `x`"),
+        ("data_dir: d\n'port' : x\n", 2, "key `port`"),
+        ("{port: x}\n", 1, "key `port`: expected a whole number"),
+        ("validation: {strict_headers: maybe}\n", 1, "key `validation.strict_headers`: expected true or false"),
+        ("http_timeouts: {read: x}\n", 1, "key `http_timeouts.read`"),
+        // Keys that are not names, and files that are not one mapping.
+        ("1: 2\n", 1, "`1` is not a key name"),
+        ("port: 1\n? [a]\n: 1\n", 2, "a key must be a name such as `port`, got a list"),
+        ("- 1\n- 2\n", 1, "expected a mapping of `key: value` lines, got a list"),
+        ("# only\njust a string\n", 2, "expected a mapping of `key: value` lines, got a single value"),
+        ("port: 1\n---\nport: 2\n", 2, "one YAML document"),
+        // YAML syntax.
+        ("a: b: c\n", 1, "YAML syntax error"),
+        ("port: 1\n  bad: 2\n", 2, "YAML syntax error"),
+        ("foo: [\n", 2, "YAML syntax error"),
+        ("\t port: 1\n", 1, "YAML syntax error"),
+        ("x: &a 1\ny: *b\n", 2, "YAML syntax error"),
+        ("port: 1\n\u{1}\n", 2, "YAML syntax error"),
+        ("http_timeouts:\n  read: 1s\n  1: 2\n", 3, "`1` is not a key name"),
+        ("port: 1\nmax_message_size: 2MB\nmax_message_size: 1MB\n", 3, "key `max_message_size` is set more than once (lines 2, 3)"),
+        ("http_timeouts:\n  read: 1s\n  read: 2s\n", 3, "set more than once"),
+    ] {
+        let err = load_text(text, &[], &[]).unwrap_err().to_string();
+        assert!(err.contains(&format!(".yaml:{line}: ")), "{text:?}: {err}");
+        assert!(err.contains(says), "{text:?}: {err}");
+        for raw in [
+            "invalid type", "invalid value", "Sequence", "Mapping", "Number(", "String(",
+            " at line ", "deserializ", "u128", "position ",
+        ] {
+            assert!(!err.contains(raw), "{text:?}: {err}");
+        }
+    }
 }

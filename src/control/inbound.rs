@@ -95,13 +95,47 @@ pub(super) async fn post(req: Request<Incoming>, ctx: &Ctx) -> Answer {
         },
         _ => return invalid("client_ip", "`client_ip`: expected an IP address"),
     };
+    // What EHLO takes: one name, or an address literal (which may hold
+    // a space), of printable ASCII.
     let helo = match &v["helo"] {
         serde_json::Value::Null => None,
-        serde_json::Value::String(s) if !s.is_empty() && s.len() <= 255 && s.is_ascii() => {
+        serde_json::Value::String(s)
+            if !s.is_empty()
+                && s.len() <= 255
+                && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                && (!s.contains(' ') || s.starts_with('[')) =>
+        {
             Some(s.clone())
         }
-        _ => return invalid("helo", "`helo`: expected a host name"),
+        _ => {
+            return invalid(
+                "helo",
+                "`helo`: expected the client's EHLO name, one host name or address literal",
+            )
+        }
     };
+    // `validation.reject_invalid_domains`, as at MAIL: the exemption is
+    // the SMTP client's (`client_ip` in trusted_networks), never the API
+    // caller's own address, which forwards someone else's sender.
+    if cfg.reject_non_fqdn_sender
+        && !client_ip.is_some_and(|ip| cfg.trusted.contains(ip))
+        && sender
+            .rsplit_once('@')
+            .is_some_and(|(_, domain)| !crate::smtp::command::is_fqdn(domain))
+    {
+        let reply = crate::smtp::Reply::non_fqdn_sender(sender);
+        return error_with(
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+            &format!(
+                "`sender`: {sender:?} is not fully qualified (validation.reject_invalid_domains)"
+            ),
+            serde_json::json!({
+                "field": "sender",
+                "smtp_reply": format!("{} {} {}", reply.code, reply.status, reply.text),
+            }),
+        );
+    }
     let raw = crlf(raw);
     if raw.len() as u64 > cfg.max_message_size {
         return error_with(
@@ -109,6 +143,26 @@ pub(super) async fn post(req: Request<Incoming>, ctx: &Ctx) -> Answer {
             "payload_too_large",
             &format!("the message is {} octets, over max_message_size", raw.len()),
             serde_json::json!({ "max_message_size": cfg.max_message_size }),
+        );
+    }
+    // The text rules of DATA, on the octets SMTP would have received: a
+    // bare CR (an LF was made a line end above) or a line over 1000
+    // octets is refused, as DATA refuses it (docs/security.md).
+    if let Some(reply) = crate::smtp::data::text_refusal(&raw) {
+        return error_with(
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+            if reply == crate::smtp::Reply::BARE_NEWLINE_DATA {
+                "`raw`: a bare CR (one not followed by LF); end lines with LF or CRLF, \
+                 as SMTP refuses the same message"
+            } else {
+                "`raw`: a line longer than 1000 octets with its CRLF (RFC 5321 section \
+                 4.5.3.1.6), as SMTP refuses the same message"
+            },
+            serde_json::json!({
+                "field": "raw",
+                "smtp_reply": format!("{} {} {}", reply.code, reply.status, reply.text),
+            }),
         );
     }
     let request_id = REQUEST_ID.try_with(String::clone).unwrap_or_default();

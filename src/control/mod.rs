@@ -82,8 +82,12 @@ pub struct ControlConfig {
     pub max_message_size: u64,
     /// `data_dir` (dead letters for `/queue/retry`).
     pub data_dir: std::path::PathBuf,
-    /// `trusted_networks`: bans of these are refused (they would not apply).
+    /// `trusted_networks`: bans of these are refused (they would not apply);
+    /// a `/mail/inbound` `client_ip` in them exempts its sender from
+    /// `reject_non_fqdn_sender`.
     pub trusted: crate::admission::Networks,
+    /// `validation.reject_invalid_domains`, for `/mail/inbound` senders.
+    pub reject_non_fqdn_sender: bool,
 }
 
 /// The file in `data_dir` where a running server writes its API address,
@@ -134,6 +138,7 @@ impl ControlConfig {
             max_message_size: cfg.max_message_size,
             data_dir: cfg.data_dir.clone(),
             trusted: cfg.trusted_networks.clone(),
+            reject_non_fqdn_sender: cfg.flag("validation.reject_invalid_domains"),
         }
     }
 }

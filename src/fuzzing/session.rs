@@ -552,6 +552,15 @@ impl<'a> Run<'a> {
         );
         assert_header(&h, "Received: from ");
         assert_header(&return_path_header(&tx.mail_from), "Return-Path: <");
+        // What follows the trace fields in the store never continues them.
+        let next = crate::smtp::trace::separator(&tx.body)
+            .as_bytes()
+            .first()
+            .or(tx.body.first());
+        assert!(
+            !matches!(next, Some(b' ' | b'\t')),
+            "the message continues our Received field"
+        );
     }
 
     fn outcome(self) -> (Outcome, Vec<(usize, Writer)>) {

@@ -34,9 +34,8 @@ pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result
         require_tls: false,
     };
     let live = state.live();
-    // The message checks a session applies at the end of DATA; the
-    // sender's domain is the caller's (an authenticated client, exempt
-    // like trusted networks).
+    // The message checks a session applies at the end of DATA (the text
+    // rules and the sender's domain were checked by the API handler).
     if live.session.strict_headers {
         if let Some(r) = crate::smtp::headers::check(&tx.body) {
             return Err(r);
@@ -138,6 +137,7 @@ pub(super) async fn accept_message(
         &id,
         &now.to_rfc2822(),
     ));
+    received.push_str(trace::separator(&tx.body));
     let mut envelope = Envelope {
         id: id.clone(),
         received_at_ms: now.timestamp_millis(),

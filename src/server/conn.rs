@@ -393,6 +393,12 @@ async fn serve(
             if held.starts_with(b"XFAULT PANIC\r\n") {
                 panic!("fault injection: XFAULT PANIC");
             }
+            #[cfg(feature = "fault-injection")]
+            if let Some(rest) = held.strip_prefix(b"XFAULT DONE-FAIL\r\n") {
+                crate::spool::fail_done_writes();
+                held = rest.to_vec();
+                out.extend_from_slice(b"250 2.0.0 done records now fail\r\n");
+            }
             let used = session.handle_input(&held, Instant::now(), &mut out);
             held.drain(..used);
             let mut progressed = false;

@@ -22,6 +22,24 @@ const BATCH: usize = 1024;
 /// JSON files become durable, never an acknowledgement.
 const SYNC_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The first retry of a failed store write; each next one waits twice as
+/// long, up to [`retry_after`]'s cap.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// The wait before the next retry of a failed store write, after waiting
+/// `last`. While the disk is full (`full`) it is at most 1 s: mail is
+/// deferred with `452` and `/health` is 503 until a write succeeds, so
+/// space that comes back must be seen at once, and a write that fails
+/// for want of space costs little. Other failures back off to 60 s.
+fn retry_after(last: Duration, full: bool) -> Duration {
+    let cap = if full {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(60)
+    };
+    (last * 2).min(cap)
+}
+
 /// A message for the store: whether it gets a JSON file, and its payload
 /// if the webhook built it already (its bytes are the file's).
 struct Item {
@@ -102,7 +120,7 @@ impl Queue {
 }
 
 pub(super) async fn run(state: Rc<ShardState>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_RETRY;
     let mut last_sync = std::time::Instant::now() - SYNC_INTERVAL;
     loop {
         let since = last_sync.elapsed();
@@ -158,7 +176,7 @@ pub(super) async fn run(state: Rc<ShardState>) {
         state.delivery.busy.set(false);
         match result {
             (Ok(()), batch) => {
-                backoff = Duration::from_millis(100);
+                backoff = FIRST_RETRY;
                 if state.delivery.failing.borrow_mut().take().is_some() {
                     tracing::info!(
                         shard = state.id,
@@ -195,8 +213,38 @@ pub(super) async fn run(state: Rc<ShardState>) {
                     }
                 }
                 glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                backoff = retry_after(backoff, full);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_of_a_full_store_stay_a_second_apart() {
+        let mut wait = FIRST_RETRY;
+        let mut full = Vec::new();
+        for _ in 0..20 {
+            full.push(wait);
+            wait = retry_after(wait, true);
+        }
+        assert_eq!(
+            &full[..5],
+            [100, 200, 400, 800, 1000].map(Duration::from_millis)
+        );
+        assert!(full.iter().all(|w| *w <= Duration::from_secs(1)));
+        let mut wait = FIRST_RETRY;
+        for _ in 0..20 {
+            wait = retry_after(wait, false);
+        }
+        assert_eq!(wait, Duration::from_secs(60));
+        // Space back after a long other failure: at most 1 s from then.
+        assert_eq!(
+            retry_after(Duration::from_secs(60), true),
+            Duration::from_secs(1)
+        );
     }
 }

@@ -218,6 +218,16 @@ impl TextCheck {
     }
 }
 
+/// The text rules' verdict on a whole message that did not come through
+/// DATA or BDAT (`POST /mail/inbound`): the reply SMTP would give the same
+/// octets, or `None`.
+pub fn text_refusal(message: &[u8]) -> Option<Reply> {
+    let mut check = TextCheck::default();
+    check.feed(message);
+    check.finish();
+    check.text().refusal()
+}
+
 /// The text rules DATA and BDAT both apply (RFC 5321 sections 2.3.8 and
 /// 4.5.3.1.6): every CR and LF part of a CRLF, and lines of at most 1000
 /// octets, CRLF included.

@@ -82,6 +82,9 @@ pub fn check(message: &[u8]) -> Option<Reply> {
     None
 }
 
+/// The longest line RFC 5322 allows, CRLF excluded (section 2.1.1).
+const MAX_LINE: usize = 998;
+
 /// Fields a sender must not be able to set for us, and the names they are
 /// kept under once obscured: `Authentication-Results` carrying our own
 /// authserv-id (RFC 8601 section 5: a receiver deletes or obscures them
@@ -141,9 +144,10 @@ fn authserv_id(value: &[u8]) -> Vec<u8> {
 /// `message` with every forgeable field (see [`FORGEABLE`]) of its header
 /// section renamed, so that no one downstream takes it for gomail's;
 /// `None` when there is none (the common case: nothing is copied).
-/// `Authentication-Results` of other hosts are left alone.
+/// `Authentication-Results` of other hosts are left alone. A renamed line
+/// that would grow past 998 octets is folded after its colon instead.
 pub fn obscure_forged(message: &[u8], authserv: &str) -> Option<Vec<u8>> {
-    let mut renames: Vec<(usize, usize, &str)> = Vec::new();
+    let mut renames: Vec<(usize, usize, &str, bool, bool)> = Vec::new();
     let mut at = 0;
     for line in message.split_inclusive(|&b| b == b'\n') {
         let start = at;
@@ -175,7 +179,12 @@ pub fn obscure_forged(message: &[u8], authserv: &str) -> Option<Vec<u8>> {
             authserv_id(&value).eq_ignore_ascii_case(authserv.as_bytes())
         };
         if ours {
-            renames.push((start, start + colon, kept_as));
+            // The longer name must not take the line past RFC 5322's 998
+            // octets (section 2.1.1): then the field is folded right after
+            // its colon, which changes neither the field nor its value.
+            let fold = bare.len() - colon + kept_as.len() > MAX_LINE;
+            let indent = matches!(bare.get(colon + 1), Some(b' ' | b'\t'));
+            renames.push((start, start + colon, kept_as, fold, indent));
         }
     }
     if renames.is_empty() {
@@ -183,10 +192,14 @@ pub fn obscure_forged(message: &[u8], authserv: &str) -> Option<Vec<u8>> {
     }
     let mut out = Vec::with_capacity(message.len() + 32 * renames.len());
     let mut copied = 0;
-    for (start, end, kept_as) in renames {
+    for (start, colon, kept_as, fold, indent) in renames {
         out.extend_from_slice(&message[copied..start]);
         out.extend_from_slice(kept_as.as_bytes());
-        copied = end;
+        copied = colon;
+        if fold {
+            out.extend_from_slice(if indent { b":\r\n" } else { b":\r\n " });
+            copied = colon + 1;
+        }
     }
     out.extend_from_slice(&message[copied..]);
     Some(out)
@@ -268,6 +281,64 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// RFC 5322 section 2.1.1: a line is at most 998 octets before its
+    /// CRLF. A forged field at that length stays within it once renamed.
+    #[test]
+    fn a_renamed_field_keeps_its_lines_within_998_octets() {
+        for (name, sep, kept_as) in [
+            (
+                "Authentication-Results",
+                ": ",
+                "X-Gomail-Forged-Authentication-Results",
+            ),
+            (
+                "authentication-results",
+                ":",
+                "X-Gomail-Forged-Authentication-Results",
+            ),
+            (
+                "Authentication-Results",
+                ":\t",
+                "X-Gomail-Forged-Authentication-Results",
+            ),
+            ("X-Gomail-Quarantine", ": ", "X-Gomail-Forged-Quarantine"),
+            ("X-Gomail-SPF-Failed", ":", "X-Gomail-Forged-SPF-Failed"),
+        ] {
+            let head = format!("{name}{sep}mx.example.test; spf=pass ");
+            let line = format!("{head}{}", "x".repeat(998 - head.len()));
+            assert_eq!(line.len(), 998);
+            let m = format!("Subject: s\r\n{line}\r\n  folded on\r\nTo: t\r\n\r\nbody\r\n");
+            let out = String::from_utf8(obscure_forged(m.as_bytes(), "mx.example.test").unwrap())
+                .unwrap();
+            for l in out.split("\r\n") {
+                assert!(l.len() <= 998, "{} octets: {l:?}", l.len());
+            }
+            // Folded after the colon: the same field, the same value.
+            let value = &line[name.len() + 1..];
+            let value = if value.starts_with([' ', '\t']) {
+                value.to_string()
+            } else {
+                format!(" {value}")
+            };
+            assert_eq!(
+                out,
+                format!(
+                    "Subject: s\r\n{kept_as}:\r\n{value}\r\n  folded on\r\nTo: t\r\n\r\nbody\r\n"
+                ),
+                "{name}{sep}"
+            );
+            assert_eq!(check(out.as_bytes()), check(m.as_bytes()));
+        }
+        // Short enough with the longer name: renamed in place, not folded.
+        let line = format!(
+            "Authentication-Results: mx.example.test; {}",
+            "x".repeat(998 - 41 - 16)
+        );
+        let out = obscure_forged(format!("{line}\r\n\r\n").as_bytes(), "mx.example.test").unwrap();
+        assert_eq!(out.len(), line.len() + 16 + 4);
+        assert!(!out[..out.len() - 4].contains(&b'\n'));
     }
 
     #[test]

@@ -48,6 +48,22 @@ pub fn received_header(
     h
 }
 
+/// What goes between the trace fields and a message: an empty line when
+/// the message's first line starts with a space or tab, else nothing.
+///
+/// Such a line is a continuation with no field before it (RFC 5322
+/// section 2.2.3): put right after the trace fields, it would continue our
+/// `Received:`. So it starts the body instead, as in Postfix's smtpd, which
+/// writes an empty line before a message that starts with whitespace;
+/// the message then has no header section of its own.
+pub fn separator(message: &[u8]) -> &'static str {
+    if matches!(message.first(), Some(b' ' | b'\t')) {
+        "\r\n"
+    } else {
+        ""
+    }
+}
+
 /// The `Return-Path:` header for the envelope sender (`<>` for none).
 pub fn return_path_header(mail_from: &str) -> String {
     format!("Return-Path: <{}>\r\n", sanitize(mail_from))
@@ -126,5 +142,14 @@ mod tests {
             return_path_header("a@b.example"),
             "Return-Path: <a@b.example>\r\n"
         );
+    }
+
+    #[test]
+    fn a_message_starting_with_whitespace_is_kept_off_the_trace_fields() {
+        assert_eq!(separator(b" folded\r\nSubject: x\r\n\r\n"), "\r\n");
+        assert_eq!(separator(b"\tx\r\n"), "\r\n");
+        assert_eq!(separator(b"Subject: x\r\n\r\nbody\r\n"), "");
+        assert_eq!(separator(b"\r\nno header section\r\n"), "");
+        assert_eq!(separator(b""), "");
     }
 }

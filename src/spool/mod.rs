@@ -24,6 +24,8 @@ pub(crate) mod recover;
 pub mod store;
 mod writer;
 
+#[cfg(feature = "fault-injection")]
+pub use writer::fail_done_writes;
 #[cfg(test)]
 use writer::FAIL_WRITES;
 use writer::{writer, Spare};
@@ -190,6 +192,9 @@ struct Inner {
 enum Write {
     Message(Vec<u8>, async_channel::Sender<Result<Location, String>>),
     Done,
+    /// Write the done records waiting now, whatever their retry wait;
+    /// answered with whether none is left unwritten.
+    Flush(async_channel::Sender<bool>),
 }
 
 /// What [`Spool::open`] found on disk.
@@ -332,6 +337,18 @@ impl Spool {
             }
         }
         let _ = self.tx.try_send(Write::Done);
+    }
+
+    /// Gives the done records still waiting (for a retry after a failed
+    /// write, or not written yet) one write now, without waiting for the
+    /// retry's backoff; true when none is left unwritten. For shutdown:
+    /// without them a restart would deliver those messages again.
+    pub async fn flush_done(&self) -> bool {
+        let (tx, rx) = async_channel::bounded(1);
+        if self.tx.send(Write::Flush(tx)).await.is_err() {
+            return self.inner.borrow().done_pending.is_empty();
+        }
+        rx.recv().await.unwrap_or(false)
     }
 
     /// Records a webhook delivery's progress (see [`Progress`]). It rides

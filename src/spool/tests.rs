@@ -152,3 +152,31 @@ fn messages_read_back_by_location_and_progress_survives_a_restart() {
         }
     });
 }
+
+#[test]
+fn flush_gives_waiting_done_records_one_write_now() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().to_path_buf();
+    let ex = glommio::LocalExecutorBuilder::default().make().unwrap();
+    ex.run(async move {
+        let (spool, _) = Spool::open(&data_dir, 0, 1).await.unwrap();
+        let a = "000000000000000a";
+        let at = spool
+            .commit(&test_envelope(a), b"", b"a\r\n")
+            .await
+            .unwrap();
+        // Every write fails: the flush says the record is still unwritten.
+        fail_next_writes(usize::MAX);
+        spool.mark_done([(at.segment, a)]);
+        assert!(!spool.flush_done().await);
+        assert_eq!(pending_ids(&data_dir), [a]);
+        // Writes work again, the retry is not due yet: the flush writes it.
+        fail_next_writes(0);
+        assert!(spool.flush_done().await);
+        assert!(pending_ids(&data_dir).is_empty());
+        assert!(spool.flush_done().await, "nothing left is a success");
+        while spool.preparing() {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}

@@ -109,18 +109,23 @@ pub(super) async fn writer(
         };
         let mut buf = Vec::new();
         let mut waiters = Vec::new();
+        let mut flushers = Vec::new();
         let mut next = Some(first);
         while let Some(w) = next.take() {
-            if let Write::Message(rec, tx) = w {
-                let (start, len) = (buf.len() as u64, rec.len() as u32);
-                // The first record becomes the batch buffer: a message
-                // written alone is not copied again.
-                if buf.is_empty() {
-                    buf = rec;
-                } else {
-                    buf.extend_from_slice(&rec);
+            match w {
+                Write::Message(rec, tx) => {
+                    let (start, len) = (buf.len() as u64, rec.len() as u32);
+                    // The first record becomes the batch buffer: a message
+                    // written alone is not copied again.
+                    if buf.is_empty() {
+                        buf = rec;
+                    } else {
+                        buf.extend_from_slice(&rec);
+                    }
+                    waiters.push((tx, start, len));
                 }
-                waiters.push((tx, start, len));
+                Write::Flush(tx) => flushers.push(tx),
+                Write::Done => {}
             }
             if buf.len() < BATCH_MAX {
                 next = rx.try_recv().ok();
@@ -167,9 +172,20 @@ pub(super) async fn writer(
             (i.file.clone(), i.pos, seq, seg_path, done)
         };
         if buf.is_empty() {
+            for f in flushers {
+                let _ = f.try_send(true);
+            }
             continue;
         }
         let len = buf.len() as u64;
+        #[cfg(feature = "fault-injection")]
+        let result =
+            if waiters.is_empty() && flushers.is_empty() && FAIL_DONE.with(std::cell::Cell::get) {
+                Err(std::io::Error::other("fault injection: XFAULT DONE-FAIL"))
+            } else {
+                write_and_sync(&file, buf, pos).await
+            };
+        #[cfg(not(feature = "fault-injection"))]
         let result = write_and_sync(&file, buf, pos).await;
         {
             let mut i = inner.borrow_mut();
@@ -210,8 +226,26 @@ pub(super) async fn writer(
                     .map_err(|e| e.to_string()),
             );
         }
+        for f in flushers {
+            let _ = f.try_send(result.is_ok());
+        }
         collect_garbage(&mut inner.borrow_mut());
     }
+}
+
+#[cfg(feature = "fault-injection")]
+thread_local! {
+    /// `XFAULT DONE-FAIL`: on this shard, writes of done records alone fail.
+    static FAIL_DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Test-only fault (`XFAULT DONE-FAIL`, fault-injection builds): from now
+/// on this shard's writes that carry done records and no message fail, as
+/// on a full disk, but for the final one at shutdown
+/// ([`super::Spool::flush_done`]).
+#[cfg(feature = "fault-injection")]
+pub fn fail_done_writes() {
+    FAIL_DONE.with(|f| f.set(true));
 }
 
 #[cfg(test)]

@@ -44,6 +44,55 @@ fn config_validate_names_the_key_and_line() {
     );
 }
 
+/// Wrong shapes and bad YAML, as `config validate` tells them: the file,
+/// the line and the key, never the YAML parser's or serde's words.
+#[test]
+fn config_validate_names_the_line_of_every_shape_and_syntax_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("gomail.yaml");
+    for (text, at, says) in [
+        (
+            "# c\nport: [1]\n",
+            2,
+            "key `port`: expected a whole number, got a list `[1]`",
+        ),
+        (
+            "smtp_listen: {a: 1}\n",
+            1,
+            "key `smtp_listen`: expected a list, got a mapping",
+        ),
+        (
+            "spf_enforcement: maybe\n",
+            1,
+            "key `spf_enforcement`: expected one of none, soft, strict, got `maybe`",
+        ),
+        (
+            "http_timeouts:\n  read: [1]\n",
+            2,
+            "key `http_timeouts.read`: expected a duration",
+        ),
+        (
+            "port: !!int x\n",
+            1,
+            "key `port`: expected an integer, got the string \"x\"",
+        ),
+        (
+            "primary_domain: a\n  bad: [\n",
+            2,
+            "YAML syntax error (column 6)",
+        ),
+        ("\t port: 1\n", 1, "YAML syntax error"),
+    ] {
+        std::fs::write(&f, text).unwrap();
+        let (ok, _, err) = gomail(&["config", "validate", "--config", f.to_str().unwrap()]);
+        assert!(!ok, "{text:?}");
+        assert!(
+            err.contains(&format!("{}:{at}: {says}", f.display())),
+            "{text:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn config_set_get_show_round_trip() {
     let tmp = tempfile::tempdir().unwrap();

@@ -89,3 +89,74 @@ fn kill_9_mid_stream_loses_no_acknowledged_message() {
         acked.len()
     );
 }
+
+/// A message in the store whose done record waits for a retry when
+/// SIGTERM comes: shutdown gives it a final write, so the clean restart
+/// does not deliver the message again. (The fault makes every write of
+/// done records alone fail, as on a full disk, except that final one.)
+#[cfg(feature = "fault-injection")]
+#[test]
+fn sigterm_writes_done_records_waiting_for_a_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut g = Gomail::start_on(&data, "shards: 1\n");
+    let segments = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(data.join("spool/shard-0"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = segments()[0].clone();
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO crash.example");
+    // A delivered segment is deleted, which is as good as its done
+    // records: first let the spool move on from the segment it started
+    // with (to its zero-filled spare), so that the message below stays in
+    // the segment being written.
+    let mut sent = 0;
+    while first.exists() {
+        assert!(sent < 200, "the spool never moved on from {first:?}");
+        sent += 1;
+        let r = c.mail(
+            "s@sender.example",
+            &["r@example.test"],
+            "Subject: warm\r\n\r\nup\r\n",
+        );
+        queue_id(&r).expect("accepted");
+        wait_stored(&data, sent);
+    }
+    assert_eq!(
+        c.cmd("XFAULT DONE-FAIL"),
+        "250 2.0.0 done records now fail\r\n"
+    );
+    let id = queue_id(&c.mail(
+        "s@sender.example",
+        &["r@example.test"],
+        "Subject: once\r\n\r\nonly once\r\n",
+    ))
+    .expect("accepted");
+    assert!(wait_stored(&data, sent + 1).iter().any(|(s, _)| *s == id));
+    c.cmd("QUIT");
+    assert!(g.terminate().success());
+
+    let g = Gomail::start_on(&data, "shards: 1\n");
+    assert_eq!(
+        super::harness::metric(&g, "gomail_messages_recovered_total"),
+        0.0,
+        "the restart took a stored message for undelivered"
+    );
+    assert_eq!(wait_stored(&data, sent + 1).len(), sent + 1);
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[test]
+fn sigterm_writes_done_records_waiting_for_a_retry() {
+    panic!(
+        "this test needs the binary's test-only fault injection: run scripts/test.sh \
+         (cargo test --workspace --features fault-injection)"
+    );
+}

@@ -14,6 +14,7 @@ mod control;
 mod crash;
 mod disk_full;
 mod fuzz_corpus;
+mod inbound;
 mod reload;
 mod shards;
 mod smtp;

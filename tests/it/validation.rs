@@ -172,3 +172,81 @@ fn results_forged_in_our_name_are_renamed_before_storage() {
         "{head}"
     );
 }
+
+/// A message whose first line starts with a space or tab has no header
+/// section of its own (RFC 5322 section 2.2.3: a continuation needs a field
+/// before it). Put right after our trace fields it would continue them, so
+/// the client's octets start the body, as Postfix's smtpd does it.
+#[test]
+fn a_leading_continuation_line_cannot_extend_our_trace_fields() {
+    let g = Gomail::start(&format!(
+        "{UNTRUSTED}bearer_token: inject-tok\nrate_limit_per_minute: 0\n"
+    ));
+    let leading = [
+        " folded\r\nSubject: x\r\n\r\nbody\r\n",
+        "\tx\r\n\r\nbody\r\n",
+    ];
+    for m in leading {
+        queued(&send(&g, m));
+    }
+    let body = serde_json::json!({
+        "sender": "a@client.test",
+        "recipient": "u@example.test",
+        "raw": " api folded\nSubject: y\n\nbody\n",
+    });
+    let (status, _, text) = super::harness::http_with(
+        g.api,
+        "POST",
+        "/mail/inbound",
+        &[("Authorization", "Bearer inject-tok")],
+        &body.to_string(),
+    );
+    assert_eq!(status, 200, "{text}");
+    let stored = super::harness::wait_stored(&g.data_dir, 3);
+    assert_eq!(stored.len(), 3);
+    for (_, v) in stored {
+        let raw = v["raw"].as_str().unwrap();
+        let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
+        // The header section is ours alone, every field one we wrote.
+        for line in head.split("\r\n") {
+            assert!(
+                line.starts_with("Return-Path: ")
+                    || line.starts_with("Received: ")
+                    || line.starts_with('\t'),
+                "{raw:?}"
+            );
+        }
+        assert!(!head.contains("folded") && !head.contains("\tx"), "{raw:?}");
+        assert!(
+            [" folded\r\n", "\tx\r\n", " api folded\r\n"]
+                .iter()
+                .any(|first| rest.starts_with(first)),
+            "{raw:?}"
+        );
+    }
+}
+
+/// A forged field already at RFC 5322's 998 octets stays within them once
+/// renamed: folded after its colon, its value unchanged.
+#[test]
+fn a_renamed_forged_field_stays_within_998_octets() {
+    let g = Gomail::start(UNTRUSTED);
+    let head = "Authentication-Results: mx.example.test; dmarc=pass ";
+    let line = format!("{head}{}", "v".repeat(998 - head.len()));
+    queued(&send(
+        &g,
+        &format!("{line}\r\nFrom: <a@client.test>\r\n{DATE}\r\nbody\r\n"),
+    ));
+    let raw = super::harness::wait_stored(&g.data_dir, 1)[0].1["raw"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(raw.split("\r\n").all(|l| l.len() <= 998), "{raw}");
+    assert!(
+        raw.contains(&format!(
+            "\r\nX-Gomail-Forged-Authentication-Results:\r\n{}\r\nFrom:",
+            &line["Authentication-Results:".len()..]
+        )),
+        "{raw}"
+    );
+}
