@@ -9,10 +9,10 @@ mod accept;
 mod admit;
 mod conn;
 mod contain;
-mod delivery;
 mod live;
 mod outbox;
 mod stats;
+mod store_writer;
 mod webhook_settings;
 
 use live::{Fixed, Live};
@@ -132,7 +132,8 @@ pub(crate) struct ShardState {
     pub(crate) hostname: String,
     pub(crate) data_dir: PathBuf,
     pub(crate) spool: Spool,
-    pub(crate) delivery: delivery::Queue,
+    /// The JSON store's writer queue (it records messages as done, too).
+    pub(crate) store: store_writer::Queue,
     /// Webhook delivery, when `api_endpoint` is set.
     pub(crate) outbox: Option<outbox::Outbox>,
     pub(crate) stats: RefCell<ShardStats>,
@@ -178,7 +179,7 @@ impl ShardState {
     pub(crate) fn deliver(&self, msg: crate::spool::Spooled) {
         match &self.outbox {
             Some(o) => o.push(msg),
-            None => self.delivery.push(msg),
+            None => self.store.push(msg),
         }
     }
 }
@@ -593,7 +594,7 @@ async fn run_shard(
         hostname,
         data_dir,
         spool,
-        delivery: delivery::Queue::default(),
+        store: store_writer::Queue::default(),
         outbox: webhook.map(outbox::Outbox::new),
         stats: RefCell::new(ShardStats {
             shard: id,
@@ -616,10 +617,10 @@ async fn run_shard(
     for msg in recovered.messages {
         match &state.outbox {
             Some(o) => o.push_restored(msg, &recovered.progress),
-            None => state.delivery.push(msg),
+            None => state.store.push(msg),
         }
     }
-    let deliverer = glommio::spawn_local(delivery::run(state.clone()));
+    let deliverer = glommio::spawn_local(store_writer::run(state.clone()));
     let sweeper = glommio::spawn_local(admit::sweep(state.clone()));
     let sender = glommio::spawn_local(outbox::run(state.clone()));
     let mut acceptors = Vec::new();
@@ -639,7 +640,7 @@ async fn run_shard(
                 s.connections_active = state.active.get();
                 s.store_backlog = state.spool.outstanding() as u64;
                 s.spool_bytes = state.spool.disk_bytes();
-                if let Some(e) = state.delivery.failing() {
+                if let Some(e) = state.store.failing() {
                     s.store_failing = 1;
                     s.store_error = e;
                 }
@@ -685,7 +686,7 @@ async fn run_shard(
                 }
                 let start = std::time::Instant::now();
                 while (state.active.get() > 0
-                    || !state.delivery.is_idle()
+                    || !state.store.is_idle()
                     || state.outbox.as_ref().is_some_and(|o| !o.is_idle())
                     || state.spool.preparing())
                     && start.elapsed() < SHUTDOWN_GRACE
@@ -716,7 +717,7 @@ async fn run_shard(
                 while state.spool.preparing() && start.elapsed() < SHUTDOWN_GRACE {
                     glommio::timer::sleep(Duration::from_millis(20)).await;
                 }
-                state.delivery.close();
+                state.store.close();
                 if let Some(o) = &state.outbox {
                     o.close();
                 }

@@ -41,7 +41,7 @@ pub(super) async fn inject(state: &Rc<ShardState>, m: super::Injected) -> Result
             return Err(r);
         }
     }
-    if state.delivery.is_failing() {
+    if state.store.is_failing() {
         state.stats.borrow_mut().store_refusals += 1;
         return Err(Reply::STORE_FAILING);
     }

@@ -428,7 +428,7 @@ async fn serve(
                         );
                         progressed = true;
                     }
-                    Action::Spool(_) if state.delivery.is_failing() => {
+                    Action::Spool(_) if state.store.is_failing() => {
                         // What is accepted now could not be finished: the
                         // client keeps the message until the store works.
                         state.stats.borrow_mut().store_refusals += 1;

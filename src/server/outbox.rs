@@ -222,8 +222,8 @@ impl Outbox {
                     };
                     self.held.set(self.held.get() - h.msg.held());
                     match (self.cfg.store_mode.keeps(dead), h.json) {
-                        (true, Some(json)) => state.delivery.push_built(h.msg, json),
-                        (keeps, _) => state.delivery.push_with(h.msg, keeps),
+                        (true, Some(json)) => state.store.push_built(h.msg, json),
+                        (keeps, _) => state.store.push_with(h.msg, keeps),
                     }
                 }
                 Event::Progress {

@@ -81,16 +81,16 @@ impl Outbox {
                 record_delivered(state, Some(msg.received_at_ms));
                 if self.cfg.store_mode.keeps(false) {
                     // The store's file is the payload just posted.
-                    state.delivery.push_built(msg, posted);
+                    state.store.push_built(msg, posted);
                 } else {
-                    state.delivery.push_with(msg, false);
+                    state.store.push_with(msg, false);
                 }
                 Completion::Spooled { id }
             }
             (Verdict::Permanent, Some(status)) => {
                 // Refused by the application: the client bounces it, so the
                 // spool forgets it (it was never acknowledged).
-                state.delivery.push_with(msg, false);
+                state.store.push_with(msg, false);
                 Completion::Refused(Reply::new(
                     550,
                     "5.7.1",
@@ -107,14 +107,14 @@ impl Outbox {
                 // TLS is fixed. No dead letter as well: every retry of the
                 // client's would add another copy.
                 tracing::warn!(shard = state.id, %id, error = %a.detail, "webhook TLS failure: the client was told to try again later");
-                state.delivery.push_with(msg, false);
+                state.store.push_with(msg, false);
                 Completion::Refused(unavailable(&printable(&a.detail)))
             }
             _ => {
                 // Temporary (retryable, or 401/403/404: a receiver being
                 // deployed or rotating its secret refuses no message for
                 // good): the client retries, so the spool forgets this copy.
-                state.delivery.push_with(msg, false);
+                state.store.push_with(msg, false);
                 let what = a
                     .status
                     .map_or_else(|| printable(&a.detail), |s| format!("HTTP {s}"));

@@ -1,4 +1,4 @@
-//! The shard's delivery task: moves spooled messages into the JSON store.
+//! The shard's store writer: moves spooled messages into the JSON store.
 //!
 //! It takes queued messages in batches, writes their JSON files and makes
 //! them durable (one `syncfs`) on the blocking pool, then records them as
@@ -128,17 +128,17 @@ pub(super) async fn run(state: Rc<ShardState>) {
             glommio::timer::sleep(SYNC_INTERVAL - since).await;
         }
         let batch: Vec<Item> = {
-            let mut items = state.delivery.items.borrow_mut();
+            let mut items = state.store.items.borrow_mut();
             let n = items.len().min(BATCH);
             items.drain(..n).collect()
         };
         if batch.is_empty() {
-            if state.delivery.wake.1.recv().await.is_err() {
+            if state.store.wake.1.recv().await.is_err() {
                 return;
             }
             continue;
         }
-        state.delivery.busy.set(true);
+        state.store.busy.set(true);
         last_sync = std::time::Instant::now();
         let dir = state.data_dir.clone();
         let result = glommio::executor()
@@ -173,11 +173,11 @@ pub(super) async fn run(state: Rc<ShardState>) {
                 (r, batch)
             })
             .await;
-        state.delivery.busy.set(false);
+        state.store.busy.set(false);
         match result {
             (Ok(()), batch) => {
                 backoff = FIRST_RETRY;
-                if state.delivery.failing.borrow_mut().take().is_some() {
+                if state.store.failing.borrow_mut().take().is_some() {
                     tracing::info!(
                         shard = state.id,
                         "JSON store writable again; accepting mail"
@@ -195,19 +195,13 @@ pub(super) async fn run(state: Rc<ShardState>) {
                 // either, so nothing more is until it can. (Other errors
                 // are retried with the backlog bounded by spool_max_backlog.)
                 let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
-                if full
-                    && state
-                        .delivery
-                        .failing
-                        .replace(Some(e.to_string()))
-                        .is_none()
-                {
+                if full && state.store.failing.replace(Some(e.to_string())).is_none() {
                     tracing::error!(shard = state.id, error = %e, "the JSON store's disk is full: new messages are deferred with 452 4.3.1 until it can be written");
                 }
                 tracing::error!(shard = state.id, error = %e, messages = batch.len(), retry_in = ?backoff,
                     "JSON store write failed; messages stay spooled and will be retried");
                 {
-                    let mut items = state.delivery.items.borrow_mut();
+                    let mut items = state.store.items.borrow_mut();
                     for m in batch.into_iter().rev() {
                         items.push_front(m);
                     }
