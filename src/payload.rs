@@ -292,10 +292,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn env() -> Envelope {
+    /// A two-recipient envelope for the payload's and the store's tests.
+    pub(crate) fn env() -> Envelope {
         Envelope {
             id: "0123456789abcdef".into(),
             recipients: vec!["r@example.test".into(), "s@example.test".into()],

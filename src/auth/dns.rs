@@ -34,6 +34,20 @@ pub struct DnsRuntime {
     opts: ResolverOpts,
 }
 
+/// Resolver entries for `servers` (UDP and TCP, each on its own port).
+pub(crate) fn name_servers(servers: &[SocketAddr]) -> Vec<NameServerConfig> {
+    servers
+        .iter()
+        .map(|a| {
+            let mut ns = NameServerConfig::udp_and_tcp(a.ip());
+            for c in &mut ns.connections {
+                c.port = a.port();
+            }
+            ns
+        })
+        .collect()
+}
+
 impl DnsRuntime {
     /// Starts the runtime. `servers` empty: the system's resolvers
     /// (`/etc/resolv.conf`); otherwise those, by UDP then TCP.
@@ -42,16 +56,7 @@ impl DnsRuntime {
             mail_auth::hickory_resolver::system_conf::read_system_conf()
                 .map_err(|e| std::io::Error::other(format!("reading /etc/resolv.conf: {e}")))?
         } else {
-            let ns = servers
-                .iter()
-                .map(|a| {
-                    let mut ns = NameServerConfig::udp_and_tcp(a.ip());
-                    for c in &mut ns.connections {
-                        c.port = a.port();
-                    }
-                    ns
-                })
-                .collect();
+            let ns = name_servers(servers);
             (
                 ResolverConfig::from_name_servers(ns),
                 ResolverOpts::default(),

@@ -184,17 +184,7 @@ pub fn write_batch(data_dir: &Path, batch: &[Stored<'_>]) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env() -> Envelope {
-        Envelope {
-            id: "0123456789abcdef".into(),
-            recipients: vec!["r@example.test".into(), "s@example.test".into()],
-            shard: 1,
-            spool_us: 2500,
-            request_id: None,
-            ..crate::spool::record::test_envelope("")
-        }
-    }
+    use crate::payload::tests::env;
 
     #[test]
     fn layout_is_gomails() {

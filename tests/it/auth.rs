@@ -159,7 +159,7 @@ fn stored_auth(g: &Gomail, id: &str) -> serde_json::Value {
     }
 }
 
-mod dkim_dmarc;
+pub(crate) mod dkim_dmarc;
 mod dnsbl;
 mod resolver;
 mod spf;

@@ -3,8 +3,6 @@
 //! record `show-record` prints is served by a real DNS server on loopback,
 //! and gomail's own DKIM check passes the message through that DNS.
 
-use std::path::Path;
-
 use super::cli::gomail;
 use super::dns::serve;
 use super::harness::{queued, wait_stored, Client, Gomail};
@@ -15,37 +13,6 @@ fn txt_part(line: &str) -> String {
         .unwrap_or_else(|| panic!("not a record line: {line}"))
         .1
         .to_string()
-}
-
-/// dkimpy signs `message` with the PEM key at `key` (selector `s1`).
-fn dkimpy_sign(key: &Path, domain: &str, message: &str) -> String {
-    let script = format!(
-        "import dkim,sys\nm=sys.stdin.buffer.read()\nkey=open('{}','rb').read()\n\
-         sig=dkim.sign(m,b's1',b'{domain}',key,canonicalize=(b'relaxed',b'simple'),include_headers=[b'From',b'To',b'Subject',b'Message-ID'])\n\
-         sys.stdout.buffer.write(sig+m)\n",
-        key.display()
-    );
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(message.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "dkimpy is needed (scripts/test.sh installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -151,7 +118,7 @@ fn a_key_from_dkim_keygen_signs_with_dkimpy_and_verifies_through_dns() {
         dns.addr
     ));
     let raw = "From: <a@sender.test>\r\nTo: <r@example.test>\r\nSubject: keygen\r\nMessage-ID: <k1@sender.test>\r\n\r\nsigned by dkimpy\r\n";
-    let signed = dkimpy_sign(&key, "sender.test", raw);
+    let signed = super::auth::dkim_dmarc::dkimpy_sign_as(&key, "s1", "sender.test", raw);
     assert!(signed.starts_with("DKIM-Signature:"), "{signed}");
     let mut c = Client::connect(g.addr);
     c.cmd("EHLO client.sender.test");

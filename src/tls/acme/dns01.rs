@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::hickory_resolver::proto::rr::RData;
 use mail_auth::hickory_resolver::TokioResolver;
@@ -158,16 +158,7 @@ fn api_message(v: &serde_json::Value) -> String {
 }
 
 fn resolver(servers: &[SocketAddr], timeout: Duration) -> Result<TokioResolver, AcmeError> {
-    let ns = servers
-        .iter()
-        .map(|a| {
-            let mut ns = NameServerConfig::udp_and_tcp(a.ip());
-            for c in &mut ns.connections {
-                c.port = a.port();
-            }
-            ns
-        })
-        .collect();
+    let ns = crate::auth::dns::name_servers(servers);
     let mut opts = ResolverOpts::default();
     // Each poll must see what the server has now.
     opts.cache_size = 0;

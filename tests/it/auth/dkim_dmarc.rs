@@ -6,8 +6,18 @@ use super::*;
 /// Signs `message` with Python's dkimpy (an implementation independent of
 /// gomail's), RSA-SHA256, relaxed/simple canonicalization.
 fn dkimpy_sign(key: &std::path::Path, domain: &str, message: &str) -> String {
+    dkimpy_sign_as(key, "rsa", domain, message)
+}
+
+/// [`dkimpy_sign`] with another selector (and any key dkimpy reads).
+pub(crate) fn dkimpy_sign_as(
+    key: &std::path::Path,
+    selector: &str,
+    domain: &str,
+    message: &str,
+) -> String {
     dkimpy(&format!(
-        "sig=dkim.sign(m,b'rsa',b'{domain}',key,canonicalize=(b'relaxed',b'simple'),include_headers=[b'From',b'To',b'Subject',b'Message-ID'])\nsys.stdout.buffer.write(sig+m)\n"
+        "sig=dkim.sign(m,b'{selector}',b'{domain}',key,canonicalize=(b'relaxed',b'simple'),include_headers=[b'From',b'To',b'Subject',b'Message-ID'])\nsys.stdout.buffer.write(sig+m)\n"
     ), key, message)
 }
 
