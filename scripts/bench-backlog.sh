@@ -14,8 +14,8 @@ cd "$(dirname "$0")/.."
 bin=${1:?gomail binary}
 n=${2:?messages}
 size=${3:?size}
-lt=target/release/loadtest
-sink=target/release/examples/webhook_sink
+lt=${BENCH_TARGET:-target}/release/loadtest
+sink=${BENCH_TARGET:-target}/release/examples/webhook_sink
 dir=$(mktemp -d /tmp/bench-backlog.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$dir"' EXIT
 rss() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }

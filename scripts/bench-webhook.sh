@@ -6,7 +6,8 @@
 # delivered POST and its peak RSS. Several binaries (before/after) are run
 # interleaved, round by round.
 #
-#   scripts/bench-webhook.sh ROUNDS GOMAIL_BIN... 
+#   scripts/bench-webhook.sh ROUNDS GOMAIL_BIN...
+#   (BENCH_SCALE=N divides every message count, for a quick check)
 #
 # Needs target/release/{loadtest,examples/webhook_sink} (cargo build
 # --release -p loadtest --examples). Loopback only; every run is bounded
@@ -17,9 +18,9 @@ rounds=${1:?rounds}
 shift
 bins=("$@")
 ((${#bins[@]})) || { echo "usage: $0 ROUNDS GOMAIL_BIN..." >&2; exit 2; }
-lt=target/release/loadtest
-sink=target/release/examples/webhook_sink
-[[ -x $lt && -x $sink ]] || { echo "build first: cargo build --release -p loadtest --examples" >&2; exit 1; }
+lt=${BENCH_TARGET:-target}/release/loadtest
+sink=${BENCH_TARGET:-target}/release/examples/webhook_sink
+[[ -x $lt && -x $sink ]] || { echo "build first: cargo build --release -p gomail -p loadtest --bins --examples" >&2; exit 1; }
 
 # size rcpts messages sessions
 cases=(
@@ -37,6 +38,7 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' bin size rcpts smtp_msgs_s posts end_t
 for round in $(seq "$rounds"); do
     for c in "${cases[@]}"; do
         read -r size rcpts n sessions <<<"$c"
+        n=$((n / ${BENCH_SCALE:-1}))
         for bin in "${bins[@]}"; do
             dir=$(mktemp -d /tmp/bench-wh.XXXXXX)
             "$sink" 127.0.0.1:20090 2>"$dir/sink.log" &
