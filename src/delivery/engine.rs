@@ -65,6 +65,14 @@ struct Message {
     dead: bool,
     /// More than one recipient: progress is recorded per delivery.
     shared: bool,
+    /// Deliveries of a shared message that ended while none of its others
+    /// waited for a retry: recorded only once one does (until then the
+    /// message's own done record, which follows soon, covers them), so a
+    /// message served at the first try costs no progress records.
+    served: Vec<Event>,
+    /// One of its deliveries has waited for a retry: ends are recorded
+    /// as they come.
+    waited: bool,
 }
 
 /// See the module docs.
@@ -124,6 +132,8 @@ impl Engine {
             remaining: n,
             dead: false,
             shared: n > 1,
+            served: Vec::new(),
+            waited: false,
         };
         for index in 0..n {
             let webhook_id = if n == 1 {
@@ -145,12 +155,17 @@ impl Engine {
                     attempts,
                     due,
                     denied_since,
-                }) if due > now => (attempts, denied_since, State::Waiting(due)),
-                Some(Restored::Waiting {
-                    attempts,
-                    denied_since,
-                    ..
-                }) => (attempts, denied_since, State::Ready),
+                }) => {
+                    // It waited in the last run: its siblings' ends are
+                    // recorded as they come.
+                    m.waited = true;
+                    let state = if due > now {
+                        State::Waiting(due)
+                    } else {
+                        State::Ready
+                    };
+                    (attempts, denied_since, state)
+                }
                 None => (0, None, State::Ready),
             };
             let key = Key(self.fresh());
@@ -347,8 +362,10 @@ impl Engine {
                 let n = self.fresh();
                 self.later.insert((due, n), key);
                 // A re-driven dead letter keeps its file: nothing to resume.
-                let d = &self.deliveries[&key];
-                if let Subject::Recipient { message, .. } = d.subject {
+                let subject = self.deliveries[&key].subject;
+                if let Subject::Recipient { message, .. } = subject {
+                    self.waits(message);
+                    let d = &self.deliveries[&key];
                     self.events.push_back(Event::Progress {
                         key,
                         message: Some(message),
@@ -450,14 +467,29 @@ impl Engine {
         let Subject::Recipient { message, .. } = d.subject else {
             return;
         };
-        if self.messages.get(&message).is_some_and(|m| m.shared) {
-            self.events.push_back(Event::Progress {
-                key,
-                message: Some(message),
-                webhook_id: d.webhook_id.clone(),
-                attempts: d.attempts,
-                state,
-            });
+        let Some(m) = self.messages.get_mut(&message).filter(|m| m.shared) else {
+            return;
+        };
+        let event = Event::Progress {
+            key,
+            message: Some(message),
+            webhook_id: d.webhook_id.clone(),
+            attempts: d.attempts,
+            state,
+        };
+        if m.waited {
+            self.events.push_back(event);
+        } else {
+            m.served.push(event);
+        }
+    }
+
+    /// A delivery of `message` waits for a retry: the ends of its siblings
+    /// held back so far are recorded now, before its own progress.
+    fn waits(&mut self, message: MessageKey) {
+        if let Some(m) = self.messages.get_mut(&message) {
+            m.waited = true;
+            self.events.extend(m.served.drain(..));
         }
     }
 

@@ -96,6 +96,8 @@ struct Held {
     /// are in memory: built at the first attempt and spliced per
     /// recipient (the MIME parse and the escaping of `raw` once).
     parts: Option<Rc<payload::PayloadParts>>,
+    /// The recipients' addresses, kept with `parts` (spliced per recipient).
+    addresses: Vec<String>,
     /// The payload its (one) recipient's last attempt posted, once its
     /// delivery is over: the store's file is those bytes.
     json: Option<Bytes>,
@@ -119,6 +121,13 @@ pub(crate) struct Outbox {
     /// Octets of contents held in `messages` (bounded by [`HOLD_MAX`]).
     held: Cell<usize>,
     wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
+}
+
+impl Held {
+    /// Octets it keeps in memory (counted against [`HOLD_MAX`]).
+    fn octets(&self) -> usize {
+        self.msg.held() + self.parts.as_ref().map_or(0, |p| p.len())
+    }
 }
 
 impl Outbox {
@@ -161,6 +170,7 @@ impl Outbox {
             Held {
                 msg,
                 parts: None,
+                addresses: Vec::new(),
                 json: None,
             },
         );
@@ -202,9 +212,10 @@ impl Outbox {
     /// Drops a message's contents from memory: it is read back when needed.
     fn release(&self, message: MessageKey) {
         if let Some(h) = self.messages.borrow_mut().get_mut(&message) {
-            self.held.set(self.held.get() - h.msg.held());
+            self.held.set(self.held.get() - h.octets());
             h.msg.contents = None;
             h.parts = None;
+            h.addresses = Vec::new();
         }
     }
 
@@ -220,7 +231,7 @@ impl Outbox {
                     let Some(h) = self.messages.borrow_mut().remove(&message) else {
                         continue;
                     };
-                    self.held.set(self.held.get() - h.msg.held());
+                    self.held.set(self.held.get() - h.octets());
                     match (self.cfg.store_mode.keeps(dead), h.json) {
                         (true, Some(json)) => state.store.push_built(h.msg, json),
                         (keeps, _) => state.store.push_with(h.msg, keeps),
@@ -382,16 +393,29 @@ async fn payload_for(outbox: &Outbox, order: &Order) -> Result<Bytes, String> {
         let h = messages
             .get_mut(&message)
             .ok_or_else(|| "the message is no longer queued".to_string())?;
-        match &h.msg.contents {
-            Some(c) if h.msg.recipients < 2 => {
-                // One recipient: nothing to share, and nothing kept.
+        // Built from memory, the payload is all the attempt needs: the
+        // contents go (a retry reads them back, the store takes the
+        // payload), making room under HOLD_MAX for the next messages.
+        if h.msg.recipients < 2 {
+            if let Some(c) = h.msg.contents.take() {
+                outbox.held.set(outbox.held.get() - c.message.len());
                 return Ok(Bytes::from(payload::payload(&c.envelope, &c.message, None)));
             }
-            Some(c) => {
-                let parts = h.parts.get_or_insert_with(|| {
-                    Rc::new(payload::PayloadParts::new(&c.envelope, &c.message))
-                });
-                let recipient = c.envelope.recipients.get(index).map(String::as_str);
+        } else if h.parts.is_none() {
+            if let Some(c) = h.msg.contents.take() {
+                // Several recipients: the parts, built once, stand in for
+                // the contents until the last recipient's attempt.
+                let parts = payload::PayloadParts::new(&c.envelope, &c.message);
+                outbox
+                    .held
+                    .set(outbox.held.get() - c.message.len() + parts.len());
+                h.parts = Some(Rc::new(parts));
+                h.addresses = c.envelope.recipients;
+            }
+        }
+        match &h.parts {
+            Some(parts) => {
+                let recipient = h.addresses.get(index).map(String::as_str);
                 return Ok(Bytes::from(parts.with_recipient(recipient)));
             }
             None => h.msg.at.clone(),

@@ -443,3 +443,23 @@ fn an_open_breaker_with_every_slot_taken_waits_for_an_answer_not_the_clock() {
     assert!(probe.probe);
     assert_eq!(e.poll_timeout(), None);
 }
+
+#[test]
+fn a_shared_message_served_at_the_first_try_records_no_progress() {
+    // Its done record follows at once; per-recipient records would only
+    // cost spool writes.
+    let t0 = Instant::now();
+    let mut e = engine(3);
+    let m = e.handle_accepted("Q", 10, none, t0);
+    let orders: Vec<Order> = std::iter::from_fn(|| e.poll_attempt(t0)).collect();
+    for o in &orders {
+        e.handle_answer(o.key, answer(200), t0, 0.5);
+    }
+    assert_eq!(
+        events(&mut e),
+        vec![Event::Finished {
+            message: m,
+            dead: false
+        }]
+    );
+}
