@@ -22,13 +22,16 @@ lt=${BENCH_TARGET:-target}/release/loadtest
 sink=${BENCH_TARGET:-target}/release/examples/webhook_sink
 [[ -x $lt && -x $sink ]] || { echo "build first: cargo build --release -p gomail -p loadtest --bins --examples" >&2; exit 1; }
 
-# size rcpts messages sessions
+# size rcpts messages sessions (BENCH_CASES="4096 1 20000 50;..." for others)
 cases=(
     "4096 1 20000 50"
     "4096 10 4000 50"
     "1048576 1 1000 20"
     "1048576 10 300 20"
 )
+if [[ -n ${BENCH_CASES:-} ]]; then
+    IFS=';' read -r -a cases <<<"$BENCH_CASES"
+fi
 
 clock_ticks=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

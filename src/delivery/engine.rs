@@ -345,7 +345,7 @@ impl Engine {
             Next::Delivered => {
                 let d = self.deliveries.remove(&key).expect("checked above");
                 if let Subject::Recipient { message, .. } = d.subject {
-                    self.progress(key, &d, Restored::Delivered);
+                    self.progress(key, d, Restored::Delivered);
                     self.finish(message, false);
                 }
                 Outcome::Delivered { attempts: tried }
@@ -457,13 +457,13 @@ impl Engine {
         }
         let d = self.deliveries.remove(&key).expect("checked above");
         if let Subject::Recipient { message, .. } = d.subject {
-            self.progress(key, &d, Restored::Dead);
+            self.progress(key, d, Restored::Dead);
             self.finish(message, true);
         }
     }
 
     /// Records the end of one of a shared message's deliveries.
-    fn progress(&mut self, key: Key, d: &Delivery, state: Restored) {
+    fn progress(&mut self, key: Key, d: Delivery, state: Restored) {
         let Subject::Recipient { message, .. } = d.subject else {
             return;
         };
@@ -473,7 +473,7 @@ impl Engine {
         let event = Event::Progress {
             key,
             message: Some(message),
-            webhook_id: d.webhook_id.clone(),
+            webhook_id: d.webhook_id,
             attempts: d.attempts,
             state,
         };
