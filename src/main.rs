@@ -411,9 +411,14 @@ fn queue(action: QueueCmd) -> anyhow::Result<()> {
             for p in &paths {
                 let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p)?)
                     .with_context(|| format!("{}", p.display()))?;
+                // The webhook id: `show`, `retry` and `purge` take it (or
+                // the bare queue id, for all of a message's recipients).
                 println!(
                     "{}  {}  {} -> {}  {}",
-                    v["metadata"]["queue_id"].as_str().unwrap_or("?"),
+                    v["dead_letter"]["webhook_id"]
+                        .as_str()
+                        .or(v["metadata"]["queue_id"].as_str())
+                        .unwrap_or("?"),
                     v["received_at"].as_str().unwrap_or("?"),
                     v["sender"].as_str().unwrap_or(""),
                     v["recipient"].as_str().unwrap_or(""),
@@ -433,10 +438,14 @@ fn queue(action: QueueCmd) -> anyhow::Result<()> {
                 ids: vec![id.clone()],
                 ..Default::default()
             };
-            let path = select(&c.data_dir, &sel)
-                .pop()
-                .with_context(|| format!("no dead letter with id {id}"))?;
-            print!("{}", std::fs::read_to_string(&path)?);
+            let paths = select(&c.data_dir, &sel);
+            if paths.is_empty() {
+                anyhow::bail!("no dead letter with id {id}");
+            }
+            // A bare queue id shows every recipient's dead letter.
+            for path in paths {
+                print!("{}", std::fs::read_to_string(&path)?);
+            }
             Ok(())
         }
         QueueCmd::Purge { select: s, cfg } => {
@@ -467,6 +476,12 @@ fn queue(action: QueueCmd) -> anyhow::Result<()> {
                 anyhow::bail!("the server answered {status}: {answer}");
             }
             println!("{answer}");
+            let matched = serde_json::from_str::<serde_json::Value>(&answer)
+                .ok()
+                .and_then(|v| v["matched"].as_u64());
+            if matched == Some(0) {
+                anyhow::bail!("no dead letter matched");
+            }
             Ok(())
         }
     }

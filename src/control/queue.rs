@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 /// Which dead letters a command applies to.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
-    /// Queue ids; empty means "any id".
+    /// Ids; empty means "any id". A dead letter's id is its webhook id: the
+    /// queue id, or `<queue id>.<n>` for recipient n of a message with
+    /// several; a bare queue id selects all of its recipients'.
     pub ids: Vec<String>,
     /// Received at or after (Unix seconds).
     pub since: Option<i64>,
@@ -48,7 +50,9 @@ pub fn select(data_dir: &Path, sel: &Selection) -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .filter_map(|p| {
             let (unix, id) = name_parts(&p)?;
-            let keep = (sel.ids.is_empty() || sel.ids.contains(&id))
+            let queue_id = id.split_once('.').map_or(id.as_str(), |(q, _)| q);
+            let keep = (sel.ids.is_empty()
+                || sel.ids.iter().any(|want| *want == id || want == queue_id))
                 && sel.since.is_none_or(|s| unix >= s)
                 && sel.until.is_none_or(|u| unix <= u);
             keep.then_some((unix, p))
@@ -67,7 +71,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dead = tmp.path().join("dead");
         std::fs::create_dir(&dead).unwrap();
-        for (t, id) in [(100, "aa"), (200, "bb"), (300, "cc")] {
+        for (t, id) in [
+            (100, "aa"),
+            (200, "bb"),
+            (300, "cc"),
+            (400, "dd.0"),
+            (400, "dd.1"),
+        ] {
             std::fs::write(dead.join(format!("msg_{t}_{id}.json")), "{}").unwrap();
         }
         let names = |sel: &Selection| {
@@ -76,7 +86,19 @@ mod tests {
                 .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(names(&Selection::default()).len(), 3);
+        assert_eq!(names(&Selection::default()).len(), 5);
+        // A message with several recipients: each by its webhook id, all
+        // by the queue id.
+        let ids = |ids: &[&str]| Selection {
+            ids: ids.iter().map(|i| i.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(names(&ids(&["dd.1"])), ["msg_400_dd.1.json"]);
+        assert_eq!(
+            names(&ids(&["dd"])),
+            ["msg_400_dd.0.json", "msg_400_dd.1.json"]
+        );
+        assert!(names(&ids(&["d"])).is_empty());
         assert_eq!(
             names(&Selection {
                 ids: vec!["bb".into()],

@@ -610,3 +610,36 @@ fn in_sync_mode_a_failing_receiver_trips_the_breaker_too() {
     *rx.mode.lock().unwrap() = Mode::Fixed(200);
     rx.wait_delivered(&[id]);
 }
+
+#[test]
+fn dead_letters_of_a_message_for_two_recipients_go_by_webhook_id_or_queue_id() {
+    let rx = receiver(Mode::Fixed(422));
+    let g = Gomail::start(&rx.config("store_mode: never\nadmin_token: admin-456\n"));
+    let mut c = Client::connect(g.addr);
+    c.cmd("EHLO hooks.example");
+    let q = queued(&c.mail(
+        "s@sender.example",
+        &["ann@example.test", "bob@example.test"],
+        "Subject: two\r\n\r\nx",
+    ));
+    wait_until(Duration::from_secs(10), "two dead letters", || {
+        gomail_cli(&g, &["queue", "list"]).1.lines().count() >= 2
+    });
+    let (_, list, _) = gomail_cli(&g, &["queue", "list"]);
+    let listed: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(listed, [format!("{q}.0"), format!("{q}.1")], "{list}");
+    // Each by the id list printed, both by the queue id.
+    let (ok, one, err) = gomail_cli(&g, &["queue", "show", listed[1]]);
+    assert!(ok, "{err}");
+    assert!(one.contains("bob@example.test") && !one.contains("\"recipient\": \"ann"));
+    let (ok, both, _) = gomail_cli(&g, &["queue", "show", &q]);
+    assert!(ok && both.matches("\"dead_letter\"").count() == 2, "{both}");
+    let (ok, out, err) = gomail_cli(&g, &["queue", "retry", &q]);
+    assert!(ok && out.contains("\"matched\":2"), "{out} {err}");
+    // A retry that matches nothing says so and fails.
+    let (ok, _, err) = gomail_cli(&g, &["queue", "retry", "0000000000000000"]);
+    assert!(!ok && err.contains("no dead letter matched"), "{err}");
+}
