@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use super::keys::{self, Kind};
 use super::{parse_bool, Config, ConfigError, Origin, Value};
 
+/// The least `spool_max_bytes` per shard: two 32 MiB segments.
+const SPOOL_BYTES_MIN: u64 = 64 << 20;
+
 pub(super) fn resolve(
     path: Option<PathBuf>,
     settings: BTreeMap<&'static str, (Value, Origin)>,
@@ -255,9 +258,25 @@ pub(super) fn resolve(
         "ban_window",
         "smtp_write_timeout",
         "smtp_session_timeout",
+        "webhook_timeout",
     ] {
         if keys::parse_duration(&get(k)).is_some_and(|d| d.is_zero()) {
             return Err(invalid(k, "must be longer than 0s".into()));
+        }
+    }
+    // The spool grows by preallocated 32 MiB segments, and a shard needs
+    // room for its active segment and the next: less, and every message
+    // would be deferred while the spool is empty.
+    if let Some(max) = keys::parse_size(&get("spool_max_bytes")) {
+        let per_shard = max / shards.max(1) as u64;
+        if per_shard < SPOOL_BYTES_MIN {
+            return Err(invalid(
+                "spool_max_bytes",
+                format!(
+                    "{max} octets over {shards} shard(s) is {per_shard} per shard; each shard needs at least 64 MiB (two 32 MiB spool segments): set at least {}",
+                    SPOOL_BYTES_MIN * shards.max(1) as u64
+                ),
+            ));
         }
     }
     super::acme::check(&get, &list, &invalid, is_domain)?;

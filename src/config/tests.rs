@@ -120,11 +120,18 @@ fn impossible_values_are_refused() {
         ("ban_duration: 0s\n", "ban_duration"),
         ("ban_duration: 4000d\n", "ban_duration"),
         ("admin_token: x\nbearer_token: x\n", "admin_token"),
+        // Every delivery would time out at once.
+        ("webhook_timeout: 0s\n", "webhook_timeout"),
+        // Under two spool segments per shard: every message deferred.
+        ("spool_max_bytes: 10MB\nshards: 1\n", "spool_max_bytes"),
+        ("spool_max_bytes: 0\nshards: 1\n", "spool_max_bytes"),
+        ("spool_max_bytes: 100MiB\nshards: 4\n", "spool_max_bytes"),
     ] {
         let err = load_text(text, &[], &[]).unwrap_err().to_string();
         assert!(err.contains(&format!("key `{key}`")), "{text}: {err}");
         assert!(err.contains(":1:"), "{text}: {err}");
     }
+    assert!(load_text("spool_max_bytes: 128MiB\nshards: 2\n", &[], &[]).is_ok());
     // `0s` would close every API connection at once.
     for key in ["http_timeouts.write", "http_timeouts.idle"] {
         let leaf = key.rsplit('.').next().unwrap();

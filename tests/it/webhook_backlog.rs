@@ -205,14 +205,14 @@ fn five_thousand_waiting_messages_cost_disk_not_memory_and_survive_a_kill_9() {
 
 #[test]
 fn spool_max_bytes_defers_new_mail_until_the_backlog_drains() {
-    // One shard, 40 MB: the first preallocated 32 MiB segment fills, and
-    // the next one would pass the bound.
+    // One shard, 64 MiB (the least allowed): the first preallocated
+    // 32 MiB segment fills, and the next one would pass the bound.
     let rx = receiver(Mode::Fixed(503));
     rx.keep_bodies.store(false, Ordering::Relaxed);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let cfg = rx.config(
-        "shards: 1\nspool_max_bytes: 40MB\nwebhook_retries: 1000\nwebhook_retry_delay: 200ms\nstore_mode: never\n",
+        "shards: 1\nspool_max_bytes: 64MiB\nwebhook_retries: 1000\nwebhook_retry_delay: 200ms\nstore_mode: never\n",
     );
     let g = Gomail::start_on(&data, &cfg);
     let body = format!(
@@ -228,7 +228,7 @@ fn spool_max_bytes_defers_new_mail_until_the_backlog_drains() {
             Some(id) => accepted.push(id),
             None => break r,
         }
-        assert!(accepted.len() < 1000, "40 MB never filled");
+        assert!(accepted.len() < 1000, "64 MiB never filled");
     };
     assert_eq!(
         refused,
@@ -236,7 +236,7 @@ fn spool_max_bytes_defers_new_mail_until_the_backlog_drains() {
     );
     assert!(accepted.len() > 100, "only {} accepted", accepted.len());
     let bytes = super::harness::metric(&g, "gomail_spool_bytes");
-    assert!(bytes <= 40e6, "{bytes}");
+    assert!(bytes <= (64u64 << 20) as f64, "{bytes}");
     // The receiver is back: the backlog drains, its segments go, and mail
     // is taken again.
     *rx.mode.lock().unwrap() = Mode::Fixed(200);
