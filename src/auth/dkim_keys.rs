@@ -130,10 +130,43 @@ pub fn generate(
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io("chmod", dir))?;
-    crate::fsutil::replace_file(&path, key.serialize_pem().as_bytes(), 0o600)
-        .map_err(io("write", &path))?;
+    let pem = match alg {
+        Algorithm::Rsa2048 => key.serialize_pem(),
+        Algorithm::Ed25519 => {
+            ed25519_pkcs8_v1_pem(&key.serialize_der()).ok_or_else(|| DkimKeyError::Key {
+                path: path.clone(),
+                reason: "the generated Ed25519 key has an unexpected encoding".into(),
+            })?
+        }
+    };
+    crate::fsutil::replace_file(&path, pem.as_bytes(), 0o600).map_err(io("write", &path))?;
     let public = public_of(&key, &path)?;
     Ok((path, public))
+}
+
+/// An Ed25519 key in PKCS#8 v1 (RFC 8410: the seed only), as PEM, from
+/// the v2 document (seed and public key) the generator gives. OpenSSL 3.0
+/// and Python's `cryptography` read v1 but refuse v2, and the signers
+/// that use them must read this key.
+fn ed25519_pkcs8_v1_pem(v2: &[u8]) -> Option<String> {
+    // SEQUENCE (short length) { INTEGER 1, AlgorithmIdentifier Ed25519,
+    // OCTET STRING { OCTET STRING seed }, [1] public key }.
+    const V2_BODY: [u8; 14] = [
+        0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    const V1_HEAD: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    if v2.first() != Some(&0x30) || v2.get(1).is_none_or(|l| *l >= 0x80) {
+        return None;
+    }
+    let seed = v2.get(2..)?.strip_prefix(&V2_BODY)?.get(..32)?;
+    let der = [&V1_HEAD[..], seed].concat();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    Some(format!(
+        "-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n"
+    ))
 }
 
 fn public_of(key: &rcgen::KeyPair, path: &Path) -> Result<PublicKey, DkimKeyError> {
@@ -265,6 +298,25 @@ mod tests {
         assert_eq!(
             read_public(tmp.path(), "example.test", "ed").unwrap(),
             public
+        );
+        // PKCS#8 v1, which OpenSSL 3.0 reads (it refuses v2), and the same
+        // public key as the record's.
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&path)
+            .output()
+            .expect("openssl runs (scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&public.p)
+            .unwrap();
+        assert!(
+            out.stdout.ends_with(&raw),
+            "openssl derives another public key"
         );
         assert!(matches!(
             generate(tmp.path(), "example.test", "ed", Algorithm::Ed25519),
