@@ -15,7 +15,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
-use super::{error, json, json_body, Answer, Ctx};
+use super::{error, error_with, json, json_body, Answer, Ctx};
 use crate::reload::Reloader;
 use crate::tls::acme::{self, ari, certinfo, store, AcmeSettings, Outcome, Request as AcmeRequest};
 
@@ -295,6 +295,16 @@ impl AcmeService {
     }
 }
 
+/// A 400 `validation_error` naming `field`.
+fn invalid(field: &str, message: &str) -> Answer {
+    error_with(
+        StatusCode::BAD_REQUEST,
+        "validation_error",
+        message,
+        serde_json::json!({ "field": field }),
+    )
+}
+
 /// `GET /api/v1/ssl` and `POST /api/v1/ssl/renew`.
 pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx, svc: &Arc<AcmeService>) -> Answer {
     let path = req.uri().path().to_string();
@@ -302,11 +312,18 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx, svc: &Arc<AcmeServi
         ("/api/v1/ssl", Method::GET) => {
             // `?wait=N`: answer once attempt N is finished, or shortly
             // before http_timeouts.handler, whichever comes first.
-            let wait: Option<u64> = req
+            let wait = match req
                 .uri()
                 .query()
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("wait=")))
-                .and_then(|n| n.parse().ok());
+                .map(|n| n.parse::<u64>())
+            {
+                None => None,
+                Some(Ok(n)) => Some(n),
+                Some(Err(_)) => {
+                    return invalid("wait", "`wait` must be an attempt number (a whole number)")
+                }
+            };
             if let Some(n) = wait {
                 let limit = ctx
                     .cfg()
@@ -336,10 +353,26 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx, svc: &Arc<AcmeServi
                 Ok(v) => v,
                 Err(r) => return *r,
             };
-            let force = v["force"].as_bool().unwrap_or(false);
+            // A field of the wrong type is an error, not a default: a
+            // script saying "force": "yes" must not get a renewal that
+            // only happens if due.
+            let flag = |k: &str| match &v[k] {
+                serde_json::Value::Null => Ok(false),
+                serde_json::Value::Bool(b) => Ok(*b),
+                _ => Err(k.to_string()),
+            };
+            let (force, agree_tos) = match (flag("force"), flag("agree_tos")) {
+                (Ok(f), Ok(a)) => (f, a),
+                (Err(k), _) | (_, Err(k)) => {
+                    return invalid(&k, &format!("`{k}` must be true or false"))
+                }
+            };
+            if !(v["email"].is_null() || v["email"].is_string()) {
+                return invalid("email", "`email` must be a string");
+            }
             let setup = v["email"].as_str().map(|email| acme::Setup {
                 email: email.to_string(),
-                agree_tos: v["agree_tos"].as_bool().unwrap_or(false),
+                agree_tos,
             });
             let why = if setup.is_some() {
                 "ssl setup"

@@ -455,3 +455,25 @@ fn mail_injected_through_the_api_is_spooled_stored_and_delivered() {
     let (status, _, _) = http_with(g.api, "POST", "/mail/inbound", &[], &body.to_string());
     assert_eq!(status, 401);
 }
+
+#[test]
+fn the_certificate_api_refuses_fields_of_the_wrong_type() {
+    // "force": "yes" must not start a renewal that happens only if due.
+    let g = Gomail::start(&format!("admin_token: {ADMIN}\n"));
+    let auth = format!("Bearer {ADMIN}");
+    let headers = [("Authorization", auth.as_str())];
+    let (status, _, body) = http_with(g.api, "GET", "/api/v1/ssl?wait=abc", &headers, "");
+    assert_eq!(status, 400, "{body}");
+    let v = json(&body);
+    assert_eq!(v["error"], "validation_error");
+    assert_eq!(v["details"]["field"], "wait");
+    for (field, body) in [
+        ("force", r#"{"force":"yes"}"#),
+        ("agree_tos", r#"{"email":"a@example.test","agree_tos":1}"#),
+        ("email", r#"{"email":7}"#),
+    ] {
+        let (status, _, answer) = http_with(g.api, "POST", "/api/v1/ssl/renew", &headers, body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(json(&answer)["details"]["field"], field, "{answer}");
+    }
+}
