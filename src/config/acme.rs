@@ -34,6 +34,15 @@ pub(super) fn check(
         ));
     }
     url("digitalocean_api_url", &get("digitalocean_api_url"))?;
+    // A CA file that is not there makes every issuance fail, hours later
+    // at the first renewal: say so now.
+    let ca = get("acme_ca_file");
+    if !ca.is_empty() && !std::path::Path::new(&ca).is_file() {
+        return Err(invalid(
+            "acme_ca_file",
+            format!("`{ca}` is not a readable file (a PEM of the CA certificates to trust for the directory)"),
+        ));
+    }
     for d in list("acme_domains") {
         let name = d.trim().to_ascii_lowercase();
         let bare = name.strip_prefix("*.").unwrap_or(&name);
@@ -133,5 +142,7 @@ mod tests {
             "{e}"
         );
         assert!(with(&[("acme_challenge", "http-01"), ("acme_http_listen", ":8080")]).is_ok());
+        let err = with(&[("acme_ca_file", "/nonexistent/ca.pem")]).unwrap_err();
+        assert!(err.contains("acme_ca_file"), "{err}");
     }
 }
