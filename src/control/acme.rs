@@ -15,7 +15,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
-use super::{error, error_with, json, json_body, Answer, Ctx};
+use super::{error, invalid, json, json_body, Answer, Ctx};
 use crate::reload::Reloader;
 use crate::tls::acme::{self, ari, certinfo, store, AcmeSettings, Outcome, Request as AcmeRequest};
 
@@ -293,16 +293,6 @@ impl AcmeService {
         let _ = writeln!(out, "# HELP gomail_acme_renewals_total ACME issuances that went to the CA, by result.\n# TYPE gomail_acme_renewals_total counter\ngomail_acme_renewals_total{{result=\"success\"}} {}\ngomail_acme_renewals_total{{result=\"failure\"}} {}",
             self.successes.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed));
     }
-}
-
-/// A 400 `validation_error` naming `field`.
-fn invalid(field: &str, message: &str) -> Answer {
-    error_with(
-        StatusCode::BAD_REQUEST,
-        "validation_error",
-        message,
-        serde_json::json!({ "field": field }),
-    )
 }
 
 /// `GET /api/v1/ssl` and `POST /api/v1/ssl/renew`.

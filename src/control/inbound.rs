@@ -10,17 +10,8 @@ use std::sync::atomic::Ordering;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
-use super::{error, error_with, json, json_body_within, Answer, Ctx, REQUEST_ID};
+use super::{error, error_with, invalid, json, json_body_within, Answer, Ctx, REQUEST_ID};
 use crate::server::Injected;
-
-fn invalid(field: &str, message: &str) -> Answer {
-    error_with(
-        StatusCode::BAD_REQUEST,
-        "validation_error",
-        message,
-        serde_json::json!({ "field": field }),
-    )
-}
 
 /// The message with every line ending in CRLF (a JSON client writes `\n`).
 fn crlf(raw: &str) -> Vec<u8> {

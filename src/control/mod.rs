@@ -496,6 +496,16 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Answer {
     error_with(status, kind, message, serde_json::json!({}))
 }
 
+/// A 400 `validation_error` naming the body's or query's `field`.
+fn invalid(field: &str, message: &str) -> Answer {
+    error_with(
+        StatusCode::BAD_REQUEST,
+        "validation_error",
+        message,
+        serde_json::json!({ "field": field }),
+    )
+}
+
 /// 405 with the `Allow` header RFC 9110 asks for.
 fn method_not_allowed(allow: &'static str) -> Answer {
     let mut r = error(
