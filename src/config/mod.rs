@@ -550,6 +550,9 @@ impl Config {
             };
             let shown = if key.kind == Kind::Secret {
                 "\"********\"".to_string()
+            } else if let Some(url) = without_password(&v.text()) {
+                // A URL's `user:password@` is a secret too.
+                edit::yaml_scalar(&Value::Text(url))
             } else {
                 edit::yaml_scalar(v)
             };
@@ -600,6 +603,19 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// `scheme://user:password@host…` with the password replaced by
+/// `********`; `None` for anything else.
+fn without_password(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once("://")?;
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
+    let (user, _) = userinfo.split_once(':')?;
+    Some(format!(
+        "{scheme}://{user}:********@{host}{}",
+        &rest[authority_end..]
+    ))
 }
 
 #[cfg(test)]

@@ -185,6 +185,19 @@ pub(super) fn resolve(
             .map(PathBuf::from)
     };
     let endpoint = get("api_endpoint");
+    let authority = endpoint
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+    if authority.contains('@') {
+        // Credentials in the URL would go nowhere (and be shown with it):
+        // the receiver authenticates gomail by bearer_token and the
+        // signature.
+        return Err(invalid(
+            "api_endpoint",
+            "a user or password in the URL is not supported (use bearer_token; value not shown)"
+                .into(),
+        ));
+    }
     if !endpoint.is_empty() && crate::delivery::webhook::Endpoint::parse(&endpoint).is_none() {
         return Err(invalid(
             "api_endpoint",

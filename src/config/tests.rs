@@ -234,6 +234,21 @@ fn show_hides_secrets_and_get_returns_them() {
         "{shown}"
     );
     assert!(shown.contains("bearer_token: \"********\""));
+    // Credentials in api_endpoint are refused, without showing them.
+    for url in [
+        "https://hook:hunter2pw@receiver.example/in",
+        "http://hook:hunter2pw@127.0.0.1:8080/in",
+    ] {
+        let err = load_text(&format!("api_endpoint: \"{url}\"\n"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_endpoint") && err.contains(":1:"), "{err}");
+        assert!(!err.contains("hunter2pw"), "{err}");
+    }
+    assert_eq!(
+        super::without_password("https://u:p@h.example/x").as_deref(),
+        Some("https://u:********@h.example/x")
+    );
     assert_eq!(c.get("bearer_token").as_deref(), Some("s3cret"));
 }
 
