@@ -59,6 +59,19 @@ struct Delivery {
     state: State,
 }
 
+impl Delivery {
+    /// Counts an attempt and keeps it in the log (the latest [`LOG_MAX`]);
+    /// returns the attempts made.
+    fn record(&mut self, a: Attempt) -> u32 {
+        self.attempts = self.attempts.saturating_add(1);
+        if self.log.len() == LOG_MAX {
+            self.log.pop_front();
+        }
+        self.log.push_back(a);
+        self.attempts
+    }
+}
+
 #[derive(Debug)]
 struct Message {
     remaining: usize,
@@ -212,13 +225,19 @@ impl Engine {
         key
     }
 
+    /// Puts delivery `key` in the queue of retries, due at `due`.
+    fn wait_until(&mut self, key: Key, due: Instant) {
+        if let Some(d) = self.deliveries.get_mut(&key) {
+            d.state = State::Waiting(due);
+        }
+        let n = self.fresh();
+        self.later.insert((due, n), key);
+    }
+
     fn schedule(&mut self, key: Key, state: State) {
         match state {
             State::Ready => self.ready.push_back(key),
-            State::Waiting(due) => {
-                let n = self.fresh();
-                self.later.insert((due, n), key);
-            }
+            State::Waiting(due) => self.wait_until(key, due),
             State::InFlight { .. } | State::Burying => {}
         }
     }
@@ -335,12 +354,7 @@ impl Engine {
         }
         let retry_after = a.retry_after;
         let d = self.deliveries.get_mut(&key).expect("checked above");
-        d.attempts = d.attempts.saturating_add(1);
-        if d.log.len() == LOG_MAX {
-            d.log.pop_front();
-        }
-        d.log.push_back(a);
-        let tried = d.attempts;
+        let tried = d.record(a);
         match retry::next(verdict, tried, self.cfg.retries, &mut d.denied_since, now) {
             Next::Delivered => {
                 let d = self.deliveries.remove(&key).expect("checked above");
@@ -353,14 +367,12 @@ impl Engine {
             Next::Retry => {
                 let wait = retry::delay(self.cfg.retry_delay, tried, retry_after, jitter);
                 let due = now + wait;
-                d.state = State::Waiting(due);
                 let state = Restored::Waiting {
                     attempts: tried,
                     due,
                     denied_since: d.denied_since,
                 };
-                let n = self.fresh();
-                self.later.insert((due, n), key);
+                self.wait_until(key, due);
                 // A re-driven dead letter keeps its file: nothing to resume.
                 let subject = self.deliveries[&key].subject;
                 if let Subject::Recipient { message, .. } = subject {
@@ -406,11 +418,7 @@ impl Engine {
             self.breaker.probe_abandoned();
         }
         let d = self.deliveries.get_mut(&key).expect("checked above");
-        d.attempts = d.attempts.saturating_add(1);
-        if d.log.len() == LOG_MAX {
-            d.log.pop_front();
-        }
-        d.log.push_back(Attempt {
+        let tried = d.record(Attempt {
             at_ms: chrono::Utc::now().timestamp_millis(),
             status: None,
             failure: None,
@@ -418,7 +426,6 @@ impl Engine {
             latency: Duration::ZERO,
             detail,
         });
-        let tried = d.attempts;
         if tried > self.cfg.retries {
             d.state = State::Burying;
             self.burying += 1;
@@ -429,9 +436,7 @@ impl Engine {
             };
         }
         let wait = retry::delay(self.cfg.retry_delay, tried, None, 0.5);
-        d.state = State::Waiting(now + wait);
-        let n = self.fresh();
-        self.later.insert((now + wait, n), key);
+        self.wait_until(key, now + wait);
         Outcome::Retry {
             wait,
             attempt: tried,
@@ -449,10 +454,7 @@ impl Engine {
         }
         self.burying -= 1;
         if !written {
-            let due = now + DEAD_LETTER_RETRY;
-            d.state = State::Waiting(due);
-            let n = self.fresh();
-            self.later.insert((due, n), key);
+            self.wait_until(key, now + DEAD_LETTER_RETRY);
             return;
         }
         let d = self.deliveries.remove(&key).expect("checked above");
