@@ -149,18 +149,29 @@ impl Outbox {
 
     /// Queues an accepted message for delivery to each of its recipients.
     pub(crate) fn push(&self, msg: Spooled) {
-        self.push_restored(msg, &HashMap::new());
+        let key = self.engine.borrow_mut().handle_accepted(
+            &msg.id,
+            msg.recipients,
+            |_| None,
+            Instant::now(),
+        );
+        self.hold(key, msg);
     }
 
     /// Queues a message, resuming the deliveries an earlier run recorded
     /// progress for (`progress`, by webhook id).
-    pub(crate) fn push_restored(&self, mut msg: Spooled, progress: &HashMap<String, Progress>) {
+    pub(crate) fn push_restored(&self, msg: Spooled, progress: &HashMap<String, Progress>) {
         let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
         let restored = |id: &str| progress.get(id).map(|p| restored(p, now, now_ms));
         let key = self
             .engine
             .borrow_mut()
             .handle_accepted(&msg.id, msg.recipients, restored, now);
+        self.hold(key, msg);
+    }
+
+    /// Keeps a message the engine took, its contents within [`HOLD_MAX`].
+    fn hold(&self, key: MessageKey, mut msg: Spooled) {
         if self.held.get() + msg.held() > HOLD_MAX {
             msg.contents = None;
         }

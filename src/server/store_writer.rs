@@ -48,6 +48,16 @@ struct Item {
     json: Option<hyper::body::Bytes>,
 }
 
+/// Where a stored file's JSON comes from: the webhook's payload, or the
+/// contents (in memory, or read back from the spool) to build it from.
+// One per message of a batch, for the length of its write: the size of
+// the read variant does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Source<'a> {
+    Built(&'a hyper::body::Bytes),
+    Read(std::borrow::Cow<'a, crate::spool::Contents>),
+}
+
 /// Shard-local queue of messages waiting for the store.
 pub(crate) struct Queue {
     /// Messages, each with whether it gets a JSON file (`store_mode`).
@@ -146,26 +156,24 @@ pub(super) async fn run(state: Rc<ShardState>) {
                 // Messages that waited for retries, or were recovered at
                 // start-up, are read back from the spool here; those the
                 // webhook delivered bring their payload.
-                let kept: Vec<&Item> = batch.iter().filter(|i| i.store).collect();
-                let contents: std::io::Result<Vec<_>> = kept
+                let read: std::io::Result<Vec<_>> = batch
                     .iter()
-                    .filter(|i| i.json.is_none())
-                    .map(|i| i.msg.read())
+                    .filter(|i| i.store)
+                    .map(|i| match &i.json {
+                        Some(json) => Ok((i, Source::Built(json))),
+                        None => i.msg.read().map(|c| (i, Source::Read(c))),
+                    })
                     .collect();
-                let r = contents.and_then(|contents| {
-                    let mut read = contents.iter();
-                    let refs: Vec<store::Stored> = kept
+                let r = read.and_then(|read| {
+                    let refs: Vec<store::Stored> = read
                         .iter()
-                        .map(|i| match &i.json {
-                            Some(json) => store::Stored::Built {
+                        .map(|(i, source)| match source {
+                            Source::Built(json) => store::Stored::Built {
                                 received_at_ms: i.msg.received_at_ms,
                                 id: &i.msg.id,
                                 json,
                             },
-                            None => {
-                                let c = read.next().expect("one read per item without a payload");
-                                store::Stored::Message(&c.envelope, &c.message)
-                            }
+                            Source::Read(c) => store::Stored::Message(&c.envelope, &c.message),
                         })
                         .collect();
                     store::write_batch(&dir, &refs)
