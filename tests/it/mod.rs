@@ -12,6 +12,7 @@ mod dns_relay;
 mod cli;
 mod control;
 mod crash;
+mod dead_letters;
 mod disk_full;
 mod fuzz_corpus;
 mod inbound;
